@@ -1,0 +1,540 @@
+//! Decodes each section of routes.toml into validated types, then checks what
+//! spans sections: references, duplicate routes, router conflicts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Method, Uri};
+use ipnet::IpNet;
+use toml_edit::ImDocument;
+
+use super::decode::{Ctx, EnvLookup, Obj, Spanned};
+use super::error::{ConfigErrors, Diagnostics};
+use super::path::{HostPattern, PathPattern, Template};
+use super::{Admin, Backend, Balance, Config, Endpoint, HeaderEdits, Persist, Route, Server, Target};
+
+/// Sections and keys of SPEC §2 that later releases implement. They are refused
+/// rather than ignored: a route that names an auth policy must never be served
+/// without it.
+const NOT_YET: &str = "is not supported by this version of fngate yet";
+
+pub(super) fn parse(text: &str, file: Arc<str>, env: EnvLookup<'_>) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx::new(Diagnostics::new(file, text), env);
+    let doc = match ImDocument::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let message = e.message().trim().to_owned();
+            ctx.error(e.span(), "", format!("invalid TOML: {message}"));
+            return Err(ConfigErrors(ctx.into_errors()));
+        }
+    };
+    let Some(mut root) = Obj::from_item(&mut ctx, doc.as_item(), String::new()) else {
+        return Err(ConfigErrors(ctx.into_errors()));
+    };
+
+    let server = match root.table(&mut ctx, "server") {
+        Some(obj) => server(&mut ctx, obj),
+        None => server_defaults(),
+    };
+    let admin_table = root.table(&mut ctx, "admin");
+    let admin = admin(&mut ctx, admin_table);
+    let mut backends = Vec::new();
+    for (name, obj) in root.named_tables(&mut ctx, "backends") {
+        if let Some(b) = backend(&mut ctx, name, obj) {
+            backends.push(Arc::new(b));
+        }
+    }
+    for section in ["auth", "rate_limits", "schedules"] {
+        if root.has(section) {
+            ctx.error(root.key_span(section), section, format!("`[{section}]` {NOT_YET}"));
+        }
+    }
+    root.mark("auth");
+    root.mark("rate_limits");
+    root.mark("schedules");
+    let tables = root.table_array(&mut ctx, "routes");
+    let mut routes = Vec::new();
+    let mut spans = Vec::new();
+    for obj in tables {
+        let span = obj.span();
+        if let Some(r) = route(&mut ctx, obj, &backends) {
+            routes.push(Arc::new(r));
+            spans.push(span);
+        }
+    }
+    root.finish(&mut ctx);
+    check_routes(&mut ctx, &routes, &spans);
+
+    let errors = ctx.into_errors();
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        path: None,
+        text: text.into(),
+        server,
+        admin,
+        backends,
+        routes,
+    })
+}
+
+fn server_defaults() -> Server {
+    Server {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        workers: 0,
+        max_body: 10 << 20,
+        max_header_size: 64 << 10,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(30),
+        drain_delay: Duration::ZERO,
+        watch: true,
+        trusted_proxies: Vec::new(),
+    }
+}
+
+fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Server {
+    let mut s = server_defaults();
+    if let Some(addr) = address(ctx, &mut obj, "listen") {
+        s.listen = addr;
+    }
+    if let Some(n) = obj.uint(ctx, "workers", 1024) {
+        s.workers = n as usize;
+    }
+    if let Some(n) = obj.size(ctx, "max_body") {
+        s.max_body = n;
+    }
+    if let Some(n) = obj.size(ctx, "max_header_size") {
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+        if !(1024..=16 << 20).contains(&n) {
+            ctx.error(obj.key_span("max_header_size"), obj.key_path("max_header_size"), "must be from 1KiB to 16MiB");
+        } else {
+            s.max_header_size = n as usize;
+        }
+    }
+    let positive = |ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str, slot: &mut Duration| {
+        if let Some(d) = obj.duration(ctx, key) {
+            if d.is_zero() {
+                ctx.error(obj.key_span(key), obj.key_path(key), "must be longer than zero");
+            } else {
+                *slot = d;
+            }
+        }
+    };
+    positive(ctx, &mut obj, "header_read_timeout", &mut s.header_read_timeout);
+    positive(ctx, &mut obj, "idle_timeout", &mut s.idle_timeout);
+    positive(ctx, &mut obj, "request_timeout", &mut s.request_timeout);
+    if let Some(d) = obj.duration(ctx, "shutdown_grace") {
+        s.shutdown_grace = d;
+    }
+    if let Some(d) = obj.duration(ctx, "drain_delay") {
+        s.drain_delay = d;
+    }
+    if let Some(b) = obj.bool(ctx, "watch") {
+        s.watch = b;
+    }
+    for cidr in obj.strings(ctx, "trusted_proxies").unwrap_or_default() {
+        let parsed = cidr
+            .value
+            .parse::<IpNet>()
+            .or_else(|_| cidr.value.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => s.trusted_proxies.push(net),
+            Err(_) => ctx.error(
+                cidr.span,
+                obj.key_path("trusted_proxies"),
+                format!("`{}` is not a CIDR (e.g. \"10.0.0.0/8\") or IP address", cidr.value),
+            ),
+        }
+    }
+    if obj.has("tls") {
+        ctx.error(obj.key_span("tls"), obj.key_path("tls"), format!("`[server.tls]` {NOT_YET}"));
+        obj.mark("tls");
+    }
+    obj.finish(ctx);
+    s
+}
+
+fn admin(ctx: &mut Ctx<'_>, obj: Option<Obj<'_>>) -> Admin {
+    let mut a = Admin {
+        listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        persist: Persist::File,
+        token_env: "FNGATE_ADMIN_TOKEN".into(),
+        token: None,
+    };
+    let Some(mut obj) = obj else {
+        a.token = ctx.env("FNGATE_ADMIN_TOKEN").map(Into::into);
+        return a;
+    };
+    if let Some(addr) = address(ctx, &mut obj, "listen") {
+        a.listen = addr;
+    }
+    if let Some(p) = obj.string(ctx, "persist") {
+        match p.value.as_str() {
+            "file" => a.persist = Persist::File,
+            "memory" => a.persist = Persist::Memory,
+            other => ctx.error(p.span, obj.key_path("persist"), format!("`{other}`: expected \"file\" or \"memory\"")),
+        }
+    }
+    if let Some(t) = obj.string(ctx, "token_env") {
+        a.token_env = t.value;
+    }
+    a.token = ctx.env(&a.token_env).filter(|t| !t.is_empty()).map(Into::into);
+    if !a.listen.ip().is_loopback() && a.token.is_none() {
+        ctx.error(
+            obj.key_span("listen"),
+            obj.key_path("listen"),
+            format!(
+                "the admin API listens on {} (not loopback) but ${} is not set: set a token or listen on 127.0.0.1",
+                a.listen, a.token_env
+            ),
+        );
+    }
+    obj.finish(ctx);
+    a
+}
+
+fn address(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> Option<SocketAddr> {
+    let s = obj.string(ctx, key)?;
+    match s.value.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            ctx.error(s.span, obj.key_path(key), format!("`{}` is not an address such as \"127.0.0.1:8080\"", s.value));
+            None
+        }
+    }
+}
+
+fn check_name(ctx: &mut Ctx<'_>, name: &Spanned<String>, what: &str) -> bool {
+    let ok = !name.value.is_empty()
+        && name.value.len() <= 64
+        && name.value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !ok {
+        ctx.error(
+            name.span.clone(),
+            what,
+            format!("`{}` is not a valid name: use a-z, 0-9, `_` and `-` (at most 64)", name.value),
+        );
+    }
+    ok
+}
+
+fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option<Backend> {
+    let named = check_name(ctx, &name, obj.path());
+    let mut endpoints = Vec::new();
+    match obj.strings(ctx, "urls") {
+        None => ctx.error(obj.span(), obj.key_path("urls"), "missing: a backend needs at least one URL"),
+        Some(urls) if urls.is_empty() => {
+            ctx.error(obj.key_span("urls"), obj.key_path("urls"), "empty pool: a backend needs at least one URL")
+        }
+        Some(urls) => {
+            for url in urls {
+                match endpoint(&url.value) {
+                    Ok(ep) => endpoints.push(ep),
+                    Err(why) => ctx.error(url.span, obj.key_path("urls"), why),
+                }
+            }
+        }
+    }
+    let headers = header_pairs(ctx, &mut obj, "headers");
+    let mut balance = Balance::RoundRobin;
+    if let Some(b) = obj.string(ctx, "balance") {
+        match b.value.as_str() {
+            "round_robin" => balance = Balance::RoundRobin,
+            "least_requests" | "random" => {
+                ctx.error(b.span, obj.key_path("balance"), format!("`{}` {NOT_YET}; use \"round_robin\"", b.value))
+            }
+            other => ctx.error(
+                b.span,
+                obj.key_path("balance"),
+                format!("`{other}`: expected \"round_robin\", \"least_requests\" or \"random\""),
+            ),
+        }
+    }
+    let connect_timeout = obj.duration(ctx, "connect_timeout").unwrap_or(Duration::from_secs(1));
+    let timeout = obj.duration(ctx, "timeout").unwrap_or(Duration::from_secs(10));
+    let retries = obj.uint(ctx, "retries", 10).unwrap_or(1) as u32;
+    if let Some(p) = obj.string(ctx, "protocol") {
+        match p.value.as_str() {
+            "http1" => {}
+            "h2" => ctx.error(p.span, obj.key_path("protocol"), format!("\"h2\" upstreams {NOT_YET}")),
+            other => ctx.error(p.span, obj.key_path("protocol"), format!("`{other}`: expected \"http1\" or \"h2\"")),
+        }
+    }
+    for key in ["max_in_flight", "eject_after", "eject_for", "max_ejection_percent", "health", "ca"] {
+        if obj.has(key) {
+            ctx.error(obj.key_span(key), obj.key_path(key), format!("`{key}` {NOT_YET}"));
+        }
+    }
+    for key in ["max_in_flight", "eject_after", "eject_for", "max_ejection_percent", "health", "ca"] {
+        obj.mark(key);
+    }
+    obj.finish(ctx);
+    if !named || endpoints.is_empty() {
+        return None;
+    }
+    Some(Backend {
+        name: name.value.into(),
+        endpoints,
+        headers,
+        balance,
+        connect_timeout,
+        timeout,
+        retries,
+    })
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{url}` needs a scheme: http://host:port"))?;
+    if scheme == Scheme::HTTPS {
+        return Err(format!("`{url}`: https:// upstreams {NOT_YET}"));
+    }
+    if scheme != Scheme::HTTP {
+        return Err(format!("`{url}`: the scheme must be http"));
+    }
+    let authority: Authority = uri.authority().cloned().ok_or_else(|| format!("`{url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("`{url}`: credentials in URLs are not allowed; use `headers`"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{url}`: a backend URL cannot carry a query"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| format!("`{url}` has an invalid host"))?;
+    Ok(Endpoint {
+        url: url.trim_end_matches('/').into(),
+        scheme,
+        authority,
+        base_path,
+        host,
+    })
+}
+
+fn header_pairs(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    for (name, value) in obj.string_map(ctx, key).unwrap_or_default() {
+        let path = format!("{}.{}", obj.key_path(key), name.value);
+        let Some(name) = header_name(ctx, &name, &path) else {
+            continue;
+        };
+        match HeaderValue::from_str(&value.value) {
+            Ok(v) => out.push((name, v)),
+            Err(_) => ctx.error(value.span, path, "not a valid header value (control characters?)"),
+        }
+    }
+    out
+}
+
+fn header_name(ctx: &mut Ctx<'_>, name: &Spanned<String>, path: &str) -> Option<HeaderName> {
+    match HeaderName::from_bytes(name.value.as_bytes()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            ctx.error(name.span.clone(), path, format!("`{}` is not a valid header name", name.value));
+            None
+        }
+    }
+}
+
+fn header_edits(ctx: &mut Ctx<'_>, parent: &mut Obj<'_>, key: &'static str) -> HeaderEdits {
+    let Some(mut obj) = parent.table(ctx, key) else {
+        return HeaderEdits::default();
+    };
+    let set = header_pairs(ctx, &mut obj, "set");
+    let path = obj.key_path("remove");
+    let remove = obj
+        .strings(ctx, "remove")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| header_name(ctx, n, &path))
+        .collect();
+    obj.finish(ctx);
+    HeaderEdits { set, remove }
+}
+
+fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Option<Route> {
+    let name = obj.string(ctx, "name");
+    match &name {
+        Some(n) => {
+            if check_name(ctx, n, &obj.key_path("name")) {
+                obj.rename(format!("routes[{}]", n.value));
+            }
+        }
+        None => ctx.error(obj.span(), obj.key_path("name"), "missing: every route needs a name"),
+    }
+    let path = match obj.string(ctx, "path") {
+        Some(p) => match PathPattern::parse(&p.value) {
+            Ok(pattern) => Some(pattern),
+            Err(why) => {
+                ctx.error(p.span, obj.key_path("path"), why);
+                None
+            }
+        },
+        None => {
+            ctx.error(obj.span(), obj.key_path("path"), "missing: every route needs a path");
+            None
+        }
+    };
+    let methods = obj.strings(ctx, "methods").map(|list| {
+        let mut methods: Vec<Method> = Vec::new();
+        for m in list {
+            let upper = m.value.to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(method) if !methods.contains(&method) => methods.push(method),
+                Ok(_) => ctx.error(m.span, obj.key_path("methods"), format!("`{upper}` is listed twice")),
+                Err(_) => ctx.error(m.span, obj.key_path("methods"), format!("`{}` is not an HTTP method", m.value)),
+            }
+        }
+        if methods.is_empty() {
+            ctx.error(obj.key_span("methods"), obj.key_path("methods"), "empty: leave `methods` out to allow every method");
+        }
+        methods
+    });
+    let host = obj.string(ctx, "host").and_then(|h| match HostPattern::parse(&h.value) {
+        Ok(p) => Some(p),
+        Err(why) => {
+            ctx.error(h.span, obj.key_path("host"), why);
+            None
+        }
+    });
+    let backend = match obj.string(ctx, "backend") {
+        Some(b) => match backends.iter().find(|x| *x.name == b.value) {
+            Some(found) => Some(found.clone()),
+            None => {
+                let known: Vec<&str> = backends.iter().map(|x| &*x.name).collect();
+                ctx.error(
+                    b.span,
+                    obj.key_path("backend"),
+                    format!("unknown backend `{}` (defined: {})", b.value, if known.is_empty() { "none".into() } else { known.join(", ") }),
+                );
+                None
+            }
+        },
+        None => {
+            if !obj.has("aggregate") {
+                ctx.error(obj.span(), obj.key_path("backend"), "missing: a route needs a backend");
+            }
+            None
+        }
+    };
+    let rewrite = obj.string(ctx, "rewrite");
+    let strip = obj.string(ctx, "strip_prefix");
+    let mut target = Target::Same;
+    match (rewrite, strip) {
+        (Some(_), Some(s)) => ctx.error(s.span, obj.key_path("strip_prefix"), "give either `rewrite` or `strip_prefix`, not both"),
+        (Some(r), None) => {
+            if let Some(p) = &path {
+                match Template::parse(&r.value, &p.params) {
+                    Ok(t) => target = Target::Rewrite(t),
+                    Err(why) => ctx.error(r.span, obj.key_path("rewrite"), why),
+                }
+            }
+        }
+        (None, Some(s)) => {
+            let prefix = s.value.trim_end_matches('/');
+            if !s.value.starts_with('/') || prefix.is_empty() {
+                ctx.error(s.span, obj.key_path("strip_prefix"), "must start with `/` and be more than `/`");
+            } else if let Some(p) = &path {
+                let literal = p.literal_prefix();
+                let on_boundary = literal.len() == prefix.len() || literal[prefix.len()..].starts_with('/');
+                if !literal.starts_with(prefix) || !on_boundary {
+                    ctx.error(
+                        s.span,
+                        obj.key_path("strip_prefix"),
+                        format!("`{}` is not a prefix of the route's path `{}`", s.value, p.raw),
+                    );
+                } else {
+                    target = Target::StripPrefix(prefix.to_owned());
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    let preserve_host = obj.bool(ctx, "preserve_host").unwrap_or(false);
+    let request_headers = header_edits(ctx, &mut obj, "request_headers");
+    let response_headers = header_edits(ctx, &mut obj, "response_headers");
+    let timeout = obj.duration(ctx, "timeout");
+    if timeout.is_some_and(|t| t.is_zero()) {
+        ctx.error(obj.key_span("timeout"), obj.key_path("timeout"), "must be longer than zero");
+    }
+    for key in ["auth", "scopes", "rate_limit", "cors", "aggregate", "mode"] {
+        if obj.has(key) {
+            ctx.error(obj.key_span(key), obj.key_path(key), format!("`{key}` {NOT_YET}"));
+        }
+        obj.mark(key);
+    }
+    obj.finish(ctx);
+    Some(Route {
+        name: name?.value.into(),
+        path: path?,
+        methods,
+        host,
+        backend: backend?,
+        target,
+        preserve_host,
+        request_headers,
+        response_headers,
+        timeout,
+    })
+}
+
+/// Route names are unique; no two routes match the same host, path shape and
+/// method; every host's shapes fit into one router without conflict.
+fn check_routes(ctx: &mut Ctx<'_>, routes: &[Arc<Route>], spans: &[Option<std::ops::Range<usize>>]) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        if let Some(first) = names.insert(&r.name, i) {
+            ctx.error(
+                spans[i].clone(),
+                format!("routes[{}].name", r.name),
+                format!("route name `{}` is used twice (first at route #{})", r.name, first + 1),
+            );
+        }
+    }
+    let mut by_host: HashMap<Option<&HostPattern>, (matchit::Router<usize>, Vec<usize>)> = HashMap::new();
+    for (i, r) in routes.iter().enumerate() {
+        let (router, members) = by_host.entry(r.host.as_ref()).or_insert_with(|| (matchit::Router::new(), Vec::new()));
+        if let Some(&j) = members.iter().find(|&&j| routes[j].path.shape == r.path.shape) {
+            let other = &routes[j];
+            let overlap = match (&r.methods, &other.methods) {
+                (None, _) | (_, None) => true,
+                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+            };
+            if overlap {
+                ctx.error(
+                    spans[i].clone(),
+                    format!("routes[{}]", r.name),
+                    format!(
+                        "matches the same host, path and method as route `{}` ({} {}{})",
+                        other.name,
+                        r.host.as_ref().map_or("any host".to_owned(), ToString::to_string),
+                        r.path.raw,
+                        method_list(&r.methods),
+                    ),
+                );
+            }
+            members.push(i);
+            continue;
+        }
+        if let Err(e) = router.insert(r.path.shape.clone(), i) {
+            ctx.error(
+                spans[i].clone(),
+                format!("routes[{}].path", r.name),
+                format!("`{}` conflicts with another route's path: {e}", r.path.raw),
+            );
+        }
+        members.push(i);
+    }
+}
+
+fn method_list(methods: &Option<Vec<Method>>) -> String {
+    match methods {
+        None => String::new(),
+        Some(m) => format!(" [{}]", m.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")),
+    }
+}

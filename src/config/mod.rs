@@ -1,0 +1,185 @@
+//! routes.toml: the typed, validated configuration.
+//!
+//! `load` reads the file, `parse` decodes and validates text. What comes out
+//! cannot be wrong: durations are parsed, references resolved (a route holds
+//! its backend), names checked. Nothing here does IO beyond reading the file,
+//! and nothing on the data path mutates a `Config`.
+
+mod decode;
+mod error;
+mod load;
+pub mod path;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use path::{HostPattern, Param, PathPattern, Template};
+
+/// The validated contents of one routes.toml.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (absent for text given directly, e.g. in tests).
+    pub path: Option<PathBuf>,
+    /// The text it was parsed from, to tell a changed file from an unchanged one.
+    pub text: Arc<str>,
+    pub server: Server,
+    pub admin: Admin,
+    pub backends: Vec<Arc<Backend>>,
+    pub routes: Vec<Arc<Route>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    pub max_body: u64,
+    pub max_header_size: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub drain_delay: Duration,
+    pub watch: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub persist: Persist,
+    pub token_env: String,
+    /// The bearer token read from `token_env`; never printed.
+    pub token: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("persist", &self.persist)
+            .field("token_env", &self.token_env)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    File,
+    Memory,
+}
+
+/// A pool of endpoints serving one function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub name: Arc<str>,
+    pub endpoints: Vec<Endpoint>,
+    /// Added to every upstream request (function keys).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// Per attempt, until response headers arrive.
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+}
+
+/// One upstream URL, split once at load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub url: Arc<str>,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Prefix for every upstream path, without a trailing `/` (may be empty).
+    pub base_path: String,
+    /// The `Host` sent upstream unless the route preserves the client's.
+    pub host: HeaderValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub path: PathPattern,
+    /// `None`: every method.
+    pub methods: Option<Vec<Method>>,
+    pub host: Option<HostPattern>,
+    pub backend: Arc<Backend>,
+    pub target: Target,
+    pub preserve_host: bool,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    /// Overrides `server.request_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// How the matched path becomes the upstream path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Forward the (normalised) path as it is.
+    Same,
+    Rewrite(Template),
+    StripPrefix(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderEdits {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+impl Config {
+    /// Reads and validates a file, taking `${VAR}` from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let file: Arc<str> = path.display().to_string().into();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                line: 0,
+                col: 0,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?;
+        let mut config = Self::parse(&text, &file, &|name| std::env::var(name).ok())?;
+        config.path = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Decodes and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        load::parse(text, file.into(), env)
+    }
+
+    pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| &*b.name == name)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+}
+
+/// The path a config is read from: `--config`, else `$FNGATE_CONFIG`, else `./routes.toml`.
+pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("FNGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("routes.toml"))
+}

@@ -1,0 +1,113 @@
+//! The one place where an error becomes an HTTP answer: RFC 9457 problem+json.
+//!
+//! Each module has its own error enum carrying the facts; here they are mapped
+//! exhaustively (no catch-all arm) to a status, headers and one body shape.
+//! The client sees a short public detail; the full internal reason travels in
+//! a response extension to the access log and never to the client.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::proxy::ProxyError;
+use crate::router::RouteError;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The body type of every request and response on the data path.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why fngate itself answered with an error, for the access log.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub Arc<str>);
+
+/// Every error the data path renders.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
+struct Problem {
+    status: StatusCode,
+    detail: String,
+    allow: Option<HeaderValue>,
+    close: bool,
+}
+
+impl Problem {
+    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            allow: None,
+            close: false,
+        }
+    }
+}
+
+fn problem_of(err: &Error) -> Problem {
+    match err {
+        Error::Route(e) => match e {
+            RouteError::NotFound => Problem::new(StatusCode::NOT_FOUND, "no route matches this request"),
+            RouteError::MethodNotAllowed { allow } => Problem {
+                allow: Some(allow.clone()),
+                ..Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this path does not accept this method")
+            },
+            RouteError::HostMismatch { .. } => {
+                Problem::new(StatusCode::BAD_REQUEST, "the Host header differs from the request target")
+            }
+            RouteError::MissingHost => Problem::new(StatusCode::BAD_REQUEST, "the request has no Host header"),
+            RouteError::BadPath(p) => Problem::new(StatusCode::BAD_REQUEST, format!("unsafe path: {p}")),
+        },
+        Error::Proxy(e) => match e {
+            ProxyError::BodyTooLarge { limit } => Problem {
+                close: true,
+                ..Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {limit} bytes"))
+            },
+            ProxyError::ClientBody(_) => Problem {
+                close: true,
+                ..Problem::new(StatusCode::BAD_REQUEST, "the request body could not be read")
+            },
+            ProxyError::Connect { backend, .. } | ProxyError::Upstream { backend, .. } => {
+                Problem::new(StatusCode::BAD_GATEWAY, format!("the upstream `{backend}` failed"))
+            }
+            ProxyError::Timeout { backend } => {
+                Problem::new(StatusCode::GATEWAY_TIMEOUT, format!("the upstream `{backend}` did not answer in time"))
+            }
+        },
+    }
+}
+
+/// Renders `err` as problem+json, with the request id when there is one.
+pub fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Response<Body> {
+    let err = err.into();
+    let p = problem_of(&err);
+    let mut body = serde_json::json!({
+        "type": "about:blank",
+        "title": p.status.canonical_reason().unwrap_or("Error"),
+        "status": p.status.as_u16(),
+        "detail": p.detail,
+    });
+    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+        body["request_id"] = serde_json::Value::from(id);
+    }
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|e| match e {}).boxed_unsync());
+    *res.status_mut() = p.status;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if let Some(allow) = p.allow {
+        headers.insert(ALLOW, allow);
+    }
+    if p.close {
+        // The rest of the request body is not read: the connection cannot be reused.
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    res.extensions_mut().insert(ErrorDetail(err.to_string().into()));
+    res
+}

@@ -1,0 +1,19 @@
+//! fngate: an API gateway for serverless function endpoints.
+//!
+//! The request lifecycle is described once, in ARCHITECTURE.md.
+
+pub mod admin;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod normalize;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod watch;
+
+pub use config::Config;
+pub use server::{serve, start, Gateway, ServeOptions, StartError};

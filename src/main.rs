@@ -1,0 +1,139 @@
+//! The command line: parse arguments, set up logging, call into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fngate::config::{self, Config};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "fngate", version, about = "An API gateway for serverless function endpoints")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Log format: one JSON object per line, or human-readable text.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Check a config; exit 0 when valid, else 1 with every error.
+    Validate {
+        /// Config file [default: $FNGATE_CONFIG, else ./routes.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Config file [default: $FNGATE_CONFIG, else ./routes.toml]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Overrides `admin.listen`.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Validate { config }) => validate(config::resolve_path(config)),
+        Some(Command::Serve(args)) => serve(args, cli.log_format),
+        None => serve(cli.serve, cli.log_format),
+    }
+}
+
+fn validate(path: PathBuf) -> ExitCode {
+    match Config::load(&path) {
+        Ok(c) => {
+            println!(
+                "{}: valid ({} routes, {} backends)",
+                path.display(),
+                c.routes.len(),
+                c.backends.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            let n = errors.0.len();
+            println!("{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs, format: LogFormat) -> ExitCode {
+    init_logging(format);
+    let path = config::resolve_path(args.config);
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        runtime.worker_threads(config.server.workers);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = fngate::ServeOptions {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+    };
+    match runtime.block_on(fngate::serve(config, opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            )
+            .init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+    }
+}

@@ -1,0 +1,187 @@
+//! The Prometheus registry that layers record into (SPEC §6).
+//!
+//! Labels are route and backend names from the config, never raw paths or
+//! client-chosen strings, so cardinality stays bounded by the config.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A config name used as a label value without copying it per request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: Name,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub backend: Name,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric fngate exports. One instance per running gateway.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Histograms<RouteLabel>,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_duration: Histograms<BackendLabel>,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    pub config_version: Gauge,
+    pub open_connections: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// A gateway's latency lives between 100µs and a few seconds.
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fngate");
+        let requests = Family::default();
+        registry.register("requests", "Requests answered, by route, method and status", requests.clone());
+        let request_duration: Histograms<RouteLabel> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body",
+            request_duration.clone(),
+        );
+        let upstream_requests = Family::default();
+        registry.register(
+            "upstream_requests",
+            "Upstream attempts by backend and outcome (ok, http_5xx, connect_error, timeout, error)",
+            upstream_requests.clone(),
+        );
+        let upstream_duration: Histograms<BackendLabel> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from sending an upstream request to its response head",
+            upstream_duration.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register("config_reloads", "Config reloads by result (ok, error)", config_reloads.clone());
+        let config_version = Gauge::default();
+        registry.register("config_version", "Version of the running config", config_version.clone());
+        let open_connections = Gauge::default();
+        registry.register("open_connections", "Client connections open now", open_connections.clone());
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_requests,
+            upstream_duration,
+            config_reloads,
+            config_version,
+            open_connections,
+        }
+    }
+
+    pub fn request(&self, route: &Arc<str>, method: &Method, status: u16, elapsed: Duration) {
+        let route = Name(route.clone());
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                method: method_label(method),
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabel { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream(&self, backend: &Arc<str>, outcome: &'static str, elapsed: Duration) {
+        let backend = Name(backend.clone());
+        self.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                backend: backend.clone(),
+                outcome,
+            })
+            .inc();
+        self.upstream_duration
+            .get_or_create(&BackendLabel { backend })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# encoding failed");
+        }
+        out
+    }
+}
+
+/// Client-chosen extension methods would be unbounded label values.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}

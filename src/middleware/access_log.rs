@@ -1,0 +1,216 @@
+//! One access-log line and the request metrics per request, emitted when the
+//! response body ends (or the client goes away), so sizes and durations are
+//! those of the whole exchange.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+
+use crate::context::{ConnInfo, RequestId, RequestLog};
+use crate::error::{Body, BoxError, ErrorDetail};
+use crate::metrics::Metrics;
+
+/// Requests that match no route are counted under this route label.
+const UNMATCHED: &str = "-";
+
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    metrics: Arc<Metrics>,
+    unmatched: Arc<str>,
+}
+
+impl AccessLogLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            unmatched: UNMATCHED.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    layer: AccessLogLayer,
+}
+
+struct Entry {
+    start: Instant,
+    method: Method,
+    path: Option<String>,
+    status: u16,
+    request_id: Option<HeaderValue>,
+    peer: Option<std::net::IpAddr>,
+    log: Arc<RequestLog>,
+    detail: Option<ErrorDetail>,
+    layer: AccessLogLayer,
+}
+
+impl<S> Service<Request<Body>> for AccessLog<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = AccessLogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let log = Arc::new(RequestLog::default());
+        req.extensions_mut().insert(log.clone());
+        let method = req.method().clone();
+        // The path is only copied when a log line will be written.
+        let path = tracing::enabled!(target: "fngate::access", tracing::Level::INFO)
+            .then(|| req.uri().path().to_owned());
+        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+        let start_entry = Pending {
+            start,
+            method,
+            path,
+            request_id,
+            peer,
+            log,
+            layer: self.layer.clone(),
+        };
+        AccessLogFuture {
+            inner: self.inner.call(req),
+            pending: Some(start_entry),
+        }
+    }
+}
+
+/// What is known before the answer arrives.
+struct Pending {
+    start: Instant,
+    method: Method,
+    path: Option<String>,
+    request_id: Option<HeaderValue>,
+    peer: Option<std::net::IpAddr>,
+    log: Arc<RequestLog>,
+    layer: AccessLogLayer,
+}
+
+pin_project_lite::pin_project! {
+    /// Wraps the answer's body so the log line is written when it ends.
+    pub struct AccessLogFuture<F> {
+        #[pin]
+        inner: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F> Future for AccessLogFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx))?;
+        let Some(p) = this.pending.take() else {
+            return Poll::Ready(Ok(res));
+        };
+        let (parts, body) = res.into_parts();
+        let entry = Entry {
+            start: p.start,
+            method: p.method,
+            path: p.path,
+            status: parts.status.as_u16(),
+            request_id: p.request_id,
+            peer: p.peer,
+            log: p.log,
+            detail: parts.extensions.get::<ErrorDetail>().cloned(),
+            layer: p.layer,
+        };
+        let body = Logged {
+            inner: body,
+            bytes_out: 0,
+            entry: Some(entry),
+        };
+        Poll::Ready(Ok(Response::from_parts(parts, body.boxed_unsync())))
+    }
+}
+
+/// The response body, counted; writes the log line when dropped.
+struct Logged {
+    inner: Body,
+    bytes_out: u64,
+    entry: Option<Entry>,
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes_out += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let Some(e) = self.entry.take() else { return };
+        let elapsed = e.start.elapsed();
+        let fields = e.log.fields();
+        let route = fields.route.unwrap_or_else(|| e.layer.unmatched.clone());
+        e.layer.metrics.request(&route, &e.method, e.status, elapsed);
+        let Some(path) = e.path else { return };
+        let client_ip = fields.client_ip.or(e.peer);
+        tracing::info!(
+            target: "fngate::access",
+            ts = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+            request_id = e.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            route = &*route,
+            method = e.method.as_str(),
+            path = path.as_str(),
+            status = e.status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream = fields.upstream.as_deref().unwrap_or("-"),
+            bytes_in = e.log.bytes_in(),
+            bytes_out = self.bytes_out,
+            client_ip = %client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            consumer = "-",
+            error = e.detail.as_ref().map_or("-", |d| &*d.0),
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! The request path as one tower stack, composed top to bottom in [`stack`].
+
+mod access_log;
+mod request_id;
+mod route;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tower::{Service, ServiceBuilder};
+
+pub use access_log::AccessLogLayer;
+pub use request_id::{RequestIdLayer, X_REQUEST_ID};
+pub use route::RouteLayer;
+
+use crate::error::Body;
+use crate::proxy::Proxy;
+use crate::state::State;
+
+/// Builds the data-path service. Every layer is always ready; rejections are
+/// answers rendered through `error.rs`, never `Err`.
+pub fn stack(
+    state: Arc<State>,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone + Send + 'static {
+    let metrics = state.metrics.clone();
+    ServiceBuilder::new()
+        // First, so every answer (even a 404) carries the id and the log line has it.
+        .layer(RequestIdLayer)
+        // Outside the router, so unroutable requests are logged and counted too.
+        .layer(AccessLogLayer::new(metrics.clone()))
+        // Loads the snapshot once; everything below sees the same config.
+        .layer(RouteLayer::new(state))
+        // SPEC §3 order continues here: CORS preflight, then `ip`/`global`
+        // rate limits, then authentication, then the other rate limits, so a
+        // request refused early never costs a signature check or an upstream call.
+        .service(Proxy::new(metrics))
+}

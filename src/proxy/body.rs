@@ -1,0 +1,137 @@
+//! The upstream request body: empty, buffered (replayable for retries) or
+//! streamed with the `max_body` limit counted as it flows.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+
+use crate::context::RequestLog;
+use crate::error::{Body, BoxError};
+
+/// Why the client's body could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body over the {0}-byte limit")]
+    TooLarge(u64),
+    #[error("client body failed: {0}")]
+    Client(BoxError),
+}
+
+/// A streamed body that has not been polled yet can be taken back after a
+/// connect failure, so even a streamed request can be retried then.
+pub(crate) type Slot = Arc<Mutex<Option<Body>>>;
+
+pub struct ProxyBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Streaming),
+}
+
+struct Streaming {
+    slot: Slot,
+    body: Option<Body>,
+    hint: SizeHint,
+    seen: u64,
+    limit: u64,
+    log: Option<Arc<RequestLog>>,
+}
+
+impl ProxyBody {
+    pub(crate) fn empty() -> Self {
+        Self { kind: Kind::Empty }
+    }
+
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Full(Some(bytes)),
+        }
+    }
+
+    /// Streams `body`, failing once more than `limit` bytes have passed.
+    pub(crate) fn stream(body: Body, limit: u64, log: Option<Arc<RequestLog>>) -> (Self, Slot) {
+        let hint = body.size_hint();
+        let slot = Arc::new(Mutex::new(Some(body)));
+        let kind = Kind::Stream(Streaming {
+            slot: slot.clone(),
+            body: None,
+            hint,
+            seen: 0,
+            limit,
+            log,
+        });
+        (Self { kind }, slot)
+    }
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(s) => {
+                if s.body.is_none() {
+                    s.body = s.slot.lock().ok().and_then(|mut slot| slot.take());
+                }
+                let Some(body) = s.body.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            let n = data.len() as u64;
+                            s.seen += n;
+                            if let Some(log) = &s.log {
+                                log.add_bytes_in(n);
+                            }
+                            if s.seen > s.limit {
+                                return Poll::Ready(Some(Err(BodyError::TooLarge(s.limit))));
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Stream(s) => s.body.as_ref().is_some_and(|b| b.is_end_stream()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream(s) => s.hint.clone(),
+        }
+    }
+}
+
+/// Finds our own body error in an upstream error's source chain.
+pub(crate) fn body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(b) = e.downcast_ref::<BodyError>() {
+            return Some(b);
+        }
+        cur = e.source();
+    }
+    None
+}

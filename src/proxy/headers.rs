@@ -1,0 +1,124 @@
+//! Header rules between client and upstream (SPEC §3).
+
+use std::net::IpAddr;
+
+use http::header::{
+    CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::HeaderEdits;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+/// `te: trailers` survives (gRPC needs it); other `te` values do not.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        headers.remove(name);
+    }
+    for name in [TRANSFER_ENCODING, UPGRADE, TRAILER, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION] {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(TE) {
+        let trailers = te
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        headers.remove(TE);
+        if trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
+    }
+}
+
+/// Prepares client headers for the upstream: hop-by-hop removed, forwarding
+/// headers set, the route's and the backend's edits applied. `Host` is set
+/// per attempt by the caller.
+pub(crate) fn upstream_request(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+    route_edits: &HeaderEdits,
+    backend_headers: &[(HeaderName, HeaderValue)],
+) {
+    strip_hop_by_hop(headers);
+    // The 100-continue exchange is between the client and us; hyper answered it.
+    headers.remove(EXPECT);
+    headers.remove(HOST);
+
+    let ip = client_ip.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if headers.get_all(&X_FORWARDED_FOR).iter().count() == 1 => format!("{prior}, {ip}"),
+        Some(_) => {
+            let all: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+            format!("{}, {ip}", all.join(", "))
+        }
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    match host {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+    apply(headers, route_edits);
+    for (name, value) in backend_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// Removes, then sets, as the route says.
+pub(crate) fn apply(headers: &mut HeaderMap, edits: &HeaderEdits) {
+    for name in &edits.remove {
+        headers.remove(name);
+    }
+    for (name, value) in &edits.set {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_hop_by_hop_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("x-secret"));
+        assert!(!h.contains_key(CONNECTION));
+        assert!(!h.contains_key("keep-alive"));
+        assert!(!h.contains_key(UPGRADE));
+        assert_eq!(h.get(TE), Some(&HeaderValue::from_static("trailers")));
+        assert!(h.contains_key("x-kept"));
+    }
+}

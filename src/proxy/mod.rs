@@ -1,0 +1,345 @@
+//! Forwards one request to one backend pool: endpoint choice, retries,
+//! deadlines, header rules and streaming in both directions.
+
+mod body;
+mod headers;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::config::{Backend, Endpoint, Target};
+use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
+use crate::error::{self, Body, BoxError};
+use crate::metrics::Metrics;
+
+pub use body::{BodyError, ProxyBody};
+pub(crate) use headers::strip_hop_by_hop;
+
+/// Bodies up to this size with a known length are buffered, so a failed
+/// attempt can be retried (SPEC §2 `retries`).
+const REPLAY_LIMIT: u64 = 64 << 10;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request body over the {limit}-byte limit")]
+    BodyTooLarge { limit: u64 },
+    #[error("reading the request body failed: {0}")]
+    ClientBody(BoxError),
+    #[error("connecting to backend `{backend}` failed: {detail}")]
+    Connect { backend: Arc<str>, detail: String },
+    #[error("backend `{backend}` failed: {detail}")]
+    Upstream { backend: Arc<str>, detail: String },
+    #[error("backend `{backend}` did not answer in time")]
+    Timeout { backend: Arc<str> },
+}
+
+/// A backend's runtime half: its connection pool and balancing state. Kept
+/// across reloads while the backend's settings do not change.
+pub struct Upstream {
+    pub backend: Arc<Backend>,
+    client: Client<HttpConnector, ProxyBody>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("backend", &self.backend.name).finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(backend: Arc<Backend>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(backend.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(http);
+        Self {
+            backend,
+            client,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The innermost service: forwards a routed request.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl tower::Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+            Ok(match forward(req, &metrics).await {
+                Ok(res) => res,
+                Err(e) => error::respond(e, id.as_ref()),
+            })
+        })
+    }
+}
+
+enum Prepared {
+    Empty,
+    Full(Bytes),
+    Stream(Body),
+}
+
+async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<Body>, ProxyError> {
+    let Some(ctx) = req.extensions_mut().remove::<RouteContext>() else {
+        // The route layer always runs first; without it there is nothing to forward to.
+        return Err(ProxyError::Upstream {
+            backend: "-".into(),
+            detail: "request reached the proxy unrouted".into(),
+        });
+    };
+    let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+    let tls = req.extensions().get::<ConnInfo>().is_some_and(|c| c.tls);
+    let active = ctx.active();
+    let route = &active.config;
+    let upstream = &active.upstream;
+    let backend = &upstream.backend;
+    let server = &ctx.snapshot.config.server;
+    let deadline = Instant::now() + route.timeout.unwrap_or(server.request_timeout);
+
+    let (mut parts, body) = req.into_parts();
+    let suffix = upstream_path(&ctx, &route.target);
+    let query = parts.uri.query();
+    headers::upstream_request(
+        &mut parts.headers,
+        ctx.client_ip,
+        tls,
+        ctx.host.as_ref(),
+        &route.request_headers,
+        &backend.headers,
+    );
+    let client_host = if route.preserve_host { ctx.host.clone() } else { None };
+
+    let mut prepared = prepare(body, server.max_body, log.as_ref()).await?;
+    let idempotent = is_idempotent(&parts.method);
+    let n = backend.endpoints.len();
+    let start = upstream.next.fetch_add(1, Ordering::Relaxed);
+    let mut last = ProxyError::Timeout {
+        backend: backend.name.clone(),
+    };
+    for attempt in 0..=backend.retries as usize {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            last = ProxyError::Timeout {
+                backend: backend.name.clone(),
+            };
+            break;
+        }
+        let endpoint = &backend.endpoints[(start + attempt) % n];
+        let (body, slot) = match &mut prepared {
+            Prepared::Empty => (ProxyBody::empty(), None),
+            Prepared::Full(bytes) => (ProxyBody::full(bytes.clone()), None),
+            Prepared::Stream(_) => {
+                let Prepared::Stream(b) = std::mem::replace(&mut prepared, Prepared::Empty) else {
+                    unreachable!("matched Stream above")
+                };
+                let limit = server.max_body;
+                let (body, slot) = ProxyBody::stream(b, limit, log.clone());
+                (body, Some(slot))
+            }
+        };
+        let replayable = slot.is_none();
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = upstream_uri(endpoint, &suffix, query)?;
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = parts.headers.clone();
+        let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
+        up.headers_mut().insert(http::header::HOST, host);
+        if let Some(log) = &log {
+            let url = endpoint.url.clone();
+            log.update(|f| f.upstream = Some(url));
+        }
+
+        let sent = Instant::now();
+        let result = tokio::time::timeout(backend.timeout.min(remaining), upstream.client.request(up)).await;
+        let elapsed = sent.elapsed();
+        let retries_left = attempt < backend.retries as usize;
+        match result {
+            Ok(Ok(res)) => {
+                let status = res.status().as_u16();
+                let failed = matches!(status, 502..=504);
+                metrics.upstream(&backend.name, if status >= 500 { "http_5xx" } else { "ok" }, elapsed);
+                if failed && idempotent && replayable && retries_left {
+                    continue;
+                }
+                return Ok(response(res, &route.response_headers));
+            }
+            Ok(Err(e)) => {
+                if let Some(b) = body::body_error(&e) {
+                    return Err(match b {
+                        BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit: *limit },
+                        BodyError::Client(inner) => ProxyError::ClientBody(inner.to_string().into()),
+                    });
+                }
+                let connect = e.is_connect();
+                metrics.upstream(&backend.name, if connect { "connect_error" } else { "error" }, elapsed);
+                let detail = format!("{}: {}", endpoint.url, error_chain(&e));
+                tracing::debug!(backend = %backend.name, attempt, "upstream attempt failed: {detail}");
+                // A streamed body that was never polled can go to the next endpoint.
+                let reclaimed = slot.and_then(|s| s.lock().ok().and_then(|mut s| s.take()));
+                let can_retry = if connect {
+                    replayable || reclaimed.is_some()
+                } else {
+                    idempotent && replayable
+                };
+                if let Some(b) = reclaimed {
+                    prepared = Prepared::Stream(b);
+                }
+                last = if connect {
+                    ProxyError::Connect {
+                        backend: backend.name.clone(),
+                        detail,
+                    }
+                } else {
+                    ProxyError::Upstream {
+                        backend: backend.name.clone(),
+                        detail,
+                    }
+                };
+                if !can_retry {
+                    break;
+                }
+            }
+            Err(_) => {
+                metrics.upstream(&backend.name, "timeout", elapsed);
+                last = ProxyError::Timeout {
+                    backend: backend.name.clone(),
+                };
+                if !(idempotent && replayable) {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The path after the route's target applies, without the backend's base path.
+fn upstream_path(ctx: &RouteContext, target: &Target) -> String {
+    match target {
+        Target::Same => ctx.path.clone(),
+        Target::Rewrite(t) => {
+            let values: Vec<&str> = ctx.params().collect();
+            let mut out = String::with_capacity(t.raw.len() + ctx.path.len());
+            t.render(&values, &mut out);
+            out
+        }
+        Target::StripPrefix(prefix) => {
+            let rest = ctx.path.get(prefix.len()..).unwrap_or_default();
+            if rest.starts_with('/') {
+                rest.to_owned()
+            } else {
+                format!("/{rest}")
+            }
+        }
+    }
+}
+
+fn upstream_uri(endpoint: &Endpoint, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let mut pq = String::with_capacity(endpoint.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(&endpoint.base_path);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(pq).map_err(|e| ProxyError::Upstream {
+        backend: "-".into(),
+        detail: format!("cannot build the upstream path: {e}"),
+    })?;
+    Uri::builder()
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::Upstream {
+            backend: "-".into(),
+            detail: format!("cannot build the upstream URI: {e}"),
+        })
+}
+
+/// Decides how the body travels: small known-length bodies are buffered so
+/// they can be replayed; the rest stream with the limit counted on the way.
+async fn prepare(body: Body, limit: u64, log: Option<&Arc<RequestLog>>) -> Result<Prepared, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Prepared::Empty);
+    }
+    match body.size_hint().exact() {
+        Some(n) if n > limit => Err(ProxyError::BodyTooLarge { limit }),
+        Some(0) => Ok(Prepared::Empty),
+        Some(n) if n <= REPLAY_LIMIT => {
+            let bytes = body.collect().await.map_err(ProxyError::ClientBody)?.to_bytes();
+            if let Some(log) = log {
+                log.add_bytes_in(bytes.len() as u64);
+            }
+            Ok(Prepared::Full(bytes))
+        }
+        _ => Ok(Prepared::Stream(body)),
+    }
+}
+
+fn response(res: Response<hyper::body::Incoming>, edits: &crate::config::HeaderEdits) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    headers::apply(&mut parts.headers, edits);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

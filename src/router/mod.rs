@@ -1,0 +1,306 @@
+//! The compiled, immutable route table: host, then path, then method.
+//!
+//! Hosts are tried most specific first (exact, then wildcards by longest
+//! suffix, then routes without a host); the first table whose path and method
+//! match wins. Each path shape has one matchit entry with a method table, so
+//! `GET /orders/{id}` and `POST /orders/{order_id}` can split one path (CQRS).
+//! No IO here: unit-testable without a runtime.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+
+use crate::config::{HostPattern, Route};
+
+
+/// A successful match: the route's index in the config and its params.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    pub route: usize,
+    /// Byte ranges of each path param (by position) within the matched path.
+    pub params: Vec<Range<usize>>,
+}
+
+/// Why no route serves a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no route matches this host and path")]
+    NotFound,
+    #[error("the path matches but the method is not allowed (allowed: {allow:?})")]
+    MethodNotAllowed { allow: HeaderValue },
+    #[error("the Host header `{host:?}` differs from the request URI authority `{authority}`")]
+    HostMismatch { host: HeaderValue, authority: String },
+    #[error("HTTP/1.1 request without a Host header")]
+    MissingHost,
+    #[error("unsafe path: {0}")]
+    BadPath(#[from] crate::normalize::PathError),
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    methods: Vec<(Method, usize)>,
+    any: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct HostTable {
+    paths: matchit::Router<usize>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<Box<str>, HostTable>,
+    /// Longest suffix first, so `*.eu.example.com` beats `*.example.com`.
+    wildcard: Vec<(Box<str>, HostTable)>,
+    any: HostTable,
+}
+
+impl HostTable {
+    fn find(&self, method: &Method, path: &str, allow: &mut Vec<Method>) -> Option<Match> {
+        let found = self.paths.at(path).ok()?;
+        let entry = &self.entries[*found.value];
+        let route = entry
+            .methods
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, r)| *r)
+            .or(entry.any);
+        match route {
+            Some(route) => {
+                let base = path.as_ptr() as usize;
+                let params = found
+                    .params
+                    .iter()
+                    .map(|(_, v)| {
+                        let start = v.as_ptr() as usize - base;
+                        start..start + v.len()
+                    })
+                    .collect();
+                Some(Match { route, params })
+            }
+            None => {
+                for (m, _) in &entry.methods {
+                    if !allow.contains(m) {
+                        allow.push(m.clone());
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+impl RouteTable {
+    /// Compiles validated routes. Index `i` in a [`Match`] is `routes[i]`.
+    pub fn build(routes: &[Arc<Route>]) -> Self {
+        let mut table = Self::default();
+        // Group identical shapes first so each shape is inserted once per host.
+        let mut shapes: HashMap<(Option<&HostPattern>, &str), Vec<usize>> = HashMap::new();
+        let mut order = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            let key = (r.host.as_ref(), r.path.shape.as_str());
+            let slot = shapes.entry(key).or_default();
+            if slot.is_empty() {
+                order.push(key);
+            }
+            slot.push(i);
+        }
+        for key in order {
+            let members = &shapes[&key];
+            let host_table = match key.0 {
+                None => &mut table.any,
+                Some(HostPattern::Exact(h)) => table.exact.entry(h.as_str().into()).or_default(),
+                Some(HostPattern::Wildcard(suffix)) => {
+                    match table.wildcard.iter().position(|(s, _)| **s == **suffix) {
+                        Some(p) => &mut table.wildcard[p].1,
+                        None => {
+                            table.wildcard.push((suffix.as_str().into(), HostTable::default()));
+                            &mut table.wildcard.last_mut().expect("just pushed").1
+                        }
+                    }
+                }
+            };
+            let id = host_table.entries.len();
+            if host_table.paths.insert(key.1.to_owned(), id).is_err() {
+                continue;
+            }
+            let mut entry = Entry::default();
+            for &i in members {
+                match &routes[i].methods {
+                    None => entry.any = Some(i),
+                    Some(methods) => entry.methods.extend(methods.iter().map(|m| (m.clone(), i))),
+                }
+            }
+            host_table.entries.push(entry);
+        }
+        table.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        table
+    }
+
+    /// Finds the route for a request. `host` is lower-case without port.
+    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Result<Match, RouteError> {
+        let mut allow = Vec::new();
+        if let Some(host) = host {
+            if let Some(t) = self.exact.get(host) {
+                if let Some(m) = t.find(method, path, &mut allow) {
+                    return Ok(m);
+                }
+            }
+            for (suffix, t) in &self.wildcard {
+                // One or more labels before the suffix; the apex does not match.
+                if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                    if let Some(m) = t.find(method, path, &mut allow) {
+                        return Ok(m);
+                    }
+                }
+            }
+        }
+        if let Some(m) = self.any.find(method, path, &mut allow) {
+            return Ok(m);
+        }
+        if allow.is_empty() {
+            return Err(RouteError::NotFound);
+        }
+        let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        Err(RouteError::MethodNotAllowed {
+            allow: HeaderValue::from_str(&list).unwrap_or(HeaderValue::from_static("")),
+        })
+    }
+}
+
+/// The host of an authority or Host value, lower-cased, without port.
+pub fn host_only(authority: &str) -> std::borrow::Cow<'_, str> {
+    let host = if authority.starts_with('[') {
+        authority.find(']').map_or(authority, |end| &authority[..=end])
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table(routes: &str) -> (Config, RouteTable) {
+        let text = format!("[backends.b]\nurls = [\"http://127.0.0.1:1\"]\n{routes}");
+        let config = Config::parse(&text, "test.toml", &|_| None).expect("valid config");
+        let table = RouteTable::build(&config.routes);
+        (config, table)
+    }
+
+    fn name(config: &Config, m: Result<Match, RouteError>) -> String {
+        match m {
+            Ok(m) => config.routes[m.route].name.to_string(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn methods_split_one_path_between_routes() {
+        let (c, t) = table(
+            r#"
+            [[routes]]
+            name = "read"
+            path = "/orders/{id}"
+            methods = ["GET"]
+            backend = "b"
+            [[routes]]
+            name = "write"
+            path = "/orders/{order_id}"
+            methods = ["POST", "PUT"]
+            backend = "b"
+            "#,
+        );
+        assert_eq!(name(&c, t.find(None, &Method::GET, "/orders/1")), "read");
+        assert_eq!(name(&c, t.find(None, &Method::PUT, "/orders/1")), "write");
+        match t.find(None, &Method::DELETE, "/orders/1") {
+            Err(RouteError::MethodNotAllowed { allow }) => assert_eq!(allow, "GET, POST, PUT"),
+            other => panic!("expected 405, got {other:?}"),
+        }
+        assert_eq!(t.find(None, &Method::GET, "/orders"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn params_and_catch_all_are_captured_by_position() {
+        let (_, t) = table(
+            r#"
+            [[routes]]
+            name = "files"
+            path = "/u/{user}/files/{*rest}"
+            backend = "b"
+            "#,
+        );
+        let path = "/u/ann/files/a/b.txt";
+        let m = t.find(None, &Method::GET, path).expect("match");
+        let values: Vec<&str> = m.params.iter().map(|r| &path[r.clone()]).collect();
+        assert_eq!(values, ["ann", "a/b.txt"]);
+        // A catch-all needs at least one character.
+        assert_eq!(t.find(None, &Method::GET, "/u/ann/files/"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_beats_no_host() {
+        let (c, t) = table(
+            r#"
+            [[routes]]
+            name = "exact"
+            path = "/x"
+            host = "api.example.com"
+            backend = "b"
+            [[routes]]
+            name = "wild"
+            path = "/x"
+            host = "*.example.com"
+            backend = "b"
+            [[routes]]
+            name = "deeper-wild"
+            path = "/x"
+            host = "*.eu.example.com"
+            backend = "b"
+            [[routes]]
+            name = "anyhost"
+            path = "/x"
+            backend = "b"
+            "#,
+        );
+        let find = |h: &str| name(&c, t.find(Some(h), &Method::GET, "/x"));
+        assert_eq!(find("api.example.com"), "exact");
+        assert_eq!(find("web.example.com"), "wild");
+        assert_eq!(find("a.b.example.com"), "wild");
+        assert_eq!(find("x.eu.example.com"), "deeper-wild");
+        assert_eq!(find("example.com"), "anyhost", "a wildcard never matches the apex");
+        assert_eq!(find("other.org"), "anyhost");
+        assert_eq!(name(&c, t.find(None, &Method::GET, "/x")), "anyhost");
+    }
+
+    #[test]
+    fn trailing_slash_is_a_different_path() {
+        let (_, t) = table(
+            r#"
+            [[routes]]
+            name = "users"
+            path = "/users"
+            backend = "b"
+            "#,
+        );
+        assert!(t.find(None, &Method::GET, "/users").is_ok());
+        assert_eq!(t.find(None, &Method::GET, "/users/"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn host_only_strips_port_and_case() {
+        assert_eq!(host_only("API.Example.com:8080"), "api.example.com");
+        assert_eq!(host_only("[::1]:80"), "[::1]");
+        assert_eq!(host_only("example.com."), "example.com");
+    }
+}

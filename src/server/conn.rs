@@ -1,0 +1,191 @@
+//! One client connection: protocol detection, activity tracking and the
+//! deadlines hyper does not enforce the way SPEC §2 asks.
+//!
+//! hyper's own `header_read_timeout` also runs while a keep-alive connection
+//! waits for its next request, so it would cap `idle_timeout`. Instead the
+//! IO wrapper records when bytes last moved and when the bytes of a new
+//! request head began to arrive, and a watchdog closes the connection when
+//! either deadline passes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Milliseconds since the process's first call, never 0 (0 means "unset").
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// When bytes last moved on a connection, and whether a request head is due.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    last: AtomicU64,
+    head_started: AtomicU64,
+    in_flight: AtomicU32,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        let now = now_ms();
+        Self {
+            last: AtomicU64::new(now),
+            // A new connection owes us a request head from the moment it opens.
+            head_started: AtomicU64::new(now),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    fn read(&self) {
+        let now = now_ms();
+        self.last.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
+            self.head_started.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn touch(&self) {
+        self.last.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection has been silent for `idle`, or when a
+    /// request head has been arriving for longer than `head` (HTTP/1 only).
+    pub(crate) async fn expired(&self, idle: Duration, head: Option<Duration>) -> &'static str {
+        let idle = idle.as_millis() as u64;
+        let head = head.map(|h| h.as_millis() as u64);
+        loop {
+            let now = now_ms();
+            let mut deadline = self.last.load(Ordering::Relaxed) + idle;
+            let mut why = "idle timeout";
+            if let Some(head) = head {
+                let started = self.head_started.load(Ordering::Relaxed);
+                if started != 0 && self.in_flight.load(Ordering::Relaxed) == 0 && started + head < deadline {
+                    deadline = started + head;
+                    why = "request head not received in time";
+                }
+            }
+            if now >= deadline {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        }
+    }
+}
+
+/// Counts a request as in flight until dropped.
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The client socket, with the bytes read while sniffing the protocol replayed first.
+pub(crate) struct ConnIo {
+    inner: TcpStream,
+    prefix: BytesMut,
+    activity: Arc<Activity>,
+}
+
+impl ConnIo {
+    pub(crate) fn new(inner: TcpStream, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            prefix: BytesMut::new(),
+            activity,
+        }
+    }
+
+    /// Reads until the bytes tell HTTP/2 prior knowledge from HTTP/1.
+    pub(crate) async fn sniff(&mut self) -> io::Result<Protocol> {
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            if self.inner.read_buf(&mut buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.activity.touch();
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] != H2_PREFACE[..n] {
+                self.prefix = buf;
+                return Ok(Protocol::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                self.prefix = buf;
+                return Ok(Protocol::Http2);
+            }
+        }
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

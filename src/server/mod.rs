@@ -1,0 +1,385 @@
+//! Listeners, connections and the shutdown sequence of SPEC §5.
+
+mod conn;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{Service, ServiceExt};
+
+use crate::config::Config;
+use crate::context::ConnInfo;
+use crate::error::{Body, BoxError};
+use crate::metrics::Metrics;
+use crate::state::State;
+use conn::{Activity, ConnIo, Protocol};
+
+/// Command-line overrides of the file's addresses.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot watch {path} for changes (server.watch): {source}")]
+    Watch { path: String, source: notify::Error },
+}
+
+/// A running gateway: its bound addresses and the handles to stop it.
+#[derive(Debug)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<State>,
+    shutdown: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Starts the drain (SPEC §5); [`Gateway::wait`] returns when it is over.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds every listener and starts serving. Returns once the gateway is ready.
+pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartError> {
+    let listen = opts.listen.unwrap_or(config.server.listen);
+    let admin_listen = opts.admin_listen.unwrap_or(config.admin.listen);
+    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind {
+        key: "server.listen",
+        addr: listen,
+        source,
+    })?;
+    let admin_listener = TcpListener::bind(admin_listen).await.map_err(|source| StartError::Bind {
+        key: "admin.listen",
+        addr: admin_listen,
+        source,
+    })?;
+    let addr = listener.local_addr().unwrap_or(listen);
+    let admin_addr = admin_listener.local_addr().unwrap_or(admin_listen);
+
+    let watch = config.server.watch.then(|| config.path.clone()).flatten();
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(State::new(config, metrics));
+    let shutdown = CancellationToken::new();
+    if let Some(path) = watch {
+        crate::watch::spawn(state.clone(), &path, shutdown.clone()).map_err(|source| StartError::Watch {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let stop_admin = CancellationToken::new();
+    let admin = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        crate::admin::AdminState::new(state.clone(), ready.clone()),
+        stop_admin.clone(),
+    ));
+
+    let stop_accepting = CancellationToken::new();
+    let draining = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        state.clone(),
+        stop_accepting.clone(),
+        draining.clone(),
+        tracker.clone(),
+    ));
+
+    let done = tokio::spawn({
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            let server = state.load().config.server.clone();
+            ready.store(false, Ordering::SeqCst);
+            tracing::info!(drain_delay = ?server.drain_delay, "shutting down: /readyz now fails");
+            tokio::time::sleep(server.drain_delay).await;
+            stop_accepting.cancel();
+            let _ = accept.await;
+            draining.cancel();
+            tracker.close();
+            if tokio::time::timeout(server.shutdown_grace, tracker.wait()).await.is_err() {
+                tracing::warn!(grace = ?server.shutdown_grace, "requests still in flight after shutdown_grace; closing");
+            }
+            stop_admin.cancel();
+            let _ = admin.await;
+            tracing::info!("stopped");
+        }
+    });
+
+    tracing::info!(%addr, %admin_addr, "fngate listening");
+    Ok(Gateway {
+        addr,
+        admin_addr,
+        state,
+        shutdown,
+        done,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
+pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let gateway = start(config, opts).await?;
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+        tracing::error!("cannot install signal handlers; stopping");
+        gateway.shutdown();
+        gateway.wait().await;
+        return Ok(());
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let _ = gateway.state.reload(crate::state::Source::Signal).await;
+            }
+        }
+    }
+    gateway.shutdown();
+    gateway.wait().await;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    stop: CancellationToken,
+    draining: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let service = crate::middleware::stack(state.clone());
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracker.spawn(connection(stream, peer, service.clone(), state.clone(), draining.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection<S>(stream: TcpStream, peer: SocketAddr, service: S, state: Arc<State>, draining: CancellationToken)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let metrics = state.metrics.clone();
+    metrics.open_connections.inc();
+    let _open = scopeguard(move || {
+        metrics.open_connections.dec();
+    });
+    let _ = stream.set_nodelay(true);
+    // Connection-level settings come from the config current at accept time.
+    let server = state.load().config.server.clone();
+    let activity = Arc::new(Activity::new());
+    let mut io = ConnIo::new(stream, activity.clone());
+    let protocol = match tokio::time::timeout(server.header_read_timeout, io.sniff()).await {
+        Ok(Ok(p)) => p,
+        _ => return,
+    };
+    let svc = HyperService {
+        inner: service,
+        conn: ConnInfo { peer, tls: false },
+        activity: activity.clone(),
+        draining: draining.clone(),
+    };
+    let io = TokioIo::new(io);
+    match protocol {
+        Protocol::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .max_header_size(server.max_header_size)
+                .max_buf_size((server.max_header_size + 8192).max(400 << 10))
+                .keep_alive(true)
+                .serve_connection(io, svc);
+            drive(conn, &draining, &activity, server.idle_timeout, Some(server.header_read_timeout)).await;
+        }
+        Protocol::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(server.max_header_size.min(u32::MAX as usize) as u32)
+                .serve_connection(io, svc);
+            drive(conn, &draining, &activity, server.idle_timeout, None).await;
+        }
+    }
+}
+
+/// The two hyper connection types, for one drive loop.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<BoxError>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+async fn drive<C: Graceful>(
+    conn: C,
+    draining: &CancellationToken,
+    activity: &Activity,
+    idle: Duration,
+    head: Option<Duration>,
+) {
+    tokio::pin!(conn);
+    let mut graceful = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!("connection ended: {e}");
+                }
+                return;
+            }
+            // HTTP/2 gets GOAWAY; HTTP/1 closes after the answer in flight.
+            _ = draining.cancelled(), if !graceful => {
+                conn.as_mut().graceful();
+                graceful = true;
+            }
+            why = activity.expired(idle, head) => {
+                tracing::debug!("closing connection: {why}");
+                return;
+            }
+        }
+    }
+}
+
+/// Adapts the tower stack to hyper: boxes the body, attaches the connection
+/// facts, and asks HTTP/1 clients to close while draining.
+#[derive(Clone)]
+struct HyperService<S> {
+    inner: S,
+    conn: ConnInfo,
+    activity: Arc<Activity>,
+    draining: CancellationToken,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for HyperService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ServeFuture<tower::util::Oneshot<S, Request<Body>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.request_started();
+        let version = req.version();
+        let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        req.extensions_mut().insert(self.conn);
+        ServeFuture {
+            inner: self.inner.clone().oneshot(req),
+            in_flight: Some(in_flight),
+            draining: self.draining.clone(),
+            version,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct ServeFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<conn::InFlight>,
+        draining: CancellationToken,
+        version: Version,
+    }
+}
+
+impl<F> Future for ServeFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        this.in_flight.take();
+        if this.draining.is_cancelled() && *this.version <= Version::HTTP_11 {
+            res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        std::task::Poll::Ready(Ok(res))
+    }
+}
+
+struct ScopeGuard<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for ScopeGuard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+fn scopeguard<F: FnOnce()>(f: F) -> ScopeGuard<F> {
+    ScopeGuard(Some(f))
+}
