@@ -1,0 +1,261 @@
+//! Spawns real backends and the real gateway on 127.0.0.1:0, a fresh set per test.
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// False when reading the body failed (an aborted upload).
+    pub body_complete: bool,
+}
+
+/// A hyper backend that records every request and answers with `handler`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    arrived: Arc<Notify>,
+}
+
+impl Backend {
+    /// An echo backend: answers 200 with a JSON description of the request.
+    pub async fn echo(name: &'static str) -> Self {
+        Self::with(move |seen: Seen| async move {
+            let headers: serde_json::Map<String, serde_json::Value> = seen
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
+            let json = serde_json::json!({
+                "backend": name,
+                "method": seen.method.as_str(),
+                "uri": seen.uri,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&seen.body),
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("x-backend", name)
+                .header("connection", "x-hop")
+                .header("x-hop", "secret")
+                .body(full(json.to_string()))
+                .unwrap()
+        })
+        .await
+    }
+
+    /// A backend that answers every request with `handler`.
+    pub async fn with<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Seen) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(Notify::new());
+        let (seen2, arrived2) = (seen.clone(), arrived.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (handler, seen, arrived) = (handler.clone(), seen2.clone(), arrived2.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (handler, seen, arrived) = (handler.clone(), seen.clone(), arrived.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let (body, complete) = match body.collect().await {
+                                Ok(b) => (b.to_bytes(), true),
+                                Err(_) => (Bytes::new(), false),
+                            };
+                            let s = Seen {
+                                method: parts.method,
+                                uri: parts.uri.to_string(),
+                                headers: parts.headers,
+                                body,
+                                body_complete: complete,
+                            };
+                            seen.lock().unwrap().push(s.clone());
+                            arrived.notify_waiters();
+                            Ok::<_, Infallible>(handler(s).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, arrived }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+pub fn full(s: impl Into<Bytes>) -> BoxBody {
+    Full::new(s.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A TCP port that refuses connections (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The real gateway, started in-process on ephemeral ports.
+pub struct Gw {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub gateway: Option<fngate::Gateway>,
+}
+
+impl Gw {
+    pub async fn start(config: &str) -> Self {
+        let config = fngate::Config::parse(config, "test.toml", &|name| std::env::var(name).ok())
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        Self::start_config(config).await
+    }
+
+    pub async fn start_config(config: fngate::Config) -> Self {
+        let opts = fngate::ServeOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        };
+        let gateway = fngate::start(config, opts).await.expect("gateway starts");
+        Self {
+            addr: gateway.addr,
+            admin: gateway.admin_addr,
+            gateway: Some(gateway),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        send(Request::get(self.url(path)).body(empty()).unwrap()).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        let a = send(Request::get(format!("http://{}/metrics", self.admin)).body(empty()).unwrap()).await;
+        a.text()
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gateway {
+            g.shutdown();
+        }
+    }
+}
+
+/// An answer read to the end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The echo backend's view of a request header.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_owned)
+    }
+
+    /// Asserts a problem+json answer with this status and returns its body.
+    pub fn problem(&self, status: u16) -> serde_json::Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/problem+json"));
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        assert_eq!(p["type"], "about:blank");
+        assert!(p["title"].is_string() && p["detail"].is_string(), "{p}");
+        assert_eq!(p["request_id"].as_str(), self.header("x-request-id"), "problem carries the request id");
+        p
+    }
+}
+
+pub fn empty() -> BoxBody {
+    full(Bytes::new())
+}
+
+pub async fn send(req: Request<BoxBody>) -> Answer {
+    let client: Client<_, BoxBody> = Client::builder(TokioExecutor::new()).build_http();
+    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("answer within 20s")
+        .expect("request succeeds");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Writes raw bytes and reads until the peer closes (or 10 s pass).
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_to_close(&mut s).await
+}
+
+pub async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A minimal config with one backend named `b` at `url`, plus `routes`.
+pub fn config(url: &str, routes: &str) -> String {
+    format!("[backends.b]\nurls = [\"{url}\"]\n{routes}")
+}
+
+/// One catch-all route to backend `b`.
+pub const ANY: &str = "[[routes]]\nname = \"any\"\npath = \"/{*rest}\"\nbackend = \"b\"\n";
