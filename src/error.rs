@@ -59,10 +59,15 @@ fn problem_of(err: &Error) -> Problem {
                 allow: Some(allow.clone()),
                 ..Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this path does not accept this method")
             },
-            RouteError::HostMismatch { .. } => {
-                Problem::new(StatusCode::BAD_REQUEST, "the Host header differs from the request target")
-            }
-            RouteError::MissingHost => Problem::new(StatusCode::BAD_REQUEST, "the request has no Host header"),
+            // A client this confused about its target gets no second request on the connection.
+            RouteError::HostMismatch { .. } => Problem {
+                close: true,
+                ..Problem::new(StatusCode::BAD_REQUEST, "the Host header differs from the request target")
+            },
+            RouteError::MissingHost => Problem {
+                close: true,
+                ..Problem::new(StatusCode::BAD_REQUEST, "the request has no Host header")
+            },
             RouteError::BadPath(p) => Problem::new(StatusCode::BAD_REQUEST, format!("unsafe path: {p}")),
         },
         Error::Proxy(e) => match e {
@@ -105,7 +110,6 @@ pub fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Respo
         headers.insert(ALLOW, allow);
     }
     if p.close {
-        // The rest of the request body is not read: the connection cannot be reused.
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     res.extensions_mut().insert(ErrorDetail(err.to_string().into()));

@@ -34,6 +34,8 @@ pub struct Seen {
 pub struct Backend {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Request heads received (counted before the body is read).
+    heads: Arc<std::sync::atomic::AtomicUsize>,
     arrived: Arc<Notify>,
 }
 
@@ -74,15 +76,18 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
-        let (seen2, arrived2) = (seen.clone(), arrived.clone());
+        let heads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen2, arrived2, heads2) = (seen.clone(), arrived.clone(), heads.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (handler, seen, arrived) = (handler.clone(), seen2.clone(), arrived2.clone());
+                let (handler, seen, arrived, heads) = (handler.clone(), seen2.clone(), arrived2.clone(), heads2.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (handler, seen, arrived) = (handler.clone(), seen.clone(), arrived.clone());
+                        let (handler, seen, arrived, heads) = (handler.clone(), seen.clone(), arrived.clone(), heads.clone());
                         async move {
+                            heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            arrived.notify_waiters();
                             let (parts, body) = req.into_parts();
                             let (body, complete) = match body.collect().await {
                                 Ok(b) => (b.to_bytes(), true),
@@ -106,7 +111,12 @@ impl Backend {
                 });
             }
         });
-        Self { addr, seen, arrived }
+        Self {
+            addr,
+            seen,
+            heads,
+            arrived,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -115,6 +125,31 @@ impl Backend {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (on the backend's signal, at most 10 s) until `n` requests have
+    /// been read whole (or failed while reading their body).
+    pub async fn wait_for(&self, n: usize) {
+        self.wait_until(|b| b.count() >= n).await;
+    }
+
+    /// Waits until `n` request heads have arrived, bodies possibly still streaming.
+    pub async fn wait_for_heads(&self, n: usize) {
+        self.wait_until(|b| b.heads.load(std::sync::atomic::Ordering::SeqCst) >= n).await;
+    }
+
+    async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let notified = self.arrived.notified();
+                if done(self) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "backend did not see the expected requests within 10 s");
     }
 
     pub fn count(&self) -> usize {

@@ -1,0 +1,120 @@
+//! Every kind of config error is reported with its key and line:col, all at once.
+
+use fngate::config::{Config, ConfigError};
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    let env = |name: &str| (name == "SET_VAR").then(|| "value".to_owned());
+    match Config::parse(text, "routes.toml", &env) {
+        Ok(_) => panic!("config should be refused:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// Asserts one error mentions `key`, stands on `line`, and says `says`.
+fn has(errors: &[ConfigError], line: usize, key: &str, says: &str) {
+    assert!(
+        errors.iter().any(|e| e.line == line && e.key.contains(key) && e.message.contains(says)),
+        "no error at line {line} for `{key}` saying `{says}` in:\n{}",
+        errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+    );
+}
+
+const BACKEND: &str = "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n";
+
+#[test]
+fn the_shipped_routes_toml_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.routes.len() >= 5);
+}
+
+#[test]
+fn invalid_toml_names_its_position() {
+    let e = errors("[server]\nlisten = \"127.0.0.1:80\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 2);
+    assert!(e[0].message.contains("invalid TOML"), "{}", e[0]);
+}
+
+#[test]
+fn unknown_keys_are_reported_everywhere_at_once() {
+    let e = errors(&format!(
+        "colour = 1\n[server]\nlisen = \"x\"\n{BACKEND}retry = 2\n[[routes]]\nname = \"r\"\npath = \"/\"\nbackend = \"b\"\nrequest_headers = {{ sett = {{}} }}\n"
+    ));
+    has(&e, 1, "colour", "unknown key");
+    has(&e, 3, "server.lisen", "unknown key");
+    has(&e, 6, "backends.b.retry", "unknown key");
+    has(&e, 11, "routes[r].request_headers.sett", "unknown key");
+}
+
+#[test]
+fn bad_values_name_key_and_line() {
+    let e = errors(
+        "[server]\nlisten = \"localhost\"\nmax_body = \"ten\"\nidle_timeout = \"soon\"\nworkers = -1\n\
+         [backends.b]\nurls = [\"not a url\", \"ftp://x\"]\n[backends.empty]\nurls = []\n",
+    );
+    has(&e, 2, "server.listen", "not an address");
+    has(&e, 3, "server.max_body", "not a size");
+    has(&e, 4, "server.idle_timeout", "not a duration");
+    has(&e, 5, "server.workers", "integer");
+    has(&e, 7, "backends.b.urls", "not a URL");
+    has(&e, 7, "backends.b.urls", "scheme must be http");
+    has(&e, 9, "backends.empty.urls", "empty pool");
+}
+
+#[test]
+fn references_duplicates_and_templates_are_checked() {
+    let e = errors(&format!(
+        "{BACKEND}\
+[[routes]]
+name = \"a\"
+path = \"/orders/{{id}}\"
+methods = [\"GET\"]
+backend = \"b\"
+[[routes]]
+name = \"b\"
+path = \"/orders/{{order}}\"
+methods = [\"GET\", \"POST\"]
+backend = \"nope\"
+[[routes]]
+name = \"a\"
+path = \"/x/{{id}}\"
+backend = \"b\"
+rewrite = \"/y/{{user}}\"
+[[routes]]
+name = \"c\"
+path = \"/orders/{{id}}\"
+methods = [\"GET\"]
+backend = \"b\"
+strip_prefix = \"/other\"
+"
+    ));
+    has(&e, 12, "routes[b].backend", "unknown backend `nope`");
+    has(&e, 13, "routes[a].name", "used twice");
+    has(&e, 17, "routes[a].rewrite", "`{user}` has no source");
+    has(&e, 18, "routes[c]", "same host, path and method as route `a`");
+    has(&e, 23, "routes[c].strip_prefix", "not a prefix");
+}
+
+#[test]
+fn names_env_vars_and_unsupported_sections() {
+    let e = errors(&format!(
+        "[backends.Bad_Name]\nurls = [\"http://x\"]\n{BACKEND}headers = {{ k = \"${{UNSET_VAR}}\", ok = \"${{SET_VAR}}\" }}\n[auth.users]\ntype = \"jwt\"\n"
+    ));
+    has(&e, 1, "backends.Bad_Name", "not a valid name");
+    has(&e, 5, "backends.b.headers.k", "UNSET_VAR is not set");
+    has(&e, 6, "auth", "not supported");
+    assert_eq!(e.len(), 3, "SET_VAR interpolates without error");
+}
+
+#[test]
+fn a_non_loopback_admin_listener_needs_a_token() {
+    let e = errors("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"NO_SUCH_TOKEN\"\n");
+    has(&e, 2, "admin.listen", "not loopback");
+}
+
+#[test]
+fn errors_render_as_file_line_col_key_message() {
+    let e = errors("[server]\n  workers = \"two\"\n");
+    assert_eq!(e[0].to_string(), "routes.toml:2:13: server.workers: expected an integer");
+}
