@@ -51,7 +51,10 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(AxumState(admin): AxumState<AdminState>) -> impl IntoResponse {
     let version = admin.state.load().version;
     if admin.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, Json(serde_json::json!({ "status": "ready", "config_version": version })))
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ready", "config_version": version })),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -62,7 +65,10 @@ async fn readyz(AxumState(admin): AxumState<AdminState>) -> impl IntoResponse {
 
 async fn metrics(AxumState(admin): AxumState<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         admin.state.metrics.encode(),
     )
 }

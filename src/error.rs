@@ -54,37 +54,57 @@ impl Problem {
 fn problem_of(err: &Error) -> Problem {
     match err {
         Error::Route(e) => match e {
-            RouteError::NotFound => Problem::new(StatusCode::NOT_FOUND, "no route matches this request"),
+            RouteError::NotFound => {
+                Problem::new(StatusCode::NOT_FOUND, "no route matches this request")
+            }
             RouteError::MethodNotAllowed { allow } => Problem {
                 allow: Some(allow.clone()),
-                ..Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this path does not accept this method")
+                ..Problem::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "this path does not accept this method",
+                )
             },
             // A client this confused about its target gets no second request on the connection.
             RouteError::HostMismatch { .. } => Problem {
                 close: true,
-                ..Problem::new(StatusCode::BAD_REQUEST, "the Host header differs from the request target")
+                ..Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "the Host header differs from the request target",
+                )
             },
             RouteError::MissingHost => Problem {
                 close: true,
                 ..Problem::new(StatusCode::BAD_REQUEST, "the request has no Host header")
             },
-            RouteError::BadPath(p) => Problem::new(StatusCode::BAD_REQUEST, format!("unsafe path: {p}")),
+            RouteError::BadPath(p) => {
+                Problem::new(StatusCode::BAD_REQUEST, format!("unsafe path: {p}"))
+            }
         },
         Error::Proxy(e) => match e {
             ProxyError::BodyTooLarge { limit } => Problem {
                 close: true,
-                ..Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {limit} bytes"))
+                ..Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {limit} bytes"),
+                )
             },
             ProxyError::ClientBody(_) => Problem {
                 close: true,
-                ..Problem::new(StatusCode::BAD_REQUEST, "the request body could not be read")
+                ..Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                )
             },
             ProxyError::Connect { backend, .. } | ProxyError::Upstream { backend, .. } => {
-                Problem::new(StatusCode::BAD_GATEWAY, format!("the upstream `{backend}` failed"))
+                Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the upstream `{backend}` failed"),
+                )
             }
-            ProxyError::Timeout { backend } => {
-                Problem::new(StatusCode::GATEWAY_TIMEOUT, format!("the upstream `{backend}` did not answer in time"))
-            }
+            ProxyError::Timeout { backend } => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the upstream `{backend}` did not answer in time"),
+            ),
         },
     }
 }
@@ -102,16 +122,24 @@ pub fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Respo
     if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
         body["request_id"] = serde_json::Value::from(id);
     }
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|e| match e {}).boxed_unsync());
+    let mut res = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
     *res.status_mut() = p.status;
     let headers = res.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     if let Some(allow) = p.allow {
         headers.insert(ALLOW, allow);
     }
     if p.close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    res.extensions_mut().insert(ErrorDetail(err.to_string().into()));
+    res.extensions_mut()
+        .insert(ErrorDetail(err.to_string().into()));
     res
 }

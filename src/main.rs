@@ -11,7 +11,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "fngate", version, about = "An API gateway for serverless function endpoints")]
+#[command(
+    name = "fngate",
+    version,
+    about = "An API gateway for serverless function endpoints"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Log format: one JSON object per line, or human-readable text.
@@ -79,7 +83,11 @@ fn validate(path: PathBuf) -> ExitCode {
                 eprintln!("{e}");
             }
             let n = errors.0.len();
-            println!("{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+            println!(
+                "{}: {n} error{}",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }
@@ -134,6 +142,11 @@ fn init_logging(format: LogFormat) {
                     .with_span_list(false),
             )
             .init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
+            .init(),
     }
 }

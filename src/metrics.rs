@@ -76,7 +76,8 @@ impl std::fmt::Debug for Metrics {
 /// A gateway's latency lives between 100µs and a few seconds.
 fn latency_histogram() -> Histogram {
     Histogram::new([
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0,
     ])
 }
 
@@ -90,8 +91,13 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("fngate");
         let requests = Family::default();
-        registry.register("requests", "Requests answered, by route, method and status", requests.clone());
-        let request_duration: Histograms<RouteLabel> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "requests",
+            "Requests answered, by route, method and status",
+            requests.clone(),
+        );
+        let request_duration: Histograms<RouteLabel> =
+            Family::new_with_constructor(latency_histogram);
         registry.register(
             "request_duration_seconds",
             "Time from request head to the end of the response body",
@@ -103,18 +109,31 @@ impl Metrics {
             "Upstream attempts by backend and outcome (ok, http_5xx, connect_error, timeout, error)",
             upstream_requests.clone(),
         );
-        let upstream_duration: Histograms<BackendLabel> = Family::new_with_constructor(latency_histogram);
+        let upstream_duration: Histograms<BackendLabel> =
+            Family::new_with_constructor(latency_histogram);
         registry.register(
             "upstream_duration_seconds",
             "Time from sending an upstream request to its response head",
             upstream_duration.clone(),
         );
         let config_reloads = Family::default();
-        registry.register("config_reloads", "Config reloads by result (ok, error)", config_reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Config reloads by result (ok, error)",
+            config_reloads.clone(),
+        );
         let config_version = Gauge::default();
-        registry.register("config_version", "Version of the running config", config_version.clone());
+        registry.register(
+            "config_version",
+            "Version of the running config",
+            config_version.clone(),
+        );
         let open_connections = Gauge::default();
-        registry.register("open_connections", "Client connections open now", open_connections.clone());
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
         Self {
             registry,
             requests,
@@ -156,7 +175,9 @@ impl Metrics {
 
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

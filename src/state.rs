@@ -157,7 +157,9 @@ impl State {
         if config.server.listen != current.config.server.listen
             || config.admin.listen != current.config.admin.listen
         {
-            tracing::warn!("listen addresses changed in the config; they take effect at the next start");
+            tracing::warn!(
+                "listen addresses changed in the config; they take effect at the next start"
+            );
         }
         let version = current.version + 1;
         let next = Snapshot::compile(config, version, Some(current));

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Every kind of config error is reported with its key and line:col, all at once.
 
 use fngate::config::{Config, ConfigError};
@@ -13,9 +14,15 @@ fn errors(text: &str) -> Vec<ConfigError> {
 /// Asserts one error mentions `key`, stands on `line`, and says `says`.
 fn has(errors: &[ConfigError], line: usize, key: &str, says: &str) {
     assert!(
-        errors.iter().any(|e| e.line == line && e.key.contains(key) && e.message.contains(says)),
+        errors
+            .iter()
+            .any(|e| e.line == line && e.key.contains(key) && e.message.contains(says)),
         "no error at line {line} for `{key}` saying `{says}` in:\n{}",
-        errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -92,7 +99,12 @@ strip_prefix = \"/other\"
     has(&e, 12, "routes[b].backend", "unknown backend `nope`");
     has(&e, 13, "routes[a].name", "used twice");
     has(&e, 17, "routes[a].rewrite", "`{user}` has no source");
-    has(&e, 18, "routes[c]", "same host, path and method as route `a`");
+    has(
+        &e,
+        18,
+        "routes[c]",
+        "same host, path and method as route `a`",
+    );
     has(&e, 23, "routes[c].strip_prefix", "not a prefix");
 }
 
@@ -116,5 +128,8 @@ fn a_non_loopback_admin_listener_needs_a_token() {
 #[test]
 fn errors_render_as_file_line_col_key_message() {
     let e = errors("[server]\n  workers = \"two\"\n");
-    assert_eq!(e[0].to_string(), "routes.toml:2:13: server.workers: expected an integer");
+    assert_eq!(
+        e[0].to_string(),
+        "routes.toml:2:13: server.workers: expected an integer"
+    );
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Bad input: malformed heads, smuggling attempts, slow and idle clients.
 
 mod common;
@@ -20,7 +21,11 @@ async fn malformed_requests_get_400_and_never_reach_the_backend() {
         b"GET /x HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n",
     ] {
         let r = raw(gw.addr, bad).await;
-        assert!(r.starts_with("HTTP/1.1 400"), "{:?} -> {r}", String::from_utf8_lossy(bad));
+        assert!(
+            r.starts_with("HTTP/1.1 400"),
+            "{:?} -> {r}",
+            String::from_utf8_lossy(bad)
+        );
     }
     assert_eq!(b.count(), 0);
 }
@@ -48,13 +53,21 @@ async fn content_length_with_chunked_forwards_one_request_and_closes() {
         b"POST /first HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
     )
     .await;
-    assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "one answer, then the connection closes: {r}");
+    assert_eq!(
+        r.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer, then the connection closes: {r}"
+    );
     let seen = b.seen();
     assert_eq!(seen.len(), 1, "the backend receives exactly one request");
     assert_eq!(seen[0].uri, "/first");
     assert!(seen[0].body_complete);
     assert!(seen.iter().all(|s| !s.uri.contains("smuggled")));
-    assert_eq!(seen[0].headers.get("content-length"), None, "the ambiguous length is not forwarded");
+    assert_eq!(
+        seen[0].headers.get("content-length"),
+        None,
+        "the ambiguous length is not forwarded"
+    );
 }
 
 #[tokio::test]
@@ -73,7 +86,10 @@ async fn bad_chunking_aborts_the_upstream_request() {
     b.wait_for(1).await;
     let seen = b.seen();
     assert_eq!(seen.len(), 1);
-    assert!(!seen[0].body_complete, "the upstream request must not be completed");
+    assert!(
+        !seen[0].body_complete,
+        "the upstream request must not be completed"
+    );
 }
 
 #[tokio::test]
@@ -86,10 +102,15 @@ async fn slow_request_heads_are_cut_off_after_header_read_timeout() {
     .await;
     let started = Instant::now();
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
     let r = read_to_close(&mut s).await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(5), "closed after {took:?}: {r}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "closed after {took:?}: {r}"
+    );
     assert_eq!(b.count(), 0);
     // A client that connects and says nothing is cut off the same way.
     let started = Instant::now();
@@ -107,9 +128,13 @@ async fn idle_keep_alive_connections_close_after_idle_timeout_not_header_timeout
     ))
     .await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap();
+    let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let answered = Instant::now();
     let rest = read_to_close(&mut s).await;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 mod common;
 
 use std::time::Duration;
@@ -25,13 +26,28 @@ async fn forwarding_headers_request_id_and_traceparent_are_set() {
             .unwrap(),
     )
     .await;
-    assert_eq!(a.upstream_header("x-forwarded-for").as_deref(), Some("203.0.113.9, 127.0.0.1"));
-    assert_eq!(a.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(a.upstream_header("x-functions-key").as_deref(), Some("from-env"), "backend headers win");
-    let id = a.header("x-request-id").expect("generated id echoed").to_owned();
+    assert_eq!(
+        a.upstream_header("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(
+        a.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    assert_eq!(
+        a.upstream_header("x-functions-key").as_deref(),
+        Some("from-env"),
+        "backend headers win"
+    );
+    let id = a
+        .header("x-request-id")
+        .expect("generated id echoed")
+        .to_owned();
     assert_eq!(id.len(), 32);
     assert_eq!(a.upstream_header("x-request-id"), Some(id));
-    let tp = a.upstream_header("traceparent").expect("traceparent created");
+    let tp = a
+        .upstream_header("traceparent")
+        .expect("traceparent created");
     assert!(tp.starts_with("00-") && tp.len() == 55, "{tp}");
 
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -44,10 +60,23 @@ async fn forwarding_headers_request_id_and_traceparent_are_set() {
     )
     .await;
     assert_eq!(a.header("x-request-id"), Some("client-id-1"));
-    assert_eq!(a.upstream_header("x-request-id").as_deref(), Some("client-id-1"));
+    assert_eq!(
+        a.upstream_header("x-request-id").as_deref(),
+        Some("client-id-1")
+    );
     assert_eq!(a.upstream_header("traceparent").as_deref(), Some(tp));
-    let a = send(Request::get(gw.url("/x")).header("x-request-id", "bad id\"").body(empty()).unwrap()).await;
-    assert_ne!(a.header("x-request-id"), Some("bad id\""), "an insane id is replaced");
+    let a = send(
+        Request::get(gw.url("/x"))
+            .header("x-request-id", "bad id\"")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_ne!(
+        a.header("x-request-id"),
+        Some("bad id\""),
+        "an insane id is replaced"
+    );
 }
 
 #[tokio::test]
@@ -66,7 +95,11 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     .await;
     assert_eq!(a.upstream_header("x-private"), None);
     assert_eq!(a.upstream_header("proxy-authorization"), None);
-    assert_eq!(a.upstream_header("te").as_deref(), Some("trailers"), "te: trailers is kept for gRPC");
+    assert_eq!(
+        a.upstream_header("te").as_deref(),
+        Some("trailers"),
+        "te: trailers is kept for gRPC"
+    );
     // The echo backend names x-hop in Connection: it must not reach the client.
     assert_eq!(a.header("x-hop"), None);
     assert_eq!(a.header("x-backend"), Some("b"));
@@ -95,8 +128,12 @@ async fn bodies_stream_both_ways_without_buffering() {
     .await;
     let gw = Gw::start(&config(&b.url(), ANY)).await;
     let client: hyper_util::client::legacy::Client<_, BoxBody> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let res = client.request(Request::get(gw.url("/events")).body(empty()).unwrap()).await.unwrap();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let res = client
+        .request(Request::get(gw.url("/events")).body(empty()).unwrap())
+        .await
+        .unwrap();
     let mut body = res.into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
@@ -110,8 +147,10 @@ async fn bodies_stream_both_ways_without_buffering() {
 
     // Upload: a chunked body larger than the replay buffer streams through whole.
     let big = vec![b'x'; 300_000];
-    let chunks: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> =
-        big.chunks(10_000).map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
+    let chunks: Vec<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = big
+        .chunks(10_000)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
     let body = StreamBody::new(futures_stream(chunks)).boxed();
     let echo = Backend::echo("e").await;
     let gw2 = Gw::start(&config(&echo.url(), ANY)).await;
@@ -123,23 +162,43 @@ async fn bodies_stream_both_ways_without_buffering() {
 #[tokio::test]
 async fn oversized_bodies_get_413_with_content_length_or_chunked() {
     let b = Backend::echo("b").await;
-    let gw = Gw::start(&format!("[server]\nmax_body = \"1KiB\"\n{}", config(&b.url(), ANY))).await;
-    let a = send(Request::post(gw.url("/x")).body(full(vec![b'a'; 2048])).unwrap()).await;
+    let gw = Gw::start(&format!(
+        "[server]\nmax_body = \"1KiB\"\n{}",
+        config(&b.url(), ANY)
+    ))
+    .await;
+    let a = send(
+        Request::post(gw.url("/x"))
+            .body(full(vec![b'a'; 2048]))
+            .unwrap(),
+    )
+    .await;
     a.problem(413);
     let chunk = "a".repeat(0x400);
     let head = format!("POST /x HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n400\r\n{chunk}\r\n400\r\n{chunk}\r\n0\r\n\r\n");
     let r = raw(gw.addr, head.as_bytes()).await;
     // 0x400 + 0x400 bytes > 1 KiB: refused while streaming, never completed upstream.
     assert!(r.starts_with("HTTP/1.1 413"), "{r}");
-    assert!(b.seen().iter().all(|s| !s.body_complete || s.body.len() <= 1024));
+    assert!(b
+        .seen()
+        .iter()
+        .all(|s| !s.body_complete || s.body.len() <= 1024));
 }
 
 #[tokio::test]
 async fn oversized_request_heads_get_431() {
     let b = Backend::echo("b").await;
-    let gw = Gw::start(&format!("[server]\nmax_header_size = \"8KiB\"\n{}", config(&b.url(), ANY))).await;
+    let gw = Gw::start(&format!(
+        "[server]\nmax_header_size = \"8KiB\"\n{}",
+        config(&b.url(), ANY)
+    ))
+    .await;
     let big = "a".repeat(10_000);
-    let r = raw(gw.addr, format!("GET /x HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes()).await;
+    let r = raw(
+        gw.addr,
+        format!("GET /x HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r}");
     assert_eq!(b.count(), 0);
 }
@@ -178,7 +237,10 @@ async fn dead_backend_gets_502_and_slow_backend_gets_504() {
     ))
     .await;
     let p = gw.get("/dead").await.problem(502);
-    assert!(!p["detail"].as_str().unwrap().contains("127.0.0.1"), "internal detail does not leak: {p}");
+    assert!(
+        !p["detail"].as_str().unwrap().contains("127.0.0.1"),
+        "internal detail does not leak: {p}"
+    );
     gw.get("/slow").await.problem(504);
     let started = std::time::Instant::now();
     gw.get("/slow-route").await.problem(504);
@@ -233,7 +295,9 @@ async fn retries_go_to_another_endpoint_and_round_robin_spreads_load() {
 
 #[tokio::test]
 async fn idempotent_requests_retry_on_502_but_posts_do_not() {
-    let bad = Backend::with(|_| async { Response::builder().status(502).body(full("bad")).unwrap() }).await;
+    let bad =
+        Backend::with(|_| async { Response::builder().status(502).body(full("bad")).unwrap() })
+            .await;
     let good = Backend::echo("good").await;
     let gw = Gw::start(&format!(
         "[backends.b]\nurls = [\"{}\", \"{}\"]\nretries = 1\n{ANY}",
@@ -253,7 +317,10 @@ async fn idempotent_requests_retry_on_502_but_posts_do_not() {
     .iter()
     .map(|a| a.status.as_u16())
     .collect();
-    assert!(statuses.contains(&502), "a POST answered 502 is passed on: {statuses:?}");
+    assert!(
+        statuses.contains(&502),
+        "a POST answered 502 is passed on: {statuses:?}"
+    );
 }
 
 #[tokio::test]
@@ -264,7 +331,10 @@ async fn h2c_prior_knowledge_is_served() {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
             .build_http();
-    let res = client.request(Request::get(gw.url("/h2")).body(empty()).unwrap()).await.unwrap();
+    let res = client
+        .request(Request::get(gw.url("/h2")).body(empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(res.version(), Version::HTTP_2);
     assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -285,7 +355,13 @@ fn futures_stream(items: Vec<Chunk>) -> impl futures_core::Stream<Item = Chunk> 
 /// A body whose frames come from an async producer.
 fn async_stream<F, Fut>(producer: F) -> BoxBody
 where
-    F: FnOnce(Box<dyn Fn(Bytes) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>) -> Fut,
+    F: FnOnce(
+        Box<
+            dyn Fn(Bytes) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+                + Send
+                + Sync,
+        >,
+    ) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
@@ -314,7 +390,10 @@ where
     F: FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Option<T>> + Unpin,
 {
     type Item = T;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
         (self.0)(cx)
     }
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 mod common;
 
 use common::*;
@@ -128,15 +129,36 @@ async fn hosts_match_exact_then_wildcard_then_any_ignoring_port() {
         any.url()
     ))
     .await;
-    let with_host = |h: &str| Request::get(gw.url("/x")).header("host", h).body(empty()).unwrap();
-    assert_eq!(send(with_host("api.example.com:8080")).await.json()["backend"], "exact");
-    assert_eq!(send(with_host("API.EXAMPLE.COM")).await.json()["backend"], "exact");
-    assert_eq!(send(with_host("eu.web.example.com")).await.json()["backend"], "wild");
-    assert_eq!(send(with_host("example.com")).await.json()["backend"], "any");
+    let with_host = |h: &str| {
+        Request::get(gw.url("/x"))
+            .header("host", h)
+            .body(empty())
+            .unwrap()
+    };
+    assert_eq!(
+        send(with_host("api.example.com:8080")).await.json()["backend"],
+        "exact"
+    );
+    assert_eq!(
+        send(with_host("API.EXAMPLE.COM")).await.json()["backend"],
+        "exact"
+    );
+    assert_eq!(
+        send(with_host("eu.web.example.com")).await.json()["backend"],
+        "wild"
+    );
+    assert_eq!(
+        send(with_host("example.com")).await.json()["backend"],
+        "any"
+    );
     // Absolute-form: the URI authority decides; a different Host is refused.
     let r = raw(gw.addr, b"GET http://api.example.com/x HTTP/1.1\r\nhost: api.example.com\r\nconnection: close\r\n\r\n").await;
     assert!(r.contains("\"backend\":\"exact\""), "{r}");
-    let r = raw(gw.addr, b"GET http://api.example.com/x HTTP/1.1\r\nhost: other.org\r\nconnection: close\r\n\r\n").await;
+    let r = raw(
+        gw.addr,
+        b"GET http://api.example.com/x HTTP/1.1\r\nhost: other.org\r\nconnection: close\r\n\r\n",
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     assert!(r.contains("application/problem+json"), "{r}");
 }
@@ -160,14 +182,26 @@ async fn paths_are_normalised_before_matching_and_forwarding() {
     .await;
     let a = gw.get("/admin/../users/%41%2Fb").await;
     assert_eq!(a.status, 200, "{}", a.text());
-    assert_eq!(a.json()["uri"], "/users/A%2Fb", "%2F stays encoded and is no separator");
+    assert_eq!(
+        a.json()["uri"],
+        "/users/A%2Fb",
+        "%2F stays encoded and is no separator"
+    );
     assert_eq!(gw.get("//users/./7").await.json()["uri"], "/users/7");
     assert_eq!(gw.get("/users/%2e%2e/users").await.json()["uri"], "/users");
     gw.get("/users/").await.problem(404);
-    let r = raw(gw.addr, b"GET /../etc/passwd HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    let r = raw(
+        gw.addr,
+        b"GET /../etc/passwd HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     gw.get("/users/%2e%2e/%2e%2e/etc").await.problem(400);
-    assert_eq!(b.count(), 2 + 1, "only the three valid requests reached the backend");
+    assert_eq!(
+        b.count(),
+        2 + 1,
+        "only the three valid requests reached the backend"
+    );
 }
 
 #[tokio::test]
@@ -205,6 +239,9 @@ async fn preserve_host_and_header_edits_apply() {
     assert_eq!(a.header("x-backend"), None);
     let a = send(req("/own")).await;
     assert_eq!(a.upstream_header("host"), Some(b.addr.to_string()));
-    assert_eq!(a.upstream_header("x-forwarded-host").as_deref(), Some("client.example"));
+    assert_eq!(
+        a.upstream_header("x-forwarded-host").as_deref(),
+        Some("client.example")
+    );
     assert_eq!(a.upstream_header("cookie").as_deref(), Some("session=1"));
 }

@@ -65,7 +65,11 @@ impl<'e> Ctx<'e> {
                 rest = after;
             } else if let Some(after) = tail.strip_prefix("${") {
                 let Some(end) = after.find('}') else {
-                    self.error(span.clone(), key, "unterminated `${` (write `$${` for a literal)");
+                    self.error(
+                        span.clone(),
+                        key,
+                        "unterminated `${` (write `$${` for a literal)",
+                    );
                     return out;
                 };
                 let name = &after[..end];
@@ -173,7 +177,11 @@ impl<'a> Obj<'a> {
         self.table.contains_key(key)
     }
 
-    pub(crate) fn string(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Spanned<String>> {
+    pub(crate) fn string(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: &'static str,
+    ) -> Option<Spanned<String>> {
         let item = self.item(key)?;
         let path = self.key_path(key);
         string_of(ctx, item.as_value(), item.span(), &path)
@@ -219,7 +227,10 @@ impl<'a> Obj<'a> {
                 ctx.error(
                     s.span,
                     self.key_path(key),
-                    format!("`{}` is not a duration ({e}); write e.g. \"250ms\", \"5s\", \"1m\"", s.value),
+                    format!(
+                        "`{}` is not a duration ({e}); write e.g. \"250ms\", \"5s\", \"1m\"",
+                        s.value
+                    ),
                 );
                 None
             }
@@ -244,14 +255,21 @@ impl<'a> Obj<'a> {
                 ctx.error(
                     s.span,
                     path,
-                    format!("`{}` is not a size; write e.g. \"64KiB\", \"10MiB\" or a number of bytes", s.value),
+                    format!(
+                        "`{}` is not a size; write e.g. \"64KiB\", \"10MiB\" or a number of bytes",
+                        s.value
+                    ),
                 );
                 None
             }
         }
     }
 
-    pub(crate) fn strings(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<Vec<Spanned<String>>> {
+    pub(crate) fn strings(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: &'static str,
+    ) -> Option<Vec<Spanned<String>>> {
         let item = self.item(key)?;
         let path = self.key_path(key);
         let Some(array) = item.as_array() else {
@@ -298,7 +316,11 @@ impl<'a> Obj<'a> {
     }
 
     /// Every entry of a table of named tables (`[backends.NAME]`), in file order.
-    pub(crate) fn named_tables(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Vec<(Spanned<String>, Obj<'a>)> {
+    pub(crate) fn named_tables(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: &'static str,
+    ) -> Vec<(Spanned<String>, Obj<'a>)> {
         let Some(outer) = self.table(ctx, key) else {
             return Vec::new();
         };

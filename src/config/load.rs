@@ -14,14 +14,20 @@ use toml_edit::ImDocument;
 use super::decode::{Ctx, EnvLookup, Obj, Spanned};
 use super::error::{ConfigErrors, Diagnostics};
 use super::path::{HostPattern, PathPattern, Template};
-use super::{Admin, Backend, Balance, Config, Endpoint, HeaderEdits, Persist, Route, Server, Target};
+use super::{
+    Admin, Backend, Balance, Config, Endpoint, HeaderEdits, Persist, Route, Server, Target,
+};
 
 /// Sections and keys of SPEC §2 that later releases implement. They are refused
 /// rather than ignored: a route that names an auth policy must never be served
 /// without it.
 const NOT_YET: &str = "is not supported by this version of fngate yet";
 
-pub(super) fn parse(text: &str, file: Arc<str>, env: EnvLookup<'_>) -> Result<Config, ConfigErrors> {
+pub(super) fn parse(
+    text: &str,
+    file: Arc<str>,
+    env: EnvLookup<'_>,
+) -> Result<Config, ConfigErrors> {
     let mut ctx = Ctx::new(Diagnostics::new(file, text), env);
     let doc = match ImDocument::parse(text) {
         Ok(doc) => doc,
@@ -49,7 +55,11 @@ pub(super) fn parse(text: &str, file: Arc<str>, env: EnvLookup<'_>) -> Result<Co
     }
     for section in ["auth", "rate_limits", "schedules"] {
         if root.has(section) {
-            ctx.error(root.key_span(section), section, format!("`[{section}]` {NOT_YET}"));
+            ctx.error(
+                root.key_span(section),
+                section,
+                format!("`[{section}]` {NOT_YET}"),
+            );
         }
     }
     root.mark("auth");
@@ -112,21 +122,35 @@ fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Server {
     if let Some(n) = obj.size(ctx, "max_header_size") {
         // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
         if !(1024..=16 << 20).contains(&n) {
-            ctx.error(obj.key_span("max_header_size"), obj.key_path("max_header_size"), "must be from 1KiB to 16MiB");
+            ctx.error(
+                obj.key_span("max_header_size"),
+                obj.key_path("max_header_size"),
+                "must be from 1KiB to 16MiB",
+            );
         } else {
             s.max_header_size = n as usize;
         }
     }
-    let positive = |ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str, slot: &mut Duration| {
-        if let Some(d) = obj.duration(ctx, key) {
-            if d.is_zero() {
-                ctx.error(obj.key_span(key), obj.key_path(key), "must be longer than zero");
-            } else {
-                *slot = d;
+    let positive =
+        |ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str, slot: &mut Duration| {
+            if let Some(d) = obj.duration(ctx, key) {
+                if d.is_zero() {
+                    ctx.error(
+                        obj.key_span(key),
+                        obj.key_path(key),
+                        "must be longer than zero",
+                    );
+                } else {
+                    *slot = d;
+                }
             }
-        }
-    };
-    positive(ctx, &mut obj, "header_read_timeout", &mut s.header_read_timeout);
+        };
+    positive(
+        ctx,
+        &mut obj,
+        "header_read_timeout",
+        &mut s.header_read_timeout,
+    );
     positive(ctx, &mut obj, "idle_timeout", &mut s.idle_timeout);
     positive(ctx, &mut obj, "request_timeout", &mut s.request_timeout);
     if let Some(d) = obj.duration(ctx, "shutdown_grace") {
@@ -148,12 +172,19 @@ fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Server {
             Err(_) => ctx.error(
                 cidr.span,
                 obj.key_path("trusted_proxies"),
-                format!("`{}` is not a CIDR (e.g. \"10.0.0.0/8\") or IP address", cidr.value),
+                format!(
+                    "`{}` is not a CIDR (e.g. \"10.0.0.0/8\") or IP address",
+                    cidr.value
+                ),
             ),
         }
     }
     if obj.has("tls") {
-        ctx.error(obj.key_span("tls"), obj.key_path("tls"), format!("`[server.tls]` {NOT_YET}"));
+        ctx.error(
+            obj.key_span("tls"),
+            obj.key_path("tls"),
+            format!("`[server.tls]` {NOT_YET}"),
+        );
         obj.mark("tls");
     }
     obj.finish(ctx);
@@ -178,13 +209,20 @@ fn admin(ctx: &mut Ctx<'_>, obj: Option<Obj<'_>>) -> Admin {
         match p.value.as_str() {
             "file" => a.persist = Persist::File,
             "memory" => a.persist = Persist::Memory,
-            other => ctx.error(p.span, obj.key_path("persist"), format!("`{other}`: expected \"file\" or \"memory\"")),
+            other => ctx.error(
+                p.span,
+                obj.key_path("persist"),
+                format!("`{other}`: expected \"file\" or \"memory\""),
+            ),
         }
     }
     if let Some(t) = obj.string(ctx, "token_env") {
         a.token_env = t.value;
     }
-    a.token = ctx.env(&a.token_env).filter(|t| !t.is_empty()).map(Into::into);
+    a.token = ctx
+        .env(&a.token_env)
+        .filter(|t| !t.is_empty())
+        .map(Into::into);
     if !a.listen.ip().is_loopback() && a.token.is_none() {
         ctx.error(
             obj.key_span("listen"),
@@ -204,7 +242,11 @@ fn address(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> Option<So
     match s.value.parse() {
         Ok(addr) => Some(addr),
         Err(_) => {
-            ctx.error(s.span, obj.key_path(key), format!("`{}` is not an address such as \"127.0.0.1:8080\"", s.value));
+            ctx.error(
+                s.span,
+                obj.key_path(key),
+                format!("`{}` is not an address such as \"127.0.0.1:8080\"", s.value),
+            );
             None
         }
     }
@@ -213,12 +255,18 @@ fn address(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> Option<So
 fn check_name(ctx: &mut Ctx<'_>, name: &Spanned<String>, what: &str) -> bool {
     let ok = !name.value.is_empty()
         && name.value.len() <= 64
-        && name.value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        && name
+            .value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if !ok {
         ctx.error(
             name.span.clone(),
             what,
-            format!("`{}` is not a valid name: use a-z, 0-9, `_` and `-` (at most 64)", name.value),
+            format!(
+                "`{}` is not a valid name: use a-z, 0-9, `_` and `-` (at most 64)",
+                name.value
+            ),
         );
     }
     ok
@@ -228,10 +276,16 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
     let named = check_name(ctx, &name, obj.path());
     let mut endpoints = Vec::new();
     match obj.strings(ctx, "urls") {
-        None => ctx.error(obj.span(), obj.key_path("urls"), "missing: a backend needs at least one URL"),
-        Some(urls) if urls.is_empty() => {
-            ctx.error(obj.key_span("urls"), obj.key_path("urls"), "empty pool: a backend needs at least one URL")
-        }
+        None => ctx.error(
+            obj.span(),
+            obj.key_path("urls"),
+            "missing: a backend needs at least one URL",
+        ),
+        Some(urls) if urls.is_empty() => ctx.error(
+            obj.key_span("urls"),
+            obj.key_path("urls"),
+            "empty pool: a backend needs at least one URL",
+        ),
         Some(urls) => {
             for url in urls {
                 match endpoint(&url.value) {
@@ -246,9 +300,11 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
     if let Some(b) = obj.string(ctx, "balance") {
         match b.value.as_str() {
             "round_robin" => balance = Balance::RoundRobin,
-            "least_requests" | "random" => {
-                ctx.error(b.span, obj.key_path("balance"), format!("`{}` {NOT_YET}; use \"round_robin\"", b.value))
-            }
+            "least_requests" | "random" => ctx.error(
+                b.span,
+                obj.key_path("balance"),
+                format!("`{}` {NOT_YET}; use \"round_robin\"", b.value),
+            ),
             other => ctx.error(
                 b.span,
                 obj.key_path("balance"),
@@ -256,22 +312,52 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
             ),
         }
     }
-    let connect_timeout = obj.duration(ctx, "connect_timeout").unwrap_or(Duration::from_secs(1));
-    let timeout = obj.duration(ctx, "timeout").unwrap_or(Duration::from_secs(10));
+    let connect_timeout = obj
+        .duration(ctx, "connect_timeout")
+        .unwrap_or(Duration::from_secs(1));
+    let timeout = obj
+        .duration(ctx, "timeout")
+        .unwrap_or(Duration::from_secs(10));
     let retries = obj.uint(ctx, "retries", 10).unwrap_or(1) as u32;
     if let Some(p) = obj.string(ctx, "protocol") {
         match p.value.as_str() {
             "http1" => {}
-            "h2" => ctx.error(p.span, obj.key_path("protocol"), format!("\"h2\" upstreams {NOT_YET}")),
-            other => ctx.error(p.span, obj.key_path("protocol"), format!("`{other}`: expected \"http1\" or \"h2\"")),
+            "h2" => ctx.error(
+                p.span,
+                obj.key_path("protocol"),
+                format!("\"h2\" upstreams {NOT_YET}"),
+            ),
+            other => ctx.error(
+                p.span,
+                obj.key_path("protocol"),
+                format!("`{other}`: expected \"http1\" or \"h2\""),
+            ),
         }
     }
-    for key in ["max_in_flight", "eject_after", "eject_for", "max_ejection_percent", "health", "ca"] {
+    for key in [
+        "max_in_flight",
+        "eject_after",
+        "eject_for",
+        "max_ejection_percent",
+        "health",
+        "ca",
+    ] {
         if obj.has(key) {
-            ctx.error(obj.key_span(key), obj.key_path(key), format!("`{key}` {NOT_YET}"));
+            ctx.error(
+                obj.key_span(key),
+                obj.key_path(key),
+                format!("`{key}` {NOT_YET}"),
+            );
         }
     }
-    for key in ["max_in_flight", "eject_after", "eject_for", "max_ejection_percent", "health", "ca"] {
+    for key in [
+        "max_in_flight",
+        "eject_after",
+        "eject_for",
+        "max_ejection_percent",
+        "health",
+        "ca",
+    ] {
         obj.mark(key);
     }
     obj.finish(ctx);
@@ -290,23 +376,34 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
 }
 
 fn endpoint(url: &str) -> Result<Endpoint, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL ({e})"))?;
-    let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{url}` needs a scheme: http://host:port"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("`{url}` needs a scheme: http://host:port"))?;
     if scheme == Scheme::HTTPS {
         return Err(format!("`{url}`: https:// upstreams {NOT_YET}"));
     }
     if scheme != Scheme::HTTP {
         return Err(format!("`{url}`: the scheme must be http"));
     }
-    let authority: Authority = uri.authority().cloned().ok_or_else(|| format!("`{url}` has no host"))?;
+    let authority: Authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{url}` has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("`{url}`: credentials in URLs are not allowed; use `headers`"));
+        return Err(format!(
+            "`{url}`: credentials in URLs are not allowed; use `headers`"
+        ));
     }
     if uri.query().is_some() {
         return Err(format!("`{url}`: a backend URL cannot carry a query"));
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
-    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| format!("`{url}` has an invalid host"))?;
+    let host = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("`{url}` has an invalid host"))?;
     Ok(Endpoint {
         url: url.trim_end_matches('/').into(),
         scheme,
@@ -316,7 +413,11 @@ fn endpoint(url: &str) -> Result<Endpoint, String> {
     })
 }
 
-fn header_pairs(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> Vec<(HeaderName, HeaderValue)> {
+fn header_pairs(
+    ctx: &mut Ctx<'_>,
+    obj: &mut Obj<'_>,
+    key: &'static str,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
     for (name, value) in obj.string_map(ctx, key).unwrap_or_default() {
         let path = format!("{}.{}", obj.key_path(key), name.value);
@@ -325,7 +426,11 @@ fn header_pairs(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> Vec<
         };
         match HeaderValue::from_str(&value.value) {
             Ok(v) => out.push((name, v)),
-            Err(_) => ctx.error(value.span, path, "not a valid header value (control characters?)"),
+            Err(_) => ctx.error(
+                value.span,
+                path,
+                "not a valid header value (control characters?)",
+            ),
         }
     }
     out
@@ -335,7 +440,11 @@ fn header_name(ctx: &mut Ctx<'_>, name: &Spanned<String>, path: &str) -> Option<
     match HeaderName::from_bytes(name.value.as_bytes()) {
         Ok(n) => Some(n),
         Err(_) => {
-            ctx.error(name.span.clone(), path, format!("`{}` is not a valid header name", name.value));
+            ctx.error(
+                name.span.clone(),
+                path,
+                format!("`{}` is not a valid header name", name.value),
+            );
             None
         }
     }
@@ -365,7 +474,11 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
                 obj.rename(format!("routes[{}]", n.value));
             }
         }
-        None => ctx.error(obj.span(), obj.key_path("name"), "missing: every route needs a name"),
+        None => ctx.error(
+            obj.span(),
+            obj.key_path("name"),
+            "missing: every route needs a name",
+        ),
     }
     let path = match obj.string(ctx, "path") {
         Some(p) => match PathPattern::parse(&p.value) {
@@ -376,7 +489,11 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
             }
         },
         None => {
-            ctx.error(obj.span(), obj.key_path("path"), "missing: every route needs a path");
+            ctx.error(
+                obj.span(),
+                obj.key_path("path"),
+                "missing: every route needs a path",
+            );
             None
         }
     };
@@ -386,22 +503,36 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
             let upper = m.value.to_ascii_uppercase();
             match Method::from_bytes(upper.as_bytes()) {
                 Ok(method) if !methods.contains(&method) => methods.push(method),
-                Ok(_) => ctx.error(m.span, obj.key_path("methods"), format!("`{upper}` is listed twice")),
-                Err(_) => ctx.error(m.span, obj.key_path("methods"), format!("`{}` is not an HTTP method", m.value)),
+                Ok(_) => ctx.error(
+                    m.span,
+                    obj.key_path("methods"),
+                    format!("`{upper}` is listed twice"),
+                ),
+                Err(_) => ctx.error(
+                    m.span,
+                    obj.key_path("methods"),
+                    format!("`{}` is not an HTTP method", m.value),
+                ),
             }
         }
         if methods.is_empty() {
-            ctx.error(obj.key_span("methods"), obj.key_path("methods"), "empty: leave `methods` out to allow every method");
+            ctx.error(
+                obj.key_span("methods"),
+                obj.key_path("methods"),
+                "empty: leave `methods` out to allow every method",
+            );
         }
         methods
     });
-    let host = obj.string(ctx, "host").and_then(|h| match HostPattern::parse(&h.value) {
-        Ok(p) => Some(p),
-        Err(why) => {
-            ctx.error(h.span, obj.key_path("host"), why);
-            None
-        }
-    });
+    let host = obj
+        .string(ctx, "host")
+        .and_then(|h| match HostPattern::parse(&h.value) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                ctx.error(h.span, obj.key_path("host"), why);
+                None
+            }
+        });
     let backend = match obj.string(ctx, "backend") {
         Some(b) => match backends.iter().find(|x| *x.name == b.value) {
             Some(found) => Some(found.clone()),
@@ -410,14 +541,26 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
                 ctx.error(
                     b.span,
                     obj.key_path("backend"),
-                    format!("unknown backend `{}` (defined: {})", b.value, if known.is_empty() { "none".into() } else { known.join(", ") }),
+                    format!(
+                        "unknown backend `{}` (defined: {})",
+                        b.value,
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
                 );
                 None
             }
         },
         None => {
             if !obj.has("aggregate") {
-                ctx.error(obj.span(), obj.key_path("backend"), "missing: a route needs a backend");
+                ctx.error(
+                    obj.span(),
+                    obj.key_path("backend"),
+                    "missing: a route needs a backend",
+                );
             }
             None
         }
@@ -426,7 +569,11 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
     let strip = obj.string(ctx, "strip_prefix");
     let mut target = Target::Same;
     match (rewrite, strip) {
-        (Some(_), Some(s)) => ctx.error(s.span, obj.key_path("strip_prefix"), "give either `rewrite` or `strip_prefix`, not both"),
+        (Some(_), Some(s)) => ctx.error(
+            s.span,
+            obj.key_path("strip_prefix"),
+            "give either `rewrite` or `strip_prefix`, not both",
+        ),
         (Some(r), None) => {
             if let Some(p) = &path {
                 match Template::parse(&r.value, &p.params) {
@@ -438,15 +585,23 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
         (None, Some(s)) => {
             let prefix = s.value.trim_end_matches('/');
             if !s.value.starts_with('/') || prefix.is_empty() {
-                ctx.error(s.span, obj.key_path("strip_prefix"), "must start with `/` and be more than `/`");
+                ctx.error(
+                    s.span,
+                    obj.key_path("strip_prefix"),
+                    "must start with `/` and be more than `/`",
+                );
             } else if let Some(p) = &path {
                 let literal = p.literal_prefix();
-                let on_boundary = literal.len() == prefix.len() || literal[prefix.len()..].starts_with('/');
+                let on_boundary =
+                    literal.len() == prefix.len() || literal[prefix.len()..].starts_with('/');
                 if !literal.starts_with(prefix) || !on_boundary {
                     ctx.error(
                         s.span,
                         obj.key_path("strip_prefix"),
-                        format!("`{}` is not a prefix of the route's path `{}`", s.value, p.raw),
+                        format!(
+                            "`{}` is not a prefix of the route's path `{}`",
+                            s.value, p.raw
+                        ),
                     );
                 } else {
                     target = Target::StripPrefix(prefix.to_owned());
@@ -460,11 +615,19 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
     let response_headers = header_edits(ctx, &mut obj, "response_headers");
     let timeout = obj.duration(ctx, "timeout");
     if timeout.is_some_and(|t| t.is_zero()) {
-        ctx.error(obj.key_span("timeout"), obj.key_path("timeout"), "must be longer than zero");
+        ctx.error(
+            obj.key_span("timeout"),
+            obj.key_path("timeout"),
+            "must be longer than zero",
+        );
     }
     for key in ["auth", "scopes", "rate_limit", "cors", "aggregate", "mode"] {
         if obj.has(key) {
-            ctx.error(obj.key_span(key), obj.key_path(key), format!("`{key}` {NOT_YET}"));
+            ctx.error(
+                obj.key_span(key),
+                obj.key_path(key),
+                format!("`{key}` {NOT_YET}"),
+            );
         }
         obj.mark(key);
     }
@@ -485,21 +648,35 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
 
 /// Route names are unique; no two routes match the same host, path shape and
 /// method; every host's shapes fit into one router without conflict.
-fn check_routes(ctx: &mut Ctx<'_>, routes: &[Arc<Route>], spans: &[Option<std::ops::Range<usize>>]) {
+fn check_routes(
+    ctx: &mut Ctx<'_>,
+    routes: &[Arc<Route>],
+    spans: &[Option<std::ops::Range<usize>>],
+) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     for (i, r) in routes.iter().enumerate() {
         if let Some(first) = names.insert(&r.name, i) {
             ctx.error(
                 spans[i].clone(),
                 format!("routes[{}].name", r.name),
-                format!("route name `{}` is used twice (first at route #{})", r.name, first + 1),
+                format!(
+                    "route name `{}` is used twice (first at route #{})",
+                    r.name,
+                    first + 1
+                ),
             );
         }
     }
-    let mut by_host: HashMap<Option<&HostPattern>, (matchit::Router<usize>, Vec<usize>)> = HashMap::new();
+    let mut by_host: HashMap<Option<&HostPattern>, (matchit::Router<usize>, Vec<usize>)> =
+        HashMap::new();
     for (i, r) in routes.iter().enumerate() {
-        let (router, members) = by_host.entry(r.host.as_ref()).or_insert_with(|| (matchit::Router::new(), Vec::new()));
-        if let Some(&j) = members.iter().find(|&&j| routes[j].path.shape == r.path.shape) {
+        let (router, members) = by_host
+            .entry(r.host.as_ref())
+            .or_insert_with(|| (matchit::Router::new(), Vec::new()));
+        if let Some(&j) = members
+            .iter()
+            .find(|&&j| routes[j].path.shape == r.path.shape)
+        {
             let other = &routes[j];
             let overlap = match (&r.methods, &other.methods) {
                 (None, _) | (_, None) => true,
@@ -512,7 +689,9 @@ fn check_routes(ctx: &mut Ctx<'_>, routes: &[Arc<Route>], spans: &[Option<std::o
                     format!(
                         "matches the same host, path and method as route `{}` ({} {}{})",
                         other.name,
-                        r.host.as_ref().map_or("any host".to_owned(), ToString::to_string),
+                        r.host
+                            .as_ref()
+                            .map_or("any host".to_owned(), ToString::to_string),
                         r.path.raw,
                         method_list(&r.methods),
                     ),
@@ -535,6 +714,9 @@ fn check_routes(ctx: &mut Ctx<'_>, routes: &[Arc<Route>], spans: &[Option<std::o
 fn method_list(methods: &Option<Vec<Method>>) -> String {
     match methods {
         None => String::new(),
-        Some(m) => format!(" [{}]", m.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")),
+        Some(m) => format!(
+            " [{}]",
+            m.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+        ),
     }
 }

@@ -165,7 +165,11 @@ impl Config {
     }
 
     /// Decodes and validates config text; `file` names it in errors.
-    pub fn parse(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+    pub fn parse(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigErrors> {
         load::parse(text, file.into(), env)
     }
 

@@ -35,7 +35,9 @@ impl PathPattern {
                     None => (inner, false),
                 };
                 if !is_ident(name) {
-                    return Err(format!("`{{{inner}}}`: a parameter name is letters, digits and `_`"));
+                    return Err(format!(
+                        "`{{{inner}}}`: a parameter name is letters, digits and `_`"
+                    ));
                 }
                 if catch_all && i + 1 != segments.len() {
                     return Err(format!("`{{*{name}}}` must be the last segment"));
@@ -44,15 +46,23 @@ impl PathPattern {
                     return Err(format!("parameter `{name}` appears twice"));
                 }
                 let n = params.len();
-                shape.push_str(&if catch_all { format!("{{*p{n}}}") } else { format!("{{p{n}}}") });
+                shape.push_str(&if catch_all {
+                    format!("{{*p{n}}}")
+                } else {
+                    format!("{{p{n}}}")
+                });
                 params.push(Param {
                     name: name.to_owned(),
                     catch_all,
                 });
             } else if seg.contains(['{', '}']) {
-                return Err(format!("segment `{seg}`: a parameter takes a whole segment, as `{{name}}`"));
+                return Err(format!(
+                    "segment `{seg}`: a parameter takes a whole segment, as `{{name}}`"
+                ));
             } else if seg.is_empty() && i + 1 != segments.len() {
-                return Err("empty segment (`//`): paths are matched after `//` is collapsed".into());
+                return Err(
+                    "empty segment (`//`): paths are matched after `//` is collapsed".into(),
+                );
             } else if *seg == "." || *seg == ".." {
                 return Err("dot segments cannot match: request paths are normalised first".into());
             } else if crate::normalize::normalize_segment(seg).as_deref() != Ok(*seg) {
@@ -100,7 +110,9 @@ impl HostPattern {
             None => (false, host.as_str()),
         };
         let label_ok = |l: &str| {
-            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         };
         if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
             return Err(format!(
@@ -159,7 +171,11 @@ impl Template {
                 let known: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
                 return Err(format!(
                     "placeholder `{{{name}}}` has no source: the path defines {}",
-                    if known.is_empty() { "no parameters".to_owned() } else { format!("{{{}}}", known.join("}, {")) }
+                    if known.is_empty() {
+                        "no parameters".to_owned()
+                    } else {
+                        format!("{{{}}}", known.join("}, {"))
+                    }
                 ));
             };
             parts.push(Part::Param(index));
@@ -203,7 +219,16 @@ mod tests {
 
     #[test]
     fn bad_paths_are_refused() {
-        for bad in ["users", "/a/{*rest}/b", "/a/{x}{y}", "/a//b", "/a/../b", "/a/%7euser", "/{a}/{a}", "/a{b}"] {
+        for bad in [
+            "users",
+            "/a/{*rest}/b",
+            "/a/{x}{y}",
+            "/a//b",
+            "/a/../b",
+            "/a/%7euser",
+            "/{a}/{a}",
+            "/a{b}",
+        ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad} should be refused");
         }
         assert!(PathPattern::parse("/users/").is_ok());
@@ -211,8 +236,14 @@ mod tests {
 
     #[test]
     fn hosts_parse_exact_and_wildcard() {
-        assert_eq!(HostPattern::parse("API.example.com"), Ok(HostPattern::Exact("api.example.com".into())));
-        assert_eq!(HostPattern::parse("*.example.com"), Ok(HostPattern::Wildcard(".example.com".into())));
+        assert_eq!(
+            HostPattern::parse("API.example.com"),
+            Ok(HostPattern::Exact("api.example.com".into()))
+        );
+        assert_eq!(
+            HostPattern::parse("*.example.com"),
+            Ok(HostPattern::Wildcard(".example.com".into()))
+        );
         assert!(HostPattern::parse("example.com:80").is_err());
         assert!(HostPattern::parse("*").is_err());
     }

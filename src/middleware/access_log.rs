@@ -168,7 +168,10 @@ impl http_body::Body for Logged {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -193,7 +196,9 @@ impl Drop for Logged {
         let elapsed = e.start.elapsed();
         let fields = e.log.fields();
         let route = fields.route.unwrap_or_else(|| e.layer.unmatched.clone());
-        e.layer.metrics.request(&route, &e.method, e.status, elapsed);
+        e.layer
+            .metrics
+            .request(&route, &e.method, e.status, elapsed);
         let Some(path) = e.path else { return };
         let client_ip = fields.client_ip.or(e.peer);
         tracing::info!(

@@ -22,7 +22,10 @@ use crate::state::State;
 /// answers rendered through `error.rs`, never `Err`.
 pub fn stack(
     state: Arc<State>,
-) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone + Send + 'static {
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static {
     let metrics = state.metrics.clone();
     ServiceBuilder::new()
         // First, so every answer (even a 404) carries the id and the log line has it.

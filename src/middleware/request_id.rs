@@ -52,8 +52,13 @@ where
                 v
             }
         };
-        if !req.headers().get(&TRACEPARENT).is_some_and(|v| is_valid_traceparent(v.as_bytes())) {
-            req.headers_mut().insert(TRACEPARENT.clone(), new_traceparent());
+        if !req
+            .headers()
+            .get(&TRACEPARENT)
+            .is_some_and(|v| is_valid_traceparent(v.as_bytes()))
+        {
+            req.headers_mut()
+                .insert(TRACEPARENT.clone(), new_traceparent());
         }
         req.extensions_mut().insert(RequestId(id.clone()));
         RequestIdFuture {
@@ -91,7 +96,10 @@ where
 /// Up to 128 visible characters from a conservative set: anything else could
 /// be a log-injection or header-smuggling attempt, so it is replaced.
 fn is_sane_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
 }
 
 fn hex(out: &mut Vec<u8>, mut n: u128, digits: usize) {
@@ -122,7 +130,10 @@ fn new_traceparent() -> HeaderValue {
 
 /// `00-<32 hex trace id, not all zero>-<16 hex parent id, not all zero>-<2 hex flags>`.
 fn is_valid_traceparent(v: &[u8]) -> bool {
-    let lower_hex = |s: &[u8]| s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let lower_hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
     let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
     v.len() == 55
         && v[2] == b'-'
@@ -155,8 +166,14 @@ mod tests {
         assert!(!is_sane_id(b""));
         assert!(!is_sane_id(b"a b"));
         assert!(!is_sane_id(&[b'a'; 129]));
-        assert!(!is_valid_traceparent(b"00-00000000000000000000000000000000-0000000000000001-01"));
-        assert!(!is_valid_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"));
-        assert!(is_valid_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(!is_valid_traceparent(
+            b"00-00000000000000000000000000000000-0000000000000001-01"
+        ));
+        assert!(!is_valid_traceparent(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+        ));
+        assert!(is_valid_traceparent(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
     }
 }

@@ -88,9 +88,10 @@ impl<S> RouteService<S> {
         let snapshot = self.state.load();
         let host = request_host(req)?;
         let path = normalize_path(req.uri().path())?.into_owned();
-        let found = snapshot
-            .table
-            .find(host.as_ref().map(|h| h.1.as_str()), req.method(), &path)?;
+        let found =
+            snapshot
+                .table
+                .find(host.as_ref().map(|h| h.1.as_str()), req.method(), &path)?;
         let peer = req
             .extensions()
             .get::<ConnInfo>()
@@ -164,10 +165,16 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, 10.0.0.7"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.2.3.4, 10.0.0.7"),
+        );
         let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
         let stranger: IpAddr = "8.8.8.8".parse().expect("ip");
-        assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().expect("ip")
+        );
         assert_eq!(client_ip(stranger, &h, &trusted), stranger);
         assert_eq!(client_ip(proxy, &h, &[]), proxy);
     }

@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 
 use http::header::{
-    CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -34,13 +35,20 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
         headers.remove(name);
     }
-    for name in [TRANSFER_ENCODING, UPGRADE, TRAILER, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION] {
+    for name in [
+        TRANSFER_ENCODING,
+        UPGRADE,
+        TRAILER,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+    ] {
         headers.remove(name);
     }
     if let Some(te) = headers.get(TE) {
-        let trailers = te
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
         headers.remove(TE);
         if trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -66,9 +74,15 @@ pub(crate) fn upstream_request(
 
     let ip = client_ip.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if headers.get_all(&X_FORWARDED_FOR).iter().count() == 1 => format!("{prior}, {ip}"),
+        Some(prior) if headers.get_all(&X_FORWARDED_FOR).iter().count() == 1 => {
+            format!("{prior}, {ip}")
+        }
         Some(_) => {
-            let all: Vec<&str> = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+            let all: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
             format!("{}, {ip}", all.join(", "))
         }
         None => ip,

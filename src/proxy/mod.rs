@@ -59,7 +59,9 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("backend", &self.backend.name).finish()
+        f.debug_struct("Upstream")
+            .field("backend", &self.backend.name)
+            .finish()
     }
 }
 
@@ -148,7 +150,11 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         &route.request_headers,
         &backend.headers,
     );
-    let client_host = if route.preserve_host { ctx.host.clone() } else { None };
+    let client_host = if route.preserve_host {
+        ctx.host.clone()
+    } else {
+        None
+    };
 
     let mut prepared = prepare(body, server.max_body, log.as_ref()).await?;
     let idempotent = is_idempotent(&parts.method);
@@ -192,14 +198,19 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         }
 
         let sent = Instant::now();
-        let result = tokio::time::timeout(backend.timeout.min(remaining), upstream.client.request(up)).await;
+        let result =
+            tokio::time::timeout(backend.timeout.min(remaining), upstream.client.request(up)).await;
         let elapsed = sent.elapsed();
         let retries_left = attempt < backend.retries as usize;
         match result {
             Ok(Ok(res)) => {
                 let status = res.status().as_u16();
                 let failed = matches!(status, 502..=504);
-                metrics.upstream(&backend.name, if status >= 500 { "http_5xx" } else { "ok" }, elapsed);
+                metrics.upstream(
+                    &backend.name,
+                    if status >= 500 { "http_5xx" } else { "ok" },
+                    elapsed,
+                );
                 if failed && idempotent && replayable && retries_left {
                     continue;
                 }
@@ -209,11 +220,17 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
                 if let Some(b) = body::body_error(&e) {
                     return Err(match b {
                         BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit: *limit },
-                        BodyError::Client(inner) => ProxyError::ClientBody(inner.to_string().into()),
+                        BodyError::Client(inner) => {
+                            ProxyError::ClientBody(inner.to_string().into())
+                        }
                     });
                 }
                 let connect = e.is_connect();
-                metrics.upstream(&backend.name, if connect { "connect_error" } else { "error" }, elapsed);
+                metrics.upstream(
+                    &backend.name,
+                    if connect { "connect_error" } else { "error" },
+                    elapsed,
+                );
                 let detail = format!("{}: {}", endpoint.url, error_chain(&e));
                 tracing::debug!(backend = %backend.name, attempt, "upstream attempt failed: {detail}");
                 // A streamed body that was never polled can go to the next endpoint.
@@ -277,7 +294,9 @@ fn upstream_path(ctx: &RouteContext, target: &Target) -> String {
 }
 
 fn upstream_uri(endpoint: &Endpoint, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
-    let mut pq = String::with_capacity(endpoint.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    let mut pq = String::with_capacity(
+        endpoint.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
     pq.push_str(&endpoint.base_path);
     pq.push_str(path);
     if let Some(q) = query {
@@ -301,7 +320,11 @@ fn upstream_uri(endpoint: &Endpoint, path: &str, query: Option<&str>) -> Result<
 
 /// Decides how the body travels: small known-length bodies are buffered so
 /// they can be replayed; the rest stream with the limit counted on the way.
-async fn prepare(body: Body, limit: u64, log: Option<&Arc<RequestLog>>) -> Result<Prepared, ProxyError> {
+async fn prepare(
+    body: Body,
+    limit: u64,
+    log: Option<&Arc<RequestLog>>,
+) -> Result<Prepared, ProxyError> {
     if body.is_end_stream() {
         return Ok(Prepared::Empty);
     }
@@ -309,7 +332,11 @@ async fn prepare(body: Body, limit: u64, log: Option<&Arc<RequestLog>>) -> Resul
         Some(n) if n > limit => Err(ProxyError::BodyTooLarge { limit }),
         Some(0) => Ok(Prepared::Empty),
         Some(n) if n <= REPLAY_LIMIT => {
-            let bytes = body.collect().await.map_err(ProxyError::ClientBody)?.to_bytes();
+            let bytes = body
+                .collect()
+                .await
+                .map_err(ProxyError::ClientBody)?
+                .to_bytes();
             if let Some(log) = log {
                 log.add_bytes_in(bytes.len() as u64);
             }
@@ -319,7 +346,10 @@ async fn prepare(body: Body, limit: u64, log: Option<&Arc<RequestLog>>) -> Resul
     }
 }
 
-fn response(res: Response<hyper::body::Incoming>, edits: &crate::config::HeaderEdits) -> Response<Body> {
+fn response(
+    res: Response<hyper::body::Incoming>,
+    edits: &crate::config::HeaderEdits,
+) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     headers::apply(&mut parts.headers, edits);

@@ -14,7 +14,6 @@ use http::{HeaderValue, Method};
 
 use crate::config::{HostPattern, Route};
 
-
 /// A successful match: the route's index in the config and its params.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Match {
@@ -31,7 +30,10 @@ pub enum RouteError {
     #[error("the path matches but the method is not allowed (allowed: {allow:?})")]
     MethodNotAllowed { allow: HeaderValue },
     #[error("the Host header `{host:?}` differs from the request URI authority `{authority}`")]
-    HostMismatch { host: HeaderValue, authority: String },
+    HostMismatch {
+        host: HeaderValue,
+        authority: String,
+    },
     #[error("HTTP/1.1 request without a Host header")]
     MissingHost,
     #[error("unsafe path: {0}")]
@@ -117,7 +119,9 @@ impl RouteTable {
                     match table.wildcard.iter().position(|(s, _)| **s == **suffix) {
                         Some(p) => &mut table.wildcard[p].1,
                         None => {
-                            table.wildcard.push((suffix.as_str().into(), HostTable::default()));
+                            table
+                                .wildcard
+                                .push((suffix.as_str().into(), HostTable::default()));
                             &mut table.wildcard.last_mut().expect("just pushed").1
                         }
                     }
@@ -136,12 +140,19 @@ impl RouteTable {
             }
             host_table.entries.push(entry);
         }
-        table.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        table
+            .wildcard
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         table
     }
 
     /// Finds the route for a request. `host` is lower-case without port.
-    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Result<Match, RouteError> {
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Result<Match, RouteError> {
         let mut allow = Vec::new();
         if let Some(host) = host {
             if let Some(t) = self.exact.get(host) {
@@ -164,7 +175,11 @@ impl RouteTable {
         if allow.is_empty() {
             return Err(RouteError::NotFound);
         }
-        let list = allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let list = allow
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
         Err(RouteError::MethodNotAllowed {
             allow: HeaderValue::from_str(&list).unwrap_or(HeaderValue::from_static("")),
         })
@@ -174,7 +189,9 @@ impl RouteTable {
 /// The host of an authority or Host value, lower-cased, without port.
 pub fn host_only(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if authority.starts_with('[') {
-        authority.find(']').map_or(authority, |end| &authority[..=end])
+        authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end])
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
@@ -227,7 +244,10 @@ mod tests {
             Err(RouteError::MethodNotAllowed { allow }) => assert_eq!(allow, "GET, POST, PUT"),
             other => panic!("expected 405, got {other:?}"),
         }
-        assert_eq!(t.find(None, &Method::GET, "/orders"), Err(RouteError::NotFound));
+        assert_eq!(
+            t.find(None, &Method::GET, "/orders"),
+            Err(RouteError::NotFound)
+        );
     }
 
     #[test]
@@ -245,7 +265,10 @@ mod tests {
         let values: Vec<&str> = m.params.iter().map(|r| &path[r.clone()]).collect();
         assert_eq!(values, ["ann", "a/b.txt"]);
         // A catch-all needs at least one character.
-        assert_eq!(t.find(None, &Method::GET, "/u/ann/files/"), Err(RouteError::NotFound));
+        assert_eq!(
+            t.find(None, &Method::GET, "/u/ann/files/"),
+            Err(RouteError::NotFound)
+        );
     }
 
     #[test]
@@ -278,7 +301,11 @@ mod tests {
         assert_eq!(find("web.example.com"), "wild");
         assert_eq!(find("a.b.example.com"), "wild");
         assert_eq!(find("x.eu.example.com"), "deeper-wild");
-        assert_eq!(find("example.com"), "anyhost", "a wildcard never matches the apex");
+        assert_eq!(
+            find("example.com"),
+            "anyhost",
+            "a wildcard never matches the apex"
+        );
         assert_eq!(find("other.org"), "anyhost");
         assert_eq!(name(&c, t.find(None, &Method::GET, "/x")), "anyhost");
     }
@@ -294,7 +321,10 @@ mod tests {
             "#,
         );
         assert!(t.find(None, &Method::GET, "/users").is_ok());
-        assert_eq!(t.find(None, &Method::GET, "/users/"), Err(RouteError::NotFound));
+        assert_eq!(
+            t.find(None, &Method::GET, "/users/"),
+            Err(RouteError::NotFound)
+        );
     }
 
     #[test]

@@ -48,7 +48,9 @@ impl Activity {
     fn read(&self) {
         let now = now_ms();
         self.last.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
             self.head_started.store(now, Ordering::Relaxed);
         }
     }
@@ -74,7 +76,10 @@ impl Activity {
             let mut why = "idle timeout";
             if let Some(head) = head {
                 let started = self.head_started.load(Ordering::Relaxed);
-                if started != 0 && self.in_flight.load(Ordering::Relaxed) == 0 && started + head < deadline {
+                if started != 0
+                    && self.in_flight.load(Ordering::Relaxed) == 0
+                    && started + head < deadline
+                {
                     deadline = started + head;
                     why = "request head not received in time";
                 }
@@ -140,7 +145,11 @@ impl ConnIo {
 }
 
 impl AsyncRead for ConnIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
@@ -157,7 +166,11 @@ impl AsyncRead for ConnIo {
 }
 
 impl AsyncWrite for ConnIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();

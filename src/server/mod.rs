@@ -73,16 +73,21 @@ impl Gateway {
 pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartError> {
     let listen = opts.listen.unwrap_or(config.server.listen);
     let admin_listen = opts.admin_listen.unwrap_or(config.admin.listen);
-    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Bind {
-        key: "server.listen",
-        addr: listen,
-        source,
-    })?;
-    let admin_listener = TcpListener::bind(admin_listen).await.map_err(|source| StartError::Bind {
-        key: "admin.listen",
-        addr: admin_listen,
-        source,
-    })?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "server.listen",
+            addr: listen,
+            source,
+        })?;
+    let admin_listener =
+        TcpListener::bind(admin_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                key: "admin.listen",
+                addr: admin_listen,
+                source,
+            })?;
     let addr = listener.local_addr().unwrap_or(listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_listen);
 
@@ -91,9 +96,11 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     let state = Arc::new(State::new(config, metrics));
     let shutdown = CancellationToken::new();
     if let Some(path) = watch {
-        crate::watch::spawn(state.clone(), &path, shutdown.clone()).map_err(|source| StartError::Watch {
-            path: path.display().to_string(),
-            source,
+        crate::watch::spawn(state.clone(), &path, shutdown.clone()).map_err(|source| {
+            StartError::Watch {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
     }
 
@@ -129,7 +136,10 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             let _ = accept.await;
             draining.cancel();
             tracker.close();
-            if tokio::time::timeout(server.shutdown_grace, tracker.wait()).await.is_err() {
+            if tokio::time::timeout(server.shutdown_grace, tracker.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(grace = ?server.shutdown_grace, "requests still in flight after shutdown_grace; closing");
             }
             stop_admin.cancel();
@@ -192,7 +202,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(connection(stream, peer, service.clone(), state.clone(), draining.clone()));
+                tracker.spawn(connection(
+                    stream,
+                    peer,
+                    service.clone(),
+                    state.clone(),
+                    draining.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -203,9 +219,17 @@ async fn accept_loop(
     }
 }
 
-async fn connection<S>(stream: TcpStream, peer: SocketAddr, service: S, state: Arc<State>, draining: CancellationToken)
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+async fn connection<S>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    state: Arc<State>,
+    draining: CancellationToken,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     let metrics = state.metrics.clone();
@@ -238,7 +262,14 @@ where
                 .max_buf_size((server.max_header_size + 8192).max(400 << 10))
                 .keep_alive(true)
                 .serve_connection(io, svc);
-            drive(conn, &draining, &activity, server.idle_timeout, Some(server.header_read_timeout)).await;
+            drive(
+                conn,
+                &draining,
+                &activity,
+                server.idle_timeout,
+                Some(server.header_read_timeout),
+            )
+            .await;
         }
         Protocol::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -322,7 +353,10 @@ struct HyperService<S> {
 
 impl<S> hyper::service::Service<Request<Incoming>> for HyperService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -359,12 +393,16 @@ where
 {
     type Output = F::Output;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
         this.in_flight.take();
         if this.draining.is_cancelled() && *this.version <= Version::HTTP_11 {
-            res.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            res.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         std::task::Poll::Ready(Ok(res))
     }

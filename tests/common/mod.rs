@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type BoxBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// What a backend saw of one request.
 #[derive(Debug, Clone)]
@@ -80,11 +81,23 @@ impl Backend {
         let (seen2, arrived2, heads2) = (seen.clone(), arrived.clone(), heads.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let (handler, seen, arrived, heads) = (handler.clone(), seen2.clone(), arrived2.clone(), heads2.clone());
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (handler, seen, arrived, heads) = (
+                    handler.clone(),
+                    seen2.clone(),
+                    arrived2.clone(),
+                    heads2.clone(),
+                );
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (handler, seen, arrived, heads) = (handler.clone(), seen.clone(), arrived.clone(), heads.clone());
+                        let (handler, seen, arrived, heads) = (
+                            handler.clone(),
+                            seen.clone(),
+                            arrived.clone(),
+                            heads.clone(),
+                        );
                         async move {
                             heads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             arrived.notify_waiters();
@@ -135,7 +148,8 @@ impl Backend {
 
     /// Waits until `n` request heads have arrived, bodies possibly still streaming.
     pub async fn wait_for_heads(&self, n: usize) {
-        self.wait_until(|b| b.heads.load(std::sync::atomic::Ordering::SeqCst) >= n).await;
+        self.wait_until(|b| b.heads.load(std::sync::atomic::Ordering::SeqCst) >= n)
+            .await;
     }
 
     async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
@@ -149,7 +163,10 @@ impl Backend {
             }
         })
         .await;
-        assert!(waited.is_ok(), "backend did not see the expected requests within 10 s");
+        assert!(
+            waited.is_ok(),
+            "backend did not see the expected requests within 10 s"
+        );
     }
 
     pub fn count(&self) -> usize {
@@ -203,7 +220,12 @@ impl Gw {
     }
 
     pub async fn metrics(&self) -> String {
-        let a = send(Request::get(format!("http://{}/metrics", self.admin)).body(empty()).unwrap()).await;
+        let a = send(
+            Request::get(format!("http://{}/metrics", self.admin))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
         a.text()
     }
 }
@@ -230,7 +252,8 @@ impl Answer {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -245,12 +268,19 @@ impl Answer {
     /// Asserts a problem+json answer with this status and returns its body.
     pub fn problem(&self, status: u16) -> serde_json::Value {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
-        assert_eq!(self.header("content-type"), Some("application/problem+json"));
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
         let p = self.json();
         assert_eq!(p["status"], status);
         assert_eq!(p["type"], "about:blank");
         assert!(p["title"].is_string() && p["detail"].is_string(), "{p}");
-        assert_eq!(p["request_id"].as_str(), self.header("x-request-id"), "problem carries the request id");
+        assert_eq!(
+            p["request_id"].as_str(),
+            self.header("x-request-id"),
+            "problem carries the request id"
+        );
         p
     }
 }

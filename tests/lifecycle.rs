@@ -1,0 +1,333 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+//! The binary's life: start-up failures, signals, reloads and its logs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Request, Response};
+
+fn fngate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fngate"));
+    c.env_remove("FNGATE_CONFIG").env("RUST_LOG", "info");
+    c
+}
+
+/// Runs fngate to completion; returns (exit code, stdout, last stderr line).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = fngate().args(args).output().expect("fngate runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "no panic text: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        last,
+    )
+}
+
+fn write(dir: &Path, text: &str) -> String {
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn start_up_failures_exit_1_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body = \"lots\"\n",
+    );
+    let (code, _, last) = run(&["--config", &bad]);
+    assert_eq!(code, 1);
+    assert!(
+        last.contains(&format!("{bad}:3:12: server.max_body")),
+        "{last}"
+    );
+
+    let missing = dir.path().join("absent.toml").display().to_string();
+    let (code, _, last) = run(&["serve", "--config", &missing]);
+    assert_eq!(code, 1);
+    assert!(
+        last.contains(&missing) && last.contains("cannot read"),
+        "{last}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    let cfg = write(
+        dir.path(),
+        &format!("[server]\nlisten = \"{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    );
+    let (code, _, last) = run(&["--config", &cfg]);
+    assert_eq!(code, 1);
+    assert!(
+        last.contains(&format!("cannot listen on {port} (server.listen)")),
+        "{last}"
+    );
+}
+
+#[test]
+fn validate_reports_every_error_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(
+        dir.path(),
+        "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n",
+    );
+    let (code, stdout, _) = run(&["validate", "--config", &good]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("valid"), "{stdout}");
+    let out = fngate()
+        .args(["validate"])
+        .env(
+            "FNGATE_CONFIG",
+            write(dir.path(), "a = 1\n[server]\nb = 2\n"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":1:1: a: unknown key") && stderr.contains(":3:1: server.b: unknown key"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 errors"));
+}
+
+/// A running fngate process whose stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(config: &str, extra: &[&str]) -> Self {
+        let mut child = fngate()
+            .args([
+                "--config",
+                config,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut p = Self {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            lines,
+        };
+        let line = p.line_with("fngate listening");
+        let field = |name: &str| -> SocketAddr {
+            let start = line
+                .find(name)
+                .unwrap_or_else(|| panic!("{name} in {line}"))
+                + name.len();
+            let rest = line[start..].trim_start_matches(['=', ':', '"']);
+            rest.split([' ', '"', ',']).next().unwrap().parse().unwrap()
+        };
+        p.addr = field("addr");
+        p.admin = field("admin_addr");
+        p
+    }
+
+    fn line_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with `{needle}` from fngate"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "fngate did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get(url: String) -> Answer {
+    send(Request::get(url).body(empty()).unwrap()).await
+}
+
+/// Polls `check` until it holds; there is no event to wait on across processes.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readyz_drains_in_flight_requests_and_exits_0() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let slow = Backend::with(move |_| {
+        let r = r.clone();
+        async move {
+            r.notified().await;
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &format!(
+            "[server]\ndrain_delay = \"300ms\"\n[backends.b]\nurls = [\"{}\"]\n{ANY}",
+            slow.url()
+        ),
+    );
+    let mut p = Proc::start(&cfg, &[]);
+    assert_eq!(get(format!("http://{}/readyz", p.admin)).await.status, 200);
+    let url = format!("http://{}/slow", p.addr);
+    let in_flight =
+        tokio::spawn(async move { send(Request::get(url).body(empty()).unwrap()).await });
+    slow.wait_for_heads(1).await;
+
+    p.signal("-TERM");
+    let admin = p.admin;
+    eventually("/readyz answers 503", async || {
+        get(format!("http://{admin}/readyz")).await.status == 503
+    })
+    .await;
+    let addr = p.addr;
+    eventually("the data listener closes", async || {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+
+    release.notify_waiters();
+    let a = in_flight.await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "done", "the in-flight request finished");
+    assert_eq!(
+        a.header("connection"),
+        Some("close"),
+        "HTTP/1.1 answers carry Connection: close while draining"
+    );
+    assert_eq!(
+        tokio::task::spawn_blocking(move || p.wait_exit())
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_a_bad_file_keeps_the_old_config() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[server]\nwatch = false\n[backends.b]\nurls = [\"{}\"]\n",
+        b.url()
+    );
+    let route = |name: &str| {
+        format!("[[routes]]\nname = \"{name}\"\npath = \"/{name}\"\nbackend = \"b\"\n")
+    };
+    let cfg = write(dir.path(), &format!("{base}{}", route("one")));
+    let p = Proc::start(&cfg, &[]);
+    assert_eq!(get(format!("http://{}/one", p.addr)).await.status, 200);
+
+    write(dir.path(), &format!("{base}{}", route("two")));
+    p.signal("-HUP");
+    p.line_with("config reloaded");
+    assert_eq!(get(format!("http://{}/two", p.addr)).await.status, 200);
+    assert_eq!(get(format!("http://{}/one", p.addr)).await.status, 404);
+
+    write(dir.path(), &format!("{base}{}bogus = 1\n", route("three")));
+    p.signal("-HUP");
+    let refused = p.line_with("config reload refused");
+    assert!(refused.contains("bogus"), "{refused}");
+    assert_eq!(
+        get(format!("http://{}/two", p.addr)).await.status,
+        200,
+        "the old config keeps serving"
+    );
+    let m = get(format!("http://{}/metrics", p.admin)).await.text();
+    assert!(
+        m.contains("fngate_config_reloads_total{result=\"error\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("fngate_config_version 2"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_log_has_one_object_per_request() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &format!("[backends.b]\nurls = [\"{}\"]\n{ANY}", b.url()),
+    );
+    let p = Proc::start(&cfg, &["--log-format", "json"]);
+    let a = send(
+        Request::post(format!("http://{}/logged?q=1", p.addr))
+            .body(full("12345"))
+            .unwrap(),
+    )
+    .await;
+    let id = a.header("x-request-id").unwrap().to_owned();
+    let line = p.line_with(&id);
+    let log: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(log["route"], "any");
+    assert_eq!(log["method"], "POST");
+    assert_eq!(log["path"], "/logged");
+    assert_eq!(log["status"], 200);
+    assert_eq!(log["bytes_in"], 5);
+    assert_eq!(log["bytes_out"], a.body.len());
+    assert_eq!(log["upstream"], b.url());
+    assert_eq!(log["client_ip"], "127.0.0.1");
+    for key in ["ts", "duration_ms", "consumer"] {
+        assert!(!log[key].is_null(), "{key} missing: {line}");
+    }
+}

@@ -1,0 +1,97 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+//! Live config: file-watch reloads, and metrics of what was served.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use fngate::Config;
+
+/// Replaces the file the way editors do: write a sibling, rename it over.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn eventually_status(gw: &Gw, path: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if gw.get(path).await.status == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_edited_file_is_served_within_a_second_and_a_broken_one_is_refused() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let base = format!("[backends.b]\nurls = [\"{}\"]\n", b.url());
+    let route = |name: &str| {
+        format!("[[routes]]\nname = \"{name}\"\npath = \"/{name}\"\nbackend = \"b\"\n")
+    };
+    std::fs::write(&path, format!("{base}{}", route("one"))).unwrap();
+    let gw = Gw::start_config(Config::load(&path).unwrap()).await;
+    assert_eq!(gw.get("/one").await.status, 200);
+
+    let written = Instant::now();
+    replace(&path, &format!("{base}{}", route("two")));
+    eventually_status(&gw, "/two", 200).await;
+    assert!(
+        written.elapsed() < Duration::from_secs(2),
+        "served after {:?}",
+        written.elapsed()
+    );
+    assert_eq!(gw.get("/one").await.status, 404);
+
+    replace(
+        &path,
+        &format!("{base}{}[[routes]]\nname = \"broken\"\n", route("three")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw
+        .metrics()
+        .await
+        .contains("fngate_config_reloads_total{result=\"error\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the broken file was never seen");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        gw.get("/two").await.status,
+        200,
+        "the running config keeps serving"
+    );
+    assert_eq!(gw.get("/three").await.status, 404);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_upstream_outcome() {
+    let b = Backend::echo("b").await;
+    let gw = Gw::start(&config(&b.url(), ANY)).await;
+    gw.get("/a").await;
+    gw.get("/b").await;
+    gw.get("/").await; // no route: "/{*rest}" needs one character
+                       // Requests are counted when their answer's body is done, just after the client has it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut m = gw.metrics().await;
+    while !m.contains("status=\"404\"} 1") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        m = gw.metrics().await;
+    }
+    for line in [
+        "fngate_requests_total{route=\"any\",method=\"GET\",status=\"200\"} 2",
+        "fngate_requests_total{route=\"-\",method=\"GET\",status=\"404\"} 1",
+        "fngate_upstream_requests_total{backend=\"b\",outcome=\"ok\"} 2",
+        "fngate_request_duration_seconds_count{route=\"any\"} 2",
+        "fngate_config_version 1",
+        "fngate_open_connections",
+    ] {
+        assert!(m.contains(line), "missing `{line}` in:\n{m}");
+    }
+}
