@@ -80,6 +80,27 @@ async fn forwarding_headers_request_id_and_traceparent_are_set() {
 }
 
 #[tokio::test]
+async fn trusted_proxies_decide_the_client_ip_but_forwarded_for_records_the_hop() {
+    let b = Backend::echo("b").await;
+    let gw = Gw::start(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}",
+        config(&b.url(), ANY)
+    ))
+    .await;
+    let a = send(
+        Request::get(gw.url("/x"))
+            .header("x-forwarded-for", "198.51.100.7")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        a.upstream_header("x-forwarded-for").as_deref(),
+        Some("198.51.100.7, 127.0.0.1")
+    );
+}
+
+#[tokio::test]
 async fn hop_by_hop_headers_are_removed_both_ways() {
     let b = Backend::echo("b").await;
     let gw = Gw::start(&config(&b.url(), ANY)).await;

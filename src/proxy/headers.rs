@@ -61,7 +61,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// per attempt by the caller.
 pub(crate) fn upstream_request(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    peer: IpAddr,
     tls: bool,
     host: Option<&HeaderValue>,
     route_edits: &HeaderEdits,
@@ -72,7 +72,7 @@ pub(crate) fn upstream_request(
     headers.remove(EXPECT);
     headers.remove(HOST);
 
-    let ip = client_ip.to_string();
+    let ip = peer.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if headers.get_all(&X_FORWARDED_FOR).iter().count() == 1 => {
             format!("{prior}, {ip}")

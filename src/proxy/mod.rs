@@ -131,7 +131,11 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         });
     };
     let log = req.extensions().get::<Arc<RequestLog>>().cloned();
-    let tls = req.extensions().get::<ConnInfo>().is_some_and(|c| c.tls);
+    let conn = req.extensions().get::<ConnInfo>().copied();
+    let tls = conn.is_some_and(|c| c.tls);
+    // x-forwarded-for records the hop we saw, which is the client itself only
+    // when no trusted proxy stands between.
+    let peer = conn.map_or(ctx.client_ip, |c| c.peer.ip());
     let active = ctx.active();
     let route = &active.config;
     let upstream = &active.upstream;
@@ -144,7 +148,7 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     let query = parts.uri.query();
     headers::upstream_request(
         &mut parts.headers,
-        ctx.client_ip,
+        peer,
         tls,
         ctx.host.as_ref(),
         &route.request_headers,
@@ -189,7 +193,11 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = upstream_uri(endpoint, &suffix, query)?;
         *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = parts.headers.clone();
+        *up.headers_mut() = if attempt == backend.retries as usize {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
         up.headers_mut().insert(http::header::HOST, host);
         if let Some(log) = &log {
