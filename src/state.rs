@@ -28,6 +28,7 @@ pub struct Snapshot {
 pub struct ActiveRoute {
     pub config: Arc<Route>,
     pub upstream: Arc<Upstream>,
+    pub cors: Option<tower_http::cors::CorsLayer>,
 }
 
 /// What triggered a config change (SPEC §5 `source`).
@@ -89,6 +90,7 @@ impl Snapshot {
                     .map(|i| upstreams[i].clone())
                     .unwrap_or_else(|| Arc::new(Upstream::new(r.backend.clone())));
                 ActiveRoute {
+                    cors: r.cors.as_ref().map(crate::middleware::cors::compile),
                     config: r.clone(),
                     upstream,
                 }

@@ -15,7 +15,7 @@ use super::decode::{Ctx, EnvLookup, Obj, Spanned};
 use super::error::{ConfigErrors, Diagnostics};
 use super::path::{HostPattern, PathPattern, Template};
 use super::{
-    Admin, Backend, Balance, Config, Endpoint, HeaderEdits, Persist, Route, Server, Target,
+    Admin, Backend, Balance, Config, Cors, Endpoint, HeaderEdits, Persist, Route, Server, Target,
 };
 
 /// Sections and keys of SPEC §2 that later releases implement. They are refused
@@ -621,7 +621,10 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
             "must be longer than zero",
         );
     }
-    for key in ["auth", "scopes", "rate_limit", "cors", "aggregate", "mode"] {
+    let cors = obj
+        .table(ctx, "cors")
+        .and_then(|c| cors(ctx, c, methods.as_deref()));
+    for key in ["auth", "scopes", "rate_limit", "aggregate", "mode"] {
         if obj.has(key) {
             ctx.error(
                 obj.key_span(key),
@@ -643,7 +646,140 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
         request_headers,
         response_headers,
         timeout,
+        cors,
     })
+}
+
+fn cors(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, route_methods: Option<&[Method]>) -> Option<Cors> {
+    let origins_key = obj.key_path("origins");
+    let origins = match obj.strings(ctx, "origins") {
+        None => {
+            ctx.error(
+                obj.span(),
+                &origins_key,
+                "missing: list the allowed origins, or [\"*\"] for any",
+            );
+            None
+        }
+        Some(list) if list.iter().any(|o| o.value == "*") => {
+            if list.len() > 1 {
+                ctx.error(
+                    obj.key_span("origins"),
+                    &origins_key,
+                    "`*` allows every origin; list nothing else with it",
+                );
+            }
+            Some(None)
+        }
+        Some(list) => Some(Some(
+            list.iter()
+                .filter_map(|o| match origin(&o.value) {
+                    Ok(v) => Some(v),
+                    Err(why) => {
+                        ctx.error(o.span.clone(), &origins_key, why);
+                        None
+                    }
+                })
+                .collect(),
+        )),
+    };
+    let methods_key = obj.key_path("methods");
+    let methods = match obj.strings(ctx, "methods") {
+        Some(list) => list
+            .iter()
+            .filter_map(
+                |m| match Method::from_bytes(m.value.to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        ctx.error(
+                            m.span.clone(),
+                            &methods_key,
+                            format!("`{}` is not an HTTP method", m.value),
+                        );
+                        None
+                    }
+                },
+            )
+            .collect(),
+        None => route_methods.map_or_else(
+            || {
+                vec![
+                    Method::GET,
+                    Method::HEAD,
+                    Method::POST,
+                    Method::PUT,
+                    Method::PATCH,
+                    Method::DELETE,
+                ]
+            },
+            <[Method]>::to_vec,
+        ),
+    };
+    let (headers_wild, headers) = header_list(ctx, &mut obj, "headers");
+    let (expose_wild, expose_headers) = header_list(ctx, &mut obj, "expose_headers");
+    let credentials = obj.bool(ctx, "credentials").unwrap_or(false);
+    let max_age = obj.duration(ctx, "max_age");
+    let any_origin = matches!(origins, Some(None));
+    if credentials {
+        // Browsers refuse these combinations, and tower-http would panic on them.
+        for (wild, key) in [
+            (any_origin, "origins"),
+            (headers_wild, "headers"),
+            (expose_wild, "expose_headers"),
+        ] {
+            if wild {
+                ctx.error(
+                    obj.key_span(key),
+                    obj.key_path(key),
+                    "`*` cannot be combined with `credentials = true`: list the values",
+                );
+            }
+        }
+    }
+    obj.finish(ctx);
+    Some(Cors {
+        origins: origins?,
+        methods,
+        headers: (!headers_wild).then_some(headers),
+        expose_headers,
+        credentials,
+        max_age,
+    })
+}
+
+/// A list of header names, or `(true, [])` for `["*"]`.
+fn header_list(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> (bool, Vec<HeaderName>) {
+    let path = obj.key_path(key);
+    let Some(list) = obj.strings(ctx, key) else {
+        return (false, Vec::new());
+    };
+    if list.iter().any(|h| h.value == "*") {
+        return (true, Vec::new());
+    }
+    (
+        false,
+        list.iter()
+            .filter_map(|h| header_name(ctx, h, &path))
+            .collect(),
+    )
+}
+
+/// `https://app.example` or `http://localhost:3000`: scheme, host, optional port, nothing else.
+fn origin(raw: &str) -> Result<HeaderValue, String> {
+    let uri: Uri = raw
+        .parse()
+        .map_err(|_| format!("`{raw}` is not an origin such as \"https://app.example\""))?;
+    let plain = uri.scheme().is_some()
+        && uri.authority().is_some()
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none()
+        && !raw.ends_with('/');
+    if !plain {
+        return Err(format!(
+            "`{raw}` is not an origin: scheme://host[:port], no path or trailing slash"
+        ));
+    }
+    HeaderValue::from_str(raw).map_err(|_| format!("`{raw}` is not a valid header value"))
 }
 
 /// Route names are unique; no two routes match the same host, path shape and

@@ -123,6 +123,22 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     /// Overrides `server.request_timeout`.
     pub timeout: Option<Duration>,
+    pub cors: Option<Cors>,
+}
+
+/// Per-route CORS. A preflight for the route is answered by fngate even when
+/// `methods` lacks OPTIONS; such a route never forwards OPTIONS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cors {
+    /// `None`: any origin (`*`).
+    pub origins: Option<Vec<HeaderValue>>,
+    /// Methods a preflight may ask for: the listed ones, else the route's.
+    pub methods: Vec<Method>,
+    /// `None`: any request header (`*`).
+    pub headers: Option<Vec<HeaderName>>,
+    pub expose_headers: Vec<HeaderName>,
+    pub credentials: bool,
+    pub max_age: Option<Duration>,
 }
 
 /// How the matched path becomes the upstream path.

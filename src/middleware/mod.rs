@@ -1,6 +1,7 @@
 //! The request path as one tower stack, composed top to bottom in [`stack`].
 
 mod access_log;
+pub mod cors;
 mod request_id;
 mod route;
 
@@ -34,7 +35,9 @@ pub fn stack(
         .layer(AccessLogLayer::new(metrics.clone()))
         // Loads the snapshot once; everything below sees the same config.
         .layer(RouteLayer::new(state))
-        // SPEC §3 order continues here: CORS preflight, then `ip`/`global`
+        // Preflights are answered before any rate limit or auth (SPEC §3).
+        .layer(cors::CorsLayer)
+        // SPEC §3 order continues here: `ip`/`global`
         // rate limits, then authentication, then the other rate limits, so a
         // request refused early never costs a signature check or an upstream call.
         .service(Proxy::new(metrics))

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use either::Either;
-use http::header::HOST;
-use http::{HeaderMap, HeaderValue, Request, Response, Version};
+use http::header::{ACCESS_CONTROL_REQUEST_METHOD, HOST, ORIGIN};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use ipnet::IpNet;
 use tower::{Layer, Service};
 
@@ -88,10 +88,16 @@ impl<S> RouteService<S> {
         let snapshot = self.state.load();
         let host = request_host(req)?;
         let path = normalize_path(req.uri().path())?.into_owned();
-        let found =
-            snapshot
-                .table
-                .find(host.as_ref().map(|h| h.1.as_str()), req.method(), &path)?;
+        let host_name = host.as_ref().map(|h| h.1.as_str());
+        let found = match preflight_method(req) {
+            // A preflight is routed by the method it asks about, to a route with CORS;
+            // such a route answers it even when its methods lack OPTIONS.
+            Some(asked) => match snapshot.table.find(host_name, &asked, &path) {
+                Ok(m) if snapshot.routes[m.route].cors.is_some() => m,
+                _ => snapshot.table.find(host_name, req.method(), &path)?,
+            },
+            None => snapshot.table.find(host_name, req.method(), &path)?,
+        };
         let peer = req
             .extensions()
             .get::<ConnInfo>()
@@ -106,6 +112,15 @@ impl<S> RouteService<S> {
             snapshot,
         })
     }
+}
+
+/// The method a CORS preflight asks about, when this request is one.
+fn preflight_method(req: &Request<Body>) -> Option<Method> {
+    if req.method() != Method::OPTIONS || !req.headers().contains_key(ORIGIN) {
+        return None;
+    }
+    let asked = req.headers().get(ACCESS_CONTROL_REQUEST_METHOD)?;
+    Method::from_bytes(asked.as_bytes()).ok()
 }
 
 /// The host the request addresses: the URI authority (HTTP/2 `:authority`,
