@@ -5,7 +5,9 @@
 pub mod admin;
 pub mod config;
 pub mod context;
+pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod metrics;
 pub mod middleware;
 pub mod normalize;

@@ -43,6 +43,22 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Show which route a request would take and why; sends nothing.
+    /// Exit 0 on a match, 1 when no route matches.
+    Explain {
+        /// Config file [default: $FNGATE_CONFIG, else ./routes.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The request method, e.g. GET.
+        method: String,
+        /// The request path, with an optional query: /users/42?x=1
+        path: String,
+        /// A request header, e.g. -H "host: api.example.com" (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Start demo function backends and the gateway on the shipped routes.toml.
+    Demo(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -62,8 +78,46 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Validate { config }) => validate(config::resolve_path(config)),
-        Some(Command::Serve(args)) => serve(args, cli.log_format),
-        None => serve(cli.serve, cli.log_format),
+        Some(Command::Explain {
+            config,
+            method,
+            path,
+            headers,
+        }) => explain(config::resolve_path(config), &method, &path, &headers),
+        Some(Command::Serve(args)) => serve(args, cli.log_format, false),
+        Some(Command::Demo(args)) => serve(args, cli.log_format, true),
+        None => serve(cli.serve, cli.log_format, false),
+    }
+}
+
+fn explain(path: PathBuf, method: &str, target: &str, headers: &[String]) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("error: `{method}` is not an HTTP method");
+        return ExitCode::FAILURE;
+    };
+    let mut pairs = Vec::new();
+    for h in headers {
+        let Some((name, value)) = h.split_once(':') else {
+            eprintln!("error: header `{h}` must look like \"name: value\"");
+            return ExitCode::FAILURE;
+        };
+        pairs.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let e = fngate::explain::explain(&config, &method, target, &pairs);
+    print!("{e}");
+    if e.matched {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -93,7 +147,7 @@ fn validate(path: PathBuf) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs, format: LogFormat) -> ExitCode {
+fn serve(args: ServeArgs, format: LogFormat, demo: bool) -> ExitCode {
     init_logging(format);
     let path = config::resolve_path(args.config);
     let config = match Config::load(&path) {
@@ -120,7 +174,14 @@ fn serve(args: ServeArgs, format: LogFormat) -> ExitCode {
         listen: args.listen,
         admin_listen: args.admin_listen,
     };
-    match runtime.block_on(fngate::serve(config, opts)) {
+    let run = async {
+        if demo {
+            fngate::demo::run(config, opts).await
+        } else {
+            fngate::serve(config, opts).await
+        }
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}: {e}", path.display());

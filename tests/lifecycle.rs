@@ -3,21 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use http::{Request, Response};
-
-fn fngate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fngate"));
-    c.env_remove("FNGATE_CONFIG").env("RUST_LOG", "info");
-    c
-}
 
 /// Runs fngate to completion; returns (exit code, stdout, last stderr line).
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -99,97 +89,6 @@ fn validate_reports_every_error_and_a_summary() {
         "{stderr}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 errors"));
-}
-
-/// A running fngate process whose stdout lines arrive on a channel.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn start(config: &str, extra: &[&str]) -> Self {
-        let mut child = fngate()
-            .args([
-                "--config",
-                config,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut p = Self {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            lines,
-        };
-        let line = p.line_with("fngate listening");
-        let field = |name: &str| -> SocketAddr {
-            let start = line
-                .find(name)
-                .unwrap_or_else(|| panic!("{name} in {line}"))
-                + name.len();
-            let rest = line[start..].trim_start_matches(['=', ':', '"']);
-            rest.split([' ', '"', ',']).next().unwrap().parse().unwrap()
-        };
-        p.addr = field("addr");
-        p.admin = field("admin_addr");
-        p
-    }
-
-    fn line_with(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no line with `{needle}` from fngate"),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        // The shell's built-in kill: no extra package or crate needed.
-        let cmd = format!("kill {sig} {}", self.child.id());
-        let ok = Command::new("sh").args(["-c", &cmd]).status().unwrap();
-        assert!(ok.success());
-    }
-
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "fngate did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn get(url: String) -> Answer {

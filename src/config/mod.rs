@@ -150,6 +150,29 @@ pub enum Target {
     StripPrefix(String),
 }
 
+impl Target {
+    /// The upstream path (before the backend's base path) for a matched,
+    /// normalised `path` whose params, by position, are `params`.
+    pub fn render(&self, path: &str, params: &[&str]) -> String {
+        match self {
+            Self::Same => path.to_owned(),
+            Self::Rewrite(t) => {
+                let mut out = String::with_capacity(t.raw.len() + path.len());
+                t.render(params, &mut out);
+                out
+            }
+            Self::StripPrefix(prefix) => {
+                let rest = path.get(prefix.len()..).unwrap_or_default();
+                if rest.starts_with('/') {
+                    rest.to_owned()
+                } else {
+                    format!("/{rest}")
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HeaderEdits {
     pub set: Vec<(HeaderName, HeaderValue)>,

@@ -127,6 +127,17 @@ impl HostPattern {
     }
 }
 
+impl HostPattern {
+    /// `host` is lower-case without port. A wildcard needs at least one label
+    /// before its suffix: `*.example.com` never matches `example.com`.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(h) => h == host,
+            Self::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

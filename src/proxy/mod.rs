@@ -144,7 +144,11 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     let deadline = Instant::now() + route.timeout.unwrap_or(server.request_timeout);
 
     let (mut parts, body) = req.into_parts();
-    let suffix = upstream_path(&ctx, &route.target);
+    let params: Vec<&str> = match route.target {
+        Target::Rewrite(_) => ctx.params().collect(),
+        _ => Vec::new(),
+    };
+    let suffix = route.target.render(&ctx.path, &params);
     let query = parts.uri.query();
     headers::upstream_request(
         &mut parts.headers,
@@ -280,28 +284,11 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     Err(last)
 }
 
-/// The path after the route's target applies, without the backend's base path.
-fn upstream_path(ctx: &RouteContext, target: &Target) -> String {
-    match target {
-        Target::Same => ctx.path.clone(),
-        Target::Rewrite(t) => {
-            let values: Vec<&str> = ctx.params().collect();
-            let mut out = String::with_capacity(t.raw.len() + ctx.path.len());
-            t.render(&values, &mut out);
-            out
-        }
-        Target::StripPrefix(prefix) => {
-            let rest = ctx.path.get(prefix.len()..).unwrap_or_default();
-            if rest.starts_with('/') {
-                rest.to_owned()
-            } else {
-                format!("/{rest}")
-            }
-        }
-    }
-}
-
-fn upstream_uri(endpoint: &Endpoint, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+pub(crate) fn upstream_uri(
+    endpoint: &Endpoint,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, ProxyError> {
     let mut pq = String::with_capacity(
         endpoint.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );

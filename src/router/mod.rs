@@ -56,7 +56,7 @@ struct HostTable {
 pub struct RouteTable {
     exact: HashMap<Box<str>, HostTable>,
     /// Longest suffix first, so `*.eu.example.com` beats `*.example.com`.
-    wildcard: Vec<(Box<str>, HostTable)>,
+    wildcard: Vec<(HostPattern, HostTable)>,
     any: HostTable,
 }
 
@@ -115,16 +115,15 @@ impl RouteTable {
             let host_table = match key.0 {
                 None => &mut table.any,
                 Some(HostPattern::Exact(h)) => table.exact.entry(h.as_str().into()).or_default(),
-                Some(HostPattern::Wildcard(suffix)) => {
-                    match table.wildcard.iter().position(|(s, _)| **s == **suffix) {
-                        Some(p) => &mut table.wildcard[p].1,
+                Some(pattern @ HostPattern::Wildcard(_)) => {
+                    let i = match table.wildcard.iter().position(|(p, _)| p == pattern) {
+                        Some(i) => i,
                         None => {
-                            table
-                                .wildcard
-                                .push((suffix.as_str().into(), HostTable::default()));
-                            &mut table.wildcard.last_mut().expect("just pushed").1
+                            table.wildcard.push((pattern.clone(), HostTable::default()));
+                            table.wildcard.len() - 1
                         }
-                    }
+                    };
+                    &mut table.wildcard[i].1
                 }
             };
             let id = host_table.entries.len();
@@ -140,9 +139,10 @@ impl RouteTable {
             }
             host_table.entries.push(entry);
         }
+        // Longest suffix first: the most specific wildcard wins.
         table
             .wildcard
-            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.to_string().len()));
         table
     }
 
@@ -160,9 +160,8 @@ impl RouteTable {
                     return Ok(m);
                 }
             }
-            for (suffix, t) in &self.wildcard {
-                // One or more labels before the suffix; the apex does not match.
-                if host.len() > suffix.len() && host.ends_with(&**suffix) {
+            for (pattern, t) in &self.wildcard {
+                if pattern.matches(host) {
                     if let Some(m) = t.find(method, path, &mut allow) {
                         return Ok(m);
                     }

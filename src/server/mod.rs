@@ -44,6 +44,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the admin API would listen on {addr} (not loopback) but ${env} is not set: set a token or listen on 127.0.0.1")]
+    AdminToken { addr: SocketAddr, env: String },
     #[error("cannot watch {path} for changes (server.watch): {source}")]
     Watch { path: String, source: notify::Error },
 }
@@ -73,6 +75,13 @@ impl Gateway {
 pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartError> {
     let listen = opts.listen.unwrap_or(config.server.listen);
     let admin_listen = opts.admin_listen.unwrap_or(config.admin.listen);
+    // Validation checked the file's address; an override must pass the same rule.
+    if !admin_listen.ip().is_loopback() && config.admin.token.is_none() {
+        return Err(StartError::AdminToken {
+            addr: admin_listen,
+            env: config.admin.token_env.clone(),
+        });
+    }
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -160,31 +169,34 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
 
 /// Runs until SIGTERM or SIGINT, reloading on SIGHUP.
 pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), StartError> {
-    use tokio::signal::unix::{signal, SignalKind};
     let gateway = start(config, opts).await?;
+    run_until_signalled(gateway).await;
+    Ok(())
+}
+
+/// Reloads on SIGHUP; drains and returns on SIGTERM or SIGINT.
+pub async fn run_until_signalled(gateway: Gateway) {
+    use tokio::signal::unix::{signal, SignalKind};
     let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     );
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
-        tracing::error!("cannot install signal handlers; stopping");
-        gateway.shutdown();
-        gateway.wait().await;
-        return Ok(());
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                let _ = gateway.state.reload(crate::state::Source::Signal).await;
+    if let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let _ = gateway.state.reload(crate::state::Source::Signal).await;
+                }
             }
         }
+    } else {
+        tracing::error!("cannot install signal handlers; stopping");
     }
     gateway.shutdown();
     gateway.wait().await;
-    Ok(())
 }
 
 async fn accept_loop(

@@ -1,0 +1,339 @@
+//! `fngate explain`: which route a request would take and why, without
+//! sending anything. It runs the same normalisation and route table as the
+//! data path, then looks at every route on its own to name the near misses.
+
+use std::fmt::{self, Write as _};
+
+use http::Method;
+
+use crate::config::{Config, HostPattern, Route};
+use crate::normalize::normalize_path;
+use crate::proxy::upstream_uri;
+use crate::router::{host_only, RouteError, RouteTable};
+
+/// The outcome: printed as text; `matched` decides the exit status.
+#[derive(Debug)]
+pub struct Explanation {
+    pub matched: bool,
+    text: String,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Explains `method target` (`target` is a path with an optional query)
+/// with the given request headers (`host`, and for a CORS preflight
+/// `origin` and `access-control-request-method`).
+pub fn explain(
+    config: &Config,
+    method: &Method,
+    target: &str,
+    headers: &[(String, String)],
+) -> Explanation {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    };
+    let host = header("host").map(|h| host_only(h).into_owned());
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{method} {target}  (host: {})",
+        host.as_deref().unwrap_or("none")
+    );
+    let normal = match normalize_path(path) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            let _ = writeln!(out, "=> 400 Bad Request: unsafe path: {e}");
+            return Explanation {
+                matched: false,
+                text: out,
+            };
+        }
+    };
+    if normal != path {
+        let _ = writeln!(out, "normalised path: {normal}");
+    }
+    let table = RouteTable::build(&config.routes);
+    let asked = (method == Method::OPTIONS && header("origin").is_some())
+        .then(|| header("access-control-request-method"))
+        .flatten()
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let mut found = table.find(host.as_deref(), method, &normal);
+    if let Some(asked) = &asked {
+        if let Ok(m) = table.find(host.as_deref(), asked, &normal) {
+            if config.routes[m.route].cors.is_some() {
+                let _ = writeln!(
+                    out,
+                    "CORS preflight for {asked}: answered by fngate, never forwarded"
+                );
+                found = Ok(m);
+            }
+        }
+    }
+    let winner = found.as_ref().ok().map(|m| m.route);
+    match &found {
+        Ok(m) => {
+            let route = &config.routes[m.route];
+            let values: Vec<&str> = m.params.iter().map(|r| &normal[r.clone()]).collect();
+            let _ = writeln!(out, "\nmatched route `{}`", route.name);
+            describe(&mut out, route, &values, &normal, query);
+        }
+        Err(RouteError::MethodNotAllowed { allow }) => {
+            let _ = writeln!(
+                out,
+                "\n=> 405 Method Not Allowed (Allow: {})",
+                allow.to_str().unwrap_or_default()
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "\n=> 404 Not Found: {e}");
+        }
+    }
+    near_misses(&mut out, config, method, host.as_deref(), &normal, winner);
+    Explanation {
+        matched: winner.is_some(),
+        text: out,
+    }
+}
+
+fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query: Option<&str>) {
+    let _ = writeln!(out, "  path      {}", route.path.raw);
+    for (p, v) in route.path.params.iter().zip(params) {
+        let _ = writeln!(out, "  param     {} = {v}", p.name);
+    }
+    let _ = writeln!(out, "  methods   {}", methods(route));
+    let _ = writeln!(
+        out,
+        "  host      {}",
+        route
+            .host
+            .as_ref()
+            .map_or("any".to_owned(), HostPattern::to_string)
+    );
+    let b = &route.backend;
+    let _ = writeln!(
+        out,
+        "  backend   {} (round robin over {} endpoint{}, {} retr{}, {:?} per attempt)",
+        b.name,
+        b.endpoints.len(),
+        if b.endpoints.len() == 1 { "" } else { "s" },
+        b.retries,
+        if b.retries == 1 { "y" } else { "ies" },
+        b.timeout
+    );
+    let suffix = route.target.render(path, params);
+    for ep in &b.endpoints {
+        match upstream_uri(ep, &suffix, query) {
+            Ok(uri) => {
+                let _ = writeln!(out, "  upstream  {uri}");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  upstream  cannot be built: {e}");
+            }
+        }
+    }
+    let host = if route.preserve_host {
+        "the client's (preserve_host)"
+    } else {
+        "the backend's"
+    };
+    let _ = writeln!(out, "  Host      {host}");
+    if let Some(t) = route.timeout {
+        let _ = writeln!(out, "  deadline  {t:?} (route timeout)");
+    }
+    for (what, edits) in [
+        ("request", &route.request_headers),
+        ("response", &route.response_headers),
+    ] {
+        if !edits.is_empty() {
+            let set: Vec<String> = edits
+                .set
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                .collect();
+            let remove: Vec<&str> = edits.remove.iter().map(|h| h.as_str()).collect();
+            let _ = writeln!(
+                out,
+                "  {what} headers  set [{}] remove [{}]",
+                set.join(", "),
+                remove.join(", ")
+            );
+        }
+    }
+    if !b.headers.is_empty() {
+        let names: Vec<&str> = b.headers.iter().map(|(k, _)| k.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "  backend headers  {} (values not shown)",
+            names.join(", ")
+        );
+    }
+    match &route.cors {
+        Some(c) => {
+            let origins = c.origins.as_ref().map_or("*".to_owned(), |o| {
+                o.iter()
+                    .map(|v| v.to_str().unwrap_or("?"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            let _ = writeln!(
+                out,
+                "  cors      origins {origins}{}",
+                if c.credentials { ", credentials" } else { "" }
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  cors      none");
+        }
+    }
+    let _ = writeln!(out, "  auth      none\n  limits    none");
+}
+
+/// Every other route whose path matches, and what kept it from serving.
+fn near_misses(
+    out: &mut String,
+    config: &Config,
+    method: &Method,
+    host: Option<&str>,
+    path: &str,
+    winner: Option<usize>,
+) {
+    let mut header = false;
+    for (i, route) in config.routes.iter().enumerate() {
+        if Some(i) == winner || !path_matches(route, path) {
+            continue;
+        }
+        let host_ok = match (&route.host, host) {
+            (None, _) => true,
+            (Some(p), Some(h)) => p.matches(h),
+            (Some(_), None) => false,
+        };
+        let method_ok = route.methods.as_ref().is_none_or(|m| m.contains(method));
+        let why = match (host_ok, method_ok) {
+            (false, _) => format!(
+                "the path matches, but the host must be {}",
+                route.host.as_ref().map_or(String::new(), ToString::to_string)
+            ),
+            (true, false) => format!("the path matches, but its methods are {}", methods(route)),
+            (true, true) => match winner {
+                Some(w) => format!(
+                    "it matches too, but `{}` is more specific (exact host > wildcard > none; static path > param)",
+                    config.routes[w].name
+                ),
+                None => "it matches, but a more specific path shape took this request".to_owned(),
+            },
+        };
+        if !header {
+            out.push_str("\nnear misses:\n");
+            header = true;
+        }
+        let _ = writeln!(out, "  `{}` ({}): {why}", route.name, route.path.raw);
+    }
+}
+
+fn path_matches(route: &Route, path: &str) -> bool {
+    let mut r = matchit::Router::new();
+    r.insert(route.path.shape.clone(), ()).is_ok() && r.at(path).is_ok()
+}
+
+fn methods(route: &Route) -> String {
+    route.methods.as_ref().map_or("any".to_owned(), |m| {
+        m.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let text = r#"
+            [backends.users]
+            urls = ["http://10.0.0.1:9000/api", "http://10.0.0.2:9000/api"]
+            [[routes]]
+            name = "get-user"
+            path = "/users/{id}"
+            methods = ["GET"]
+            backend = "users"
+            rewrite = "/people/{id}"
+            [[routes]]
+            name = "update-user"
+            path = "/users/{id}"
+            methods = ["PUT"]
+            backend = "users"
+            [[routes]]
+            name = "tenant"
+            path = "/users/{id}"
+            methods = ["GET"]
+            host = "*.tenant.example"
+            backend = "users"
+        "#;
+        Config::parse(text, "t.toml", &|_| None).expect("valid")
+    }
+
+    #[test]
+    fn a_match_shows_params_upstreams_and_near_misses() {
+        let e = explain(&config(), &Method::GET, "/users/42?x=1", &[]);
+        assert!(e.matched);
+        let t = e.to_string();
+        assert!(t.contains("matched route `get-user`"), "{t}");
+        assert!(t.contains("param     id = 42"), "{t}");
+        assert!(
+            t.contains("upstream  http://10.0.0.1:9000/api/people/42?x=1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("upstream  http://10.0.0.2:9000/api/people/42?x=1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("`update-user` (/users/{id}): the path matches, but its methods are PUT"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "`tenant` (/users/{id}): the path matches, but the host must be *.tenant.example"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_more_specific_host_wins_and_the_loser_is_named() {
+        let headers = [("Host".to_owned(), "a.tenant.example:8080".to_owned())];
+        let t = explain(&config(), &Method::GET, "/users/1", &headers).to_string();
+        assert!(t.contains("matched route `tenant`"), "{t}");
+        assert!(
+            t.contains("`get-user` (/users/{id}): it matches too, but `tenant` is more specific"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn no_match_gives_405_or_404_and_unsafe_paths_400() {
+        let e = explain(&config(), &Method::DELETE, "/users/1", &[]);
+        assert!(!e.matched);
+        assert!(
+            e.to_string()
+                .contains("405 Method Not Allowed (Allow: GET, PUT)"),
+            "{e}"
+        );
+        let e = explain(&config(), &Method::GET, "/nothing", &[]);
+        assert!(!e.matched && e.to_string().contains("404 Not Found"), "{e}");
+        let e = explain(&config(), &Method::GET, "/../etc", &[]);
+        assert!(
+            !e.matched && e.to_string().contains("400 Bad Request"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,131 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+//! `fngate explain` and `fngate demo`, through the real binary.
+
+mod common;
+
+use common::*;
+use http::Request;
+
+#[tokio::test]
+async fn explain_names_the_match_the_near_misses_and_contacts_no_backend() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.toml");
+    std::fs::write(
+        &cfg,
+        config(
+            &format!("{}/base", b.url()),
+            r#"
+            [[routes]]
+            name = "read"
+            path = "/orders/{id}"
+            methods = ["GET"]
+            backend = "b"
+            rewrite = "/o/{id}"
+            [[routes]]
+            name = "tenant-read"
+            path = "/orders/{id}"
+            methods = ["GET"]
+            host = "*.tenant.example"
+            backend = "b"
+            "#,
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let run = |args: &[&str]| {
+        let out = fngate()
+            .arg("explain")
+            .args(["--config", &cfg])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["GET", "/orders/9?full=1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("matched route `read`"), "{out}");
+    assert!(
+        out.contains(&format!("upstream  {}/base/o/9?full=1", b.url())),
+        "{out}"
+    );
+    assert!(out.contains(
+        "`tenant-read` (/orders/{id}): the path matches, but the host must be *.tenant.example"
+    ));
+
+    let (code, out) = run(&["GET", "/orders/9", "-H", "Host: eu.tenant.example"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("matched route `tenant-read`"), "{out}");
+
+    let (code, out) = run(&["delete", "/orders/9"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("405 Method Not Allowed (Allow: GET)"), "{out}");
+    assert!(
+        out.contains("`read` (/orders/{id}): the path matches, but its methods are GET"),
+        "{out}"
+    );
+
+    let (code, out) = run(&["GET", "/nothing"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("404 Not Found"), "{out}");
+    assert_eq!(b.count(), 0, "explain sends no traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
+    // The shipped routes.toml, with its demo ports moved to free ones.
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml")).unwrap();
+    let mut text = shipped.clone();
+    for port in ["9101", "9102", "9103"] {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        text = text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{free}"));
+    }
+    assert_ne!(text, shipped);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.display().to_string();
+    let mut p = Proc::spawn(&[
+        "demo",
+        "--config",
+        &cfg,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+
+    let a = send(
+        Request::get(format!("http://{}/users/42", p.addr))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["function"], "users");
+    assert_eq!(a.header("x-powered-by"), None, "the route removes it");
+    let a = send(
+        Request::post(format!("http://{}/orders", p.addr))
+            .body(full("{\"item\":\"book\"}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.json()["path"], "/api/orders");
+    assert_eq!(a.json()["body"], "{\"item\":\"book\"}");
+
+    p.signal("-TERM");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || p.wait_exit())
+            .await
+            .unwrap(),
+        0
+    );
+}
