@@ -10,10 +10,24 @@ use http::HeaderValue;
 use crate::state::{ActiveRoute, Snapshot};
 
 /// The client connection, set by the server for every request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's IP as a header value, formatted once per connection for `x-forwarded-for`.
+    pub peer_value: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let peer_value = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Self {
+            peer,
+            tls,
+            peer_value,
+        }
+    }
 }
 
 /// The request's id (client-sent when sane, else generated).

@@ -1,7 +1,5 @@
 //! Header rules between client and upstream (SPEC §3).
 
-use std::net::IpAddr;
-
 use http::header::{
     CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
@@ -61,7 +59,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// per attempt by the caller.
 pub(crate) fn upstream_request(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: HeaderValue,
     tls: bool,
     host: Option<&HeaderValue>,
     route_edits: &HeaderEdits,
@@ -72,23 +70,19 @@ pub(crate) fn upstream_request(
     headers.remove(EXPECT);
     headers.remove(HOST);
 
-    let ip = peer.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if headers.get_all(&X_FORWARDED_FOR).iter().count() == 1 => {
-            format!("{prior}, {ip}")
+    // Appended to what earlier hops sent; with none, the per-connection value is reused as is.
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut xff: Vec<u8> = Vec::new();
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
+            xff.extend_from_slice(prior.as_bytes());
+            xff.extend_from_slice(b", ");
         }
-        Some(_) => {
-            let all: Vec<&str> = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            format!("{}, {ip}", all.join(", "))
+        xff.extend_from_slice(peer.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&xff) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), peer);
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),

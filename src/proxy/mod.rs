@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -131,17 +131,19 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         });
     };
     let log = req.extensions().get::<Arc<RequestLog>>().cloned();
-    let conn = req.extensions().get::<ConnInfo>().copied();
-    let tls = conn.is_some_and(|c| c.tls);
     // x-forwarded-for records the hop we saw, which is the client itself only
     // when no trusted proxy stands between.
-    let peer = conn.map_or(ctx.client_ip, |c| c.peer.ip());
+    let (peer, tls) = match req.extensions().get::<ConnInfo>() {
+        Some(c) => (c.peer_value.clone(), c.tls),
+        None => (HeaderValue::from_static("unknown"), false),
+    };
     let active = ctx.active();
     let route = &active.config;
     let upstream = &active.upstream;
     let backend = &upstream.backend;
     let server = &ctx.snapshot.config.server;
-    let deadline = Instant::now() + route.timeout.unwrap_or(server.request_timeout);
+    let started = Instant::now();
+    let deadline = started + route.timeout.unwrap_or(server.request_timeout);
 
     let (mut parts, body) = req.into_parts();
     let params: Vec<&str> = match route.target {
@@ -172,7 +174,13 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         backend: backend.name.clone(),
     };
     for attempt in 0..=backend.retries as usize {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        // The first attempt starts now; later ones read the clock again.
+        let sent = if attempt == 0 {
+            started
+        } else {
+            Instant::now()
+        };
+        let remaining = deadline.saturating_duration_since(sent);
         if remaining.is_zero() {
             last = ProxyError::Timeout {
                 backend: backend.name.clone(),

@@ -123,12 +123,17 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
 
     let stop_accepting = CancellationToken::new();
     let draining = CancellationToken::new();
+    // Read per answer, so a flag rather than a token (cloning a token locks).
+    let draining_flag = Arc::new(AtomicBool::new(false));
     let tracker = TaskTracker::new();
     let accept = tokio::spawn(accept_loop(
         listener,
         state.clone(),
         stop_accepting.clone(),
-        draining.clone(),
+        Drain {
+            token: draining.clone(),
+            flag: draining_flag.clone(),
+        },
         tracker.clone(),
     ));
 
@@ -143,6 +148,7 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             tokio::time::sleep(server.drain_delay).await;
             stop_accepting.cancel();
             let _ = accept.await;
+            draining_flag.store(true, Ordering::SeqCst);
             draining.cancel();
             tracker.close();
             if tokio::time::timeout(server.shutdown_grace, tracker.wait())
@@ -199,11 +205,18 @@ pub async fn run_until_signalled(gateway: Gateway) {
     gateway.wait().await;
 }
 
+/// The drain signal, as a token to wait on and a flag to read per answer.
+#[derive(Clone)]
+struct Drain {
+    token: CancellationToken,
+    flag: Arc<AtomicBool>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     state: Arc<State>,
     stop: CancellationToken,
-    draining: CancellationToken,
+    draining: Drain,
     tracker: TaskTracker,
 ) {
     let service = crate::middleware::stack(state.clone());
@@ -236,7 +249,7 @@ async fn connection<S>(
     peer: SocketAddr,
     service: S,
     state: Arc<State>,
-    draining: CancellationToken,
+    draining: Drain,
 ) where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -260,9 +273,9 @@ async fn connection<S>(
     };
     let svc = HyperService {
         inner: service,
-        conn: ConnInfo { peer, tls: false },
+        conn: ConnInfo::new(peer, false),
         activity: activity.clone(),
-        draining: draining.clone(),
+        draining: draining.flag.clone(),
     };
     let io = TokioIo::new(io);
     match protocol {
@@ -276,7 +289,7 @@ async fn connection<S>(
                 .serve_connection(io, svc);
             drive(
                 conn,
-                &draining,
+                &draining.token,
                 &activity,
                 server.idle_timeout,
                 Some(server.header_read_timeout),
@@ -288,7 +301,7 @@ async fn connection<S>(
                 .timer(TokioTimer::new())
                 .max_header_list_size(server.max_header_size.min(u32::MAX as usize) as u32)
                 .serve_connection(io, svc);
-            drive(conn, &draining, &activity, server.idle_timeout, None).await;
+            drive(conn, &draining.token, &activity, server.idle_timeout, None).await;
         }
     }
 }
@@ -360,7 +373,7 @@ struct HyperService<S> {
     inner: S,
     conn: ConnInfo,
     activity: Arc<Activity>,
-    draining: CancellationToken,
+    draining: Arc<AtomicBool>,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for HyperService<S>
@@ -379,7 +392,7 @@ where
         let in_flight = self.activity.request_started();
         let version = req.version();
         let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
-        req.extensions_mut().insert(self.conn);
+        req.extensions_mut().insert(self.conn.clone());
         ServeFuture {
             inner: self.inner.clone().oneshot(req),
             in_flight: Some(in_flight),
@@ -394,7 +407,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         in_flight: Option<conn::InFlight>,
-        draining: CancellationToken,
+        draining: Arc<AtomicBool>,
         version: Version,
     }
 }
@@ -412,7 +425,7 @@ where
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
         this.in_flight.take();
-        if this.draining.is_cancelled() && *this.version <= Version::HTTP_11 {
+        if this.draining.load(Ordering::Relaxed) && *this.version <= Version::HTTP_11 {
             res.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
