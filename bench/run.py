@@ -193,9 +193,9 @@ def main():
         for _, port, _ in targets:
             wait_port(port)
 
+        idle = {name: rss_kib(pid) for name, _, pid in targets if pid}  # started, no traffic yet
         for _, port, _ in targets:  # warm pools and caches
             subprocess.run(["wrk", "-t1", "-c64", "-d1s", f"http://127.0.0.1:{port}/bench"], capture_output=True)
-        idle = {name: rss_kib(pid) for name, _, pid in targets if pid}
 
         results = {}
         for rnd in range(args.rounds):
@@ -222,7 +222,7 @@ def main():
 
     print(f"\nwrk -t1, {args.duration}s per run, medians of {args.rounds} interleaved rounds; "
           f"1 worker each; {os.cpu_count()} cores shared by wrk, proxy and backend\n")
-    print("| conns | target | req/s | p50 ms | p99 ms | CPU µs/req | RSS idle / load MiB | req/s vs nginx | req/s vs direct |")
+    print("| conns | target | req/s | p50 ms | p99 ms | CPU µs/req | RSS start / load MiB | req/s vs nginx | req/s vs direct |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in conns:
         for name, _, pid in targets:

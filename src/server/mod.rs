@@ -392,6 +392,9 @@ where
         let in_flight = self.activity.request_started();
         let version = req.version();
         let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        // Room for what the stack adds (request id, traceparent, forwarding
+        // headers) in one allocation instead of repeated growth.
+        req.headers_mut().reserve(8);
         req.extensions_mut().insert(self.conn.clone());
         ServeFuture {
             inner: self.inner.clone().oneshot(req),
