@@ -95,15 +95,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn explain(path: PathBuf, method: &str, target: &str, headers: &[String]) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(c) => c,
+/// Loads the config, or prints every error (the last line names the problem) and gives up.
+fn load(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => Some(c),
         Err(errors) => {
             for e in &errors.0 {
                 eprintln!("error: {e}");
             }
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+fn explain(path: PathBuf, method: &str, target: &str, headers: &[String]) -> ExitCode {
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
     };
     let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
         eprintln!("error: `{method}` is not an HTTP method");
@@ -155,14 +162,8 @@ fn validate(path: PathBuf) -> ExitCode {
 fn serve(args: ServeArgs, format: LogFormat, demo: bool) -> ExitCode {
     init_logging(format);
     let path = config::resolve_path(args.config);
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
     };
     // One worker: a current-thread runtime skips work-stealing bookkeeping,
     // which measured cheaper per request in bench/.

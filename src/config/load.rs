@@ -237,6 +237,20 @@ fn admin(ctx: &mut Ctx<'_>, obj: Option<Obj<'_>>) -> Admin {
     a
 }
 
+/// Refuses keys a later release implements (and marks them, so they are not also "unknown").
+fn not_yet(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, keys: &[&'static str]) {
+    for &key in keys {
+        if obj.has(key) {
+            ctx.error(
+                obj.key_span(key),
+                obj.key_path(key),
+                format!("`{key}` {NOT_YET}"),
+            );
+        }
+        obj.mark(key);
+    }
+}
+
 fn address(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> Option<SocketAddr> {
     let s = obj.string(ctx, key)?;
     match s.value.parse() {
@@ -334,32 +348,18 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
             ),
         }
     }
-    for key in [
-        "max_in_flight",
-        "eject_after",
-        "eject_for",
-        "max_ejection_percent",
-        "health",
-        "ca",
-    ] {
-        if obj.has(key) {
-            ctx.error(
-                obj.key_span(key),
-                obj.key_path(key),
-                format!("`{key}` {NOT_YET}"),
-            );
-        }
-    }
-    for key in [
-        "max_in_flight",
-        "eject_after",
-        "eject_for",
-        "max_ejection_percent",
-        "health",
-        "ca",
-    ] {
-        obj.mark(key);
-    }
+    not_yet(
+        ctx,
+        &mut obj,
+        &[
+            "max_in_flight",
+            "eject_after",
+            "eject_for",
+            "max_ejection_percent",
+            "health",
+            "ca",
+        ],
+    );
     obj.finish(ctx);
     if !named || endpoints.is_empty() {
         return None;
@@ -624,16 +624,11 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
     let cors = obj
         .table(ctx, "cors")
         .and_then(|c| cors(ctx, c, methods.as_deref()));
-    for key in ["auth", "scopes", "rate_limit", "aggregate", "mode"] {
-        if obj.has(key) {
-            ctx.error(
-                obj.key_span(key),
-                obj.key_path(key),
-                format!("`{key}` {NOT_YET}"),
-            );
-        }
-        obj.mark(key);
-    }
+    not_yet(
+        ctx,
+        &mut obj,
+        &["auth", "scopes", "rate_limit", "aggregate", "mode"],
+    );
     obj.finish(ctx);
     Some(Route {
         name: name?.value.into(),
