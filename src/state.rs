@@ -38,6 +38,8 @@ pub enum Source {
     File,
     Signal,
     Reload,
+    Admin,
+    Rollback,
 }
 
 impl Source {
@@ -47,6 +49,8 @@ impl Source {
             Self::File => "file",
             Self::Signal => "signal",
             Self::Reload => "reload",
+            Self::Admin => "admin",
+            Self::Rollback => "rollback",
         }
     }
 }
@@ -58,11 +62,55 @@ pub enum Reloaded {
     Unchanged(u64),
 }
 
+/// One entry of the config history (`GET /versions`).
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub version: u64,
+    pub time: std::time::SystemTime,
+    pub source: Source,
+    pub summary: String,
+    /// False when the change lives in memory only (`admin.persist = "memory"`).
+    pub persisted: bool,
+    /// The config text of this version, for rollback.
+    pub text: Arc<str>,
+}
+
+/// How many versions `GET /versions` and rollback can reach.
+pub const HISTORY: usize = 20;
+
+/// A change asked for through the admin API.
+#[derive(Debug)]
+pub struct Change {
+    pub text: String,
+    pub source: Source,
+    pub summary: String,
+    /// The version the client based its change on (`If-Match`).
+    pub if_match: Option<u64>,
+    pub client: Option<std::net::SocketAddr>,
+}
+
+/// Why a change was not applied; the running config is then untouched.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("the config is at version {current}, not {expected}")]
+    Stale { expected: u64, current: u64 },
+    #[error("the config is invalid")]
+    Invalid(ConfigErrors),
+    #[error("writing {path} failed: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("version {0} is not among the last {HISTORY}")]
+    UnknownVersion(u64),
+}
+
 #[derive(Debug)]
 pub struct State {
     current: ArcSwap<Snapshot>,
-    /// Serialises reloads so two never interleave their build and swap.
-    reload_lock: tokio::sync::Mutex<()>,
+    /// Serialises changes so two never interleave their build, write and swap.
+    write_lock: tokio::sync::Mutex<()>,
+    history: std::sync::Mutex<std::collections::VecDeque<Version>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -108,11 +156,20 @@ impl Snapshot {
 
 impl State {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Self {
+        let first = Version {
+            version: 1,
+            time: std::time::SystemTime::now(),
+            source: Source::Start,
+            summary: "started".into(),
+            persisted: config.path.is_some(),
+            text: config.text.clone(),
+        };
         let snapshot = Snapshot::compile(config, 1, None);
         metrics.config_version.set(1);
         Self {
             current: ArcSwap::from_pointee(snapshot),
-            reload_lock: tokio::sync::Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(()),
+            history: std::sync::Mutex::new(std::collections::VecDeque::from([first])),
             metrics,
         }
     }
@@ -126,9 +183,17 @@ impl State {
         self.current.load().config.path.clone()
     }
 
+    /// The last versions, newest first.
+    pub fn versions(&self) -> Vec<Version> {
+        self.history
+            .lock()
+            .map(|h| h.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Re-reads the config file. An invalid file leaves the running config in place.
     pub async fn reload(&self, source: Source) -> Result<Reloaded, ConfigErrors> {
-        let _serial = self.reload_lock.lock().await;
+        let _serial = self.write_lock.lock().await;
         let current = self.load();
         let Some(path) = current.config.path.clone() else {
             return Ok(Reloaded::Unchanged(current.version));
@@ -137,12 +202,19 @@ impl State {
             .await
             .unwrap_or_else(|e| Err(join_error(e)));
         match result {
+            // The watcher sees our own write-backs too: same text, nothing to do.
             Ok(config) if config.text == current.config.text && source == Source::File => {
                 Ok(Reloaded::Unchanged(current.version))
             }
             Ok(config) => {
-                let version = self.swap(config, &current);
-                tracing::info!(version, source = source.as_str(), "config reloaded");
+                let summary = format!(
+                    "re-read {}",
+                    config
+                        .path
+                        .as_ref()
+                        .map_or("-".into(), |p| p.display().to_string())
+                );
+                let version = self.swap(config, &current, source, summary, true);
                 Ok(Reloaded::Applied(version))
             }
             Err(errors) => {
@@ -155,7 +227,80 @@ impl State {
         }
     }
 
-    fn swap(&self, config: Config, current: &Snapshot) -> u64 {
+    /// Validates `change.text` as a whole config, writes it back to the file
+    /// (unless `admin.persist = "memory"`), and only then serves it.
+    pub async fn change(&self, change: Change) -> Result<u64, ChangeError> {
+        let _serial = self.write_lock.lock().await;
+        let current = self.load();
+        if let Some(expected) = change.if_match {
+            if expected != current.version {
+                return Err(ChangeError::Stale {
+                    expected,
+                    current: current.version,
+                });
+            }
+        }
+        let path = current.config.path.clone();
+        let file = path
+            .as_ref()
+            .map_or("routes.toml".to_owned(), |p| p.display().to_string());
+        let mut config = Config::parse(&change.text, &file, &|name| std::env::var(name).ok())
+            .map_err(ChangeError::Invalid)?;
+        config.path = path.clone();
+        let persisted = match (&path, config.admin.persist) {
+            (Some(path), crate::config::Persist::File) => {
+                let (p, text) = (path.clone(), change.text.clone());
+                tokio::task::spawn_blocking(move || write_back(&p, &text))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                    .map_err(|source| ChangeError::Write {
+                        path: file.clone(),
+                        source,
+                    })?;
+                true
+            }
+            _ => false,
+        };
+        let version = self.swap(
+            config,
+            &current,
+            change.source,
+            change.summary.clone(),
+            persisted,
+        );
+        tracing::info!(
+            target: "fngate::audit",
+            version,
+            source = change.source.as_str(),
+            client = %change.client.map_or("-".into(), |c| c.to_string()),
+            persisted,
+            "config changed: {}",
+            change.summary
+        );
+        Ok(version)
+    }
+
+    /// The text of an earlier version, for rollback.
+    pub fn version_text(&self, version: u64) -> Result<Arc<str>, ChangeError> {
+        self.history
+            .lock()
+            .ok()
+            .and_then(|h| {
+                h.iter()
+                    .find(|v| v.version == version)
+                    .map(|v| v.text.clone())
+            })
+            .ok_or(ChangeError::UnknownVersion(version))
+    }
+
+    fn swap(
+        &self,
+        config: Config,
+        current: &Snapshot,
+        source: Source,
+        summary: String,
+        persisted: bool,
+    ) -> u64 {
         if config.server.listen != current.config.server.listen
             || config.admin.listen != current.config.admin.listen
         {
@@ -164,11 +309,60 @@ impl State {
             );
         }
         let version = current.version + 1;
+        let text = config.text.clone();
         let next = Snapshot::compile(config, version, Some(current));
         self.current.store(Arc::new(next));
+        if let Ok(mut h) = self.history.lock() {
+            h.push_back(Version {
+                version,
+                time: std::time::SystemTime::now(),
+                source,
+                summary,
+                persisted,
+                text,
+            });
+            while h.len() > HISTORY {
+                h.pop_front();
+            }
+        }
         self.metrics.reload(true);
         self.metrics.config_version.set(version as i64);
+        tracing::info!(version, source = source.as_str(), "config reloaded");
         version
+    }
+}
+
+/// Writes `text` to `path` so that a reader sees the old file or the new one,
+/// never half of it: a temporary file beside it, fsync, rename. Where rename is
+/// refused (a single-file bind mount), the file is rewritten in place.
+fn write_back(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.fngate-tmp"));
+    let renamed = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    match renamed {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(
+                "atomic write of {} failed ({e}); writing in place",
+                path.display()
+            );
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        }
     }
 }
 

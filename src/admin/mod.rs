@@ -1,0 +1,548 @@
+//! The admin API (SPEC §5) on axum. It reads and changes state; the data path
+//! never imports it. Every change goes through `State::change`: validated as
+//! a whole config, written back, then swapped in.
+
+mod doc;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::config::{Config, ConfigErrors};
+use crate::state::{Change, ChangeError, Reloaded, Source, State};
+use doc::{Doc, EditError, Kind};
+
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    state: Arc<State>,
+    /// False once a shutdown has begun: load balancers stop sending traffic.
+    ready: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    pub fn new(state: Arc<State>, ready: Arc<AtomicBool>) -> Self {
+        Self { state, ready }
+    }
+}
+
+/// Why the admin API refused a request.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Stale(String),
+    #[error("the config is invalid")]
+    Invalid(ConfigErrors),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("the change could not be saved: {0}")]
+    Write(String),
+}
+
+/// One config error in a 422 answer.
+#[derive(Debug, Serialize, ToSchema)]
+struct ErrorItem {
+    line: usize,
+    col: usize,
+    key: String,
+    message: String,
+}
+
+/// RFC 9457 problem details; 422 answers add `errors`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Problem {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: String,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<ErrorItem>,
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Stale(_) => StatusCode::PRECONDITION_FAILED,
+            Self::Invalid(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Write(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let errors = match &self {
+            Self::Invalid(errors) => errors
+                .0
+                .iter()
+                .map(|e| ErrorItem {
+                    line: e.line,
+                    col: e.col,
+                    key: e.key.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let problem = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors,
+        };
+        let mut res = (status, Json(problem)).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(self, Self::Unauthorized) {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"fngate-admin\""),
+            );
+        }
+        res
+    }
+}
+
+impl From<EditError> for AdminError {
+    fn from(e: EditError) -> Self {
+        match e {
+            EditError::NotFound { .. } => Self::NotFound(e.to_string()),
+            EditError::NotAnObject
+            | EditError::NameMismatch { .. }
+            | EditError::Null(_)
+            | EditError::HiddenWithoutValue(_) => Self::Unprocessable(e.to_string()),
+        }
+    }
+}
+
+impl From<ChangeError> for AdminError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::Stale { .. } => Self::Stale(e.to_string()),
+            ChangeError::Invalid(errors) => Self::Invalid(errors),
+            ChangeError::Write { .. } => Self::Write(e.to_string()),
+            ChangeError::UnknownVersion(_) => Self::NotFound(e.to_string()),
+        }
+    }
+}
+
+type Result<T, E = AdminError> = std::result::Result<T, E>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fngate admin API", description = "Live configuration, health and metrics of an fngate gateway."),
+    paths(healthz, readyz, metrics, config, list, get_one, put_one, delete_one, validate, reload, versions, rollback),
+    components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router(admin: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/config", get(config))
+        .route("/versions", get(versions))
+        .route("/validate", post(validate))
+        .route("/reload", post(reload))
+        .route("/rollback/{version}", post(rollback))
+        .route("/{collection}", get(list))
+        .route(
+            "/{collection}/{name}",
+            get(get_one).put(put_one).delete(delete_one),
+        )
+        .layer(middleware::from_fn_with_state(admin.clone(), guard))
+        .with_state(admin)
+}
+
+pub async fn serve(listener: TcpListener, admin: AdminState, stop: CancellationToken) {
+    let app = router(admin).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!("admin listener failed: {e}");
+    }
+}
+
+/// Checks the bearer token (except on the open endpoints) and stamps every
+/// answer with the config version as its ETag.
+async fn guard(AxumState(admin): AxumState<AdminState>, req: Request, next: Next) -> Response {
+    let open = matches!(
+        req.uri().path(),
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json"
+    );
+    if !open {
+        if let Some(token) = admin.state.load().config.admin.token.clone() {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            // Constant time, so the token cannot be guessed byte by byte from timings.
+            if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+                return AdminError::Unauthorized.into_response();
+            }
+        }
+    }
+    let mut res = next.run(req).await;
+    let version = admin.state.load().version;
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
+    res
+}
+
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is alive", body = Object)))]
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Config loaded, listeners bound", body = Object),
+    (status = 503, description = "Draining after SIGTERM", body = Object)))]
+async fn readyz(AxumState(admin): AxumState<AdminState>) -> impl IntoResponse {
+    let version = admin.state.load().version;
+    if admin.ready.load(Ordering::SeqCst) {
+        (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ready", "config_version": version })),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "draining", "config_version": version })),
+        )
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
+async fn metrics(AxumState(admin): AxumState<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        admin.state.metrics.encode(),
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+fn running_doc(admin: &AdminState) -> Result<Doc> {
+    let text = admin.state.load().config.text.clone();
+    Doc::parse(&text)
+        .ok_or_else(|| AdminError::Unprocessable("the running config text does not parse".into()))
+}
+
+fn kind(collection: &str) -> Result<Kind> {
+    Kind::parse(collection)
+        .ok_or_else(|| AdminError::NotFound(format!("no collection `{collection}`")))
+}
+
+#[utoipa::path(get, path = "/config", security(("bearer" = [])), responses(
+    (status = 200, description = "The running config as JSON; secrets are hidden", body = Object),
+    (status = 401, body = Problem, content_type = "application/problem+json")))]
+async fn config(AxumState(admin): AxumState<AdminState>) -> Result<Json<serde_json::Value>> {
+    Ok(Json(running_doc(&admin)?.to_json()))
+}
+
+#[utoipa::path(get, path = "/{collection}", security(("bearer" = [])),
+    params(("collection" = String, Path, description = "routes, backends, auth or rate_limits")),
+    responses(
+        (status = 200, description = "Every entity of the collection, as its routes.toml table", body = [Object]),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn list(
+    AxumState(admin): AxumState<AdminState>,
+    Path(collection): Path<String>,
+) -> Result<Json<Vec<serde_json::Value>>> {
+    let kind = kind(&collection)?;
+    Ok(Json(running_doc(&admin)?.list(kind)))
+}
+
+#[utoipa::path(get, path = "/{collection}/{name}", security(("bearer" = [])),
+    params(("collection" = String, Path, description = "routes, backends, auth or rate_limits"), ("name" = String, Path)),
+    responses(
+        (status = 200, description = "One entity", body = Object),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_one(
+    AxumState(admin): AxumState<AdminState>,
+    Path((collection, name)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>> {
+    let kind = kind(&collection)?;
+    running_doc(&admin)?
+        .get(kind, &name)
+        .map(Json)
+        .ok_or_else(|| AdminError::NotFound(format!("no {collection} named `{name}`")))
+}
+
+/// `If-Match: "7"` (or `7`); `*` or no header: any version.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let v = v.to_str().unwrap_or("").trim();
+    if v == "*" {
+        return Ok(None);
+    }
+    v.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| AdminError::Stale(format!("If-Match `{v}` names no config version")))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Changed {
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity: Option<serde_json::Value>,
+}
+
+#[utoipa::path(put, path = "/{collection}/{name}", security(("bearer" = [])),
+    params(("collection" = String, Path, description = "routes, backends, auth or rate_limits"), ("name" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "The config version the change is based on")),
+    request_body(content = Object, description = "The entity as its routes.toml table; `name` may be left out"),
+    responses(
+        (status = 200, description = "Replaced", body = Changed),
+        (status = 201, description = "Created", body = Changed),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 412, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn put_one(
+    AxumState(admin): AxumState<AdminState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((collection, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let kind = kind(&collection)?;
+    let body: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::BadRequest(format!("the body is not JSON: {e}")))?;
+    let if_match = if_match(&headers)?;
+    let mut doc = running_doc(&admin)?;
+    let created = doc.put(kind, &name, body)?;
+    let summary = format!(
+        "{} {collection}/{name}",
+        if created { "created" } else { "replaced" }
+    );
+    let version = admin
+        .state
+        .change(Change {
+            text: doc.text(),
+            source: Source::Admin,
+            summary,
+            if_match,
+            client: Some(client),
+        })
+        .await?;
+    let entity = running_doc(&admin)?.get(kind, &name);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(Changed { version, entity })).into_response())
+}
+
+#[utoipa::path(delete, path = "/{collection}/{name}", security(("bearer" = [])),
+    params(("collection" = String, Path, description = "routes, backends, auth or rate_limits"), ("name" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "The config version the change is based on")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A route still uses it", body = Problem, content_type = "application/problem+json"),
+        (status = 412, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn delete_one(
+    AxumState(admin): AxumState<AdminState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((collection, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode> {
+    let kind = kind(&collection)?;
+    let if_match = if_match(&headers)?;
+    if kind == Kind::Backends {
+        let running = admin.state.load();
+        let users: Vec<&str> = running
+            .config
+            .routes
+            .iter()
+            .filter(|r| *r.backend.name == name)
+            .map(|r| &*r.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(AdminError::Conflict(format!(
+                "backend `{name}` is used by routes: {}",
+                users.join(", ")
+            )));
+        }
+    }
+    let mut doc = running_doc(&admin)?;
+    doc.delete(kind, &name)?;
+    admin
+        .state
+        .change(Change {
+            text: doc.text(),
+            source: Source::Admin,
+            summary: format!("deleted {collection}/{name}"),
+            if_match,
+            client: Some(client),
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Validated {
+    valid: bool,
+    routes: usize,
+    backends: usize,
+}
+
+#[utoipa::path(post, path = "/validate", security(("bearer" = [])),
+    request_body(content = String, description = "A whole routes.toml", content_type = "application/toml"),
+    responses(
+        (status = 200, description = "Valid", body = Validated),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Every error", body = Problem, content_type = "application/problem+json")))]
+async fn validate(body: Bytes) -> Result<Json<Validated>> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| AdminError::BadRequest("the body is not UTF-8".into()))?;
+    let config = Config::parse(text, "request body", &|name| std::env::var(name).ok())
+        .map_err(AdminError::Invalid)?;
+    Ok(Json(Validated {
+        valid: true,
+        routes: config.routes.len(),
+        backends: config.backends.len(),
+    }))
+}
+
+#[utoipa::path(post, path = "/reload", security(("bearer" = [])), responses(
+    (status = 200, description = "The file was read; the version now serving", body = Changed),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "The file is invalid; the old config keeps serving", body = Problem, content_type = "application/problem+json")))]
+async fn reload(AxumState(admin): AxumState<AdminState>) -> Result<Json<Changed>> {
+    let version = match admin
+        .state
+        .reload(Source::Reload)
+        .await
+        .map_err(AdminError::Invalid)?
+    {
+        Reloaded::Applied(v) | Reloaded::Unchanged(v) => v,
+    };
+    Ok(Json(Changed {
+        version,
+        entity: None,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct VersionItem {
+    version: u64,
+    /// RFC 3339.
+    time: String,
+    /// start, file, signal, reload, admin or rollback.
+    source: &'static str,
+    summary: String,
+    /// False when the change was kept in memory only (`admin.persist = "memory"`).
+    persisted: bool,
+}
+
+#[utoipa::path(get, path = "/versions", security(("bearer" = [])), responses(
+    (status = 200, description = "The last 20 config versions, newest first", body = [VersionItem]),
+    (status = 401, body = Problem, content_type = "application/problem+json")))]
+async fn versions(AxumState(admin): AxumState<AdminState>) -> Json<Vec<VersionItem>> {
+    Json(
+        admin
+            .state
+            .versions()
+            .into_iter()
+            .map(|v| VersionItem {
+                version: v.version,
+                time: humantime::format_rfc3339_seconds(v.time).to_string(),
+                source: v.source.as_str(),
+                summary: v.summary,
+                persisted: v.persisted,
+            })
+            .collect(),
+    )
+}
+
+#[utoipa::path(post, path = "/rollback/{version}", security(("bearer" = [])),
+    params(("version" = u64, Path, description = "An earlier version among the last 20")),
+    responses(
+        (status = 200, description = "That version's content is current again, as a new version", body = Changed),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn rollback(
+    AxumState(admin): AxumState<AdminState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path(version): Path<String>,
+) -> Result<Json<Changed>> {
+    let version: u64 = version
+        .parse()
+        .map_err(|_| AdminError::NotFound(format!("`{version}` is not a config version")))?;
+    let text = admin.state.version_text(version)?;
+    let new = admin
+        .state
+        .change(Change {
+            text: text.to_string(),
+            source: Source::Rollback,
+            summary: format!("rolled back to version {version}"),
+            if_match: None,
+            client: Some(client),
+        })
+        .await?;
+    Ok(Json(Changed {
+        version: new,
+        entity: None,
+    }))
+}
