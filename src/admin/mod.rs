@@ -59,6 +59,17 @@ enum AdminError {
     Write(String),
 }
 
+/// The named collections of routes.toml (the OpenAPI enum for `{collection}`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)] // exists for the schema; paths are parsed by `Kind::parse`
+enum Collection {
+    Routes,
+    Backends,
+    Auth,
+    RateLimits,
+}
+
 /// One config error in a 422 answer.
 #[derive(Debug, Serialize, ToSchema)]
 struct ErrorItem {
@@ -155,7 +166,7 @@ type Result<T, E = AdminError> = std::result::Result<T, E>;
 #[openapi(
     info(title = "fngate admin API", description = "Live configuration, health and metrics of an fngate gateway."),
     paths(healthz, readyz, metrics, config, list, get_one, put_one, delete_one, validate, reload, versions, rollback),
-    components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated)),
+    components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated, Collection)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -289,7 +300,7 @@ async fn config(AxumState(admin): AxumState<AdminState>) -> Result<Json<serde_js
 }
 
 #[utoipa::path(get, path = "/{collection}", security(("bearer" = [])),
-    params(("collection" = String, Path, description = "routes, backends, auth or rate_limits")),
+    params(("collection" = Collection, Path)),
     responses(
         (status = 200, description = "Every entity of the collection, as its routes.toml table", body = [Object]),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -303,7 +314,7 @@ async fn list(
 }
 
 #[utoipa::path(get, path = "/{collection}/{name}", security(("bearer" = [])),
-    params(("collection" = String, Path, description = "routes, backends, auth or rate_limits"), ("name" = String, Path)),
+    params(("collection" = Collection, Path), ("name" = String, Path)),
     responses(
         (status = 200, description = "One entity", body = Object),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -343,7 +354,7 @@ struct Changed {
 }
 
 #[utoipa::path(put, path = "/{collection}/{name}", security(("bearer" = [])),
-    params(("collection" = String, Path, description = "routes, backends, auth or rate_limits"), ("name" = String, Path),
+    params(("collection" = Collection, Path), ("name" = String, Path),
         ("If-Match" = Option<String>, Header, description = "The config version the change is based on")),
     request_body(content = Object, description = "The entity as its routes.toml table; `name` may be left out"),
     responses(
@@ -391,7 +402,7 @@ async fn put_one(
 }
 
 #[utoipa::path(delete, path = "/{collection}/{name}", security(("bearer" = [])),
-    params(("collection" = String, Path, description = "routes, backends, auth or rate_limits"), ("name" = String, Path),
+    params(("collection" = Collection, Path), ("name" = String, Path),
         ("If-Match" = Option<String>, Header, description = "The config version the change is based on")),
     responses(
         (status = 204, description = "Deleted"),
@@ -447,9 +458,10 @@ struct Validated {
 }
 
 #[utoipa::path(post, path = "/validate", security(("bearer" = [])),
-    request_body(content = String, description = "A whole routes.toml", content_type = "application/toml"),
+    request_body(description = "A whole routes.toml", content((String = "application/toml"), (String = "text/plain"))),
     responses(
         (status = 200, description = "Valid", body = Validated),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Every error", body = Problem, content_type = "application/problem+json")))]
 async fn validate(body: Bytes) -> Result<Json<Validated>> {
