@@ -101,6 +101,10 @@ fn problem_of(err: &Error) -> Problem {
                     format!("the upstream `{backend}` failed"),
                 )
             }
+            ProxyError::Unavailable { backend, .. } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the upstream `{backend}` has no capacity or no healthy endpoint now"),
+            ),
             ProxyError::Timeout { backend } => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("the upstream `{backend}` did not answer in time"),

@@ -49,6 +49,12 @@ pub struct BackendLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub backend: Name,
+    pub endpoint: Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -65,6 +71,7 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     pub config_version: Gauge,
     pub open_connections: Gauge,
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,8 +141,15 @@ impl Metrics {
             "Client connections open now",
             open_connections.clone(),
         );
+        let endpoint_healthy = Family::default();
+        registry.register(
+            "upstream_endpoint_healthy",
+            "1 while an endpoint takes traffic; 0 while ejected or failing its health checks",
+            endpoint_healthy.clone(),
+        );
         Self {
             registry,
+            endpoint_healthy,
             requests,
             request_duration,
             upstream_requests,
@@ -171,6 +185,15 @@ impl Metrics {
         self.upstream_duration
             .get_or_create(&BackendLabel { backend })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn endpoint_healthy(&self, backend: &Arc<str>, endpoint: &Arc<str>, healthy: bool) {
+        self.endpoint_healthy
+            .get_or_create(&EndpointLabels {
+                backend: Name(backend.clone()),
+                endpoint: Name(endpoint.clone()),
+            })
+            .set(i64::from(healthy));
     }
 
     pub fn reload(&self, ok: bool) {

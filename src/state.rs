@@ -115,7 +115,12 @@ pub struct State {
 }
 
 impl Snapshot {
-    fn compile(config: Config, version: u64, previous: Option<&Snapshot>) -> Self {
+    fn compile(
+        config: Config,
+        version: u64,
+        previous: Option<&Snapshot>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config
             .backends
             .iter()
@@ -124,7 +129,7 @@ impl Snapshot {
                 previous
                     .and_then(|p| p.upstreams.iter().find(|u| *u.backend == **b))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Upstream::new(b.clone())))
+                    .unwrap_or_else(|| Upstream::new(b.clone(), metrics.clone()))
             })
             .collect();
         let routes = config
@@ -136,7 +141,7 @@ impl Snapshot {
                     .iter()
                     .position(|b| Arc::ptr_eq(b, &r.backend))
                     .map(|i| upstreams[i].clone())
-                    .unwrap_or_else(|| Arc::new(Upstream::new(r.backend.clone())));
+                    .unwrap_or_else(|| Upstream::new(r.backend.clone(), metrics.clone()));
                 ActiveRoute {
                     cors: r.cors.as_ref().map(crate::middleware::cors::compile),
                     config: r.clone(),
@@ -164,7 +169,7 @@ impl State {
             persisted: config.path.is_some(),
             text: config.text.clone(),
         };
-        let snapshot = Snapshot::compile(config, 1, None);
+        let snapshot = Snapshot::compile(config, 1, None, &metrics);
         metrics.config_version.set(1);
         Self {
             current: ArcSwap::from_pointee(snapshot),
@@ -310,7 +315,7 @@ impl State {
         }
         let version = current.version + 1;
         let text = config.text.clone();
-        let next = Snapshot::compile(config, version, Some(current));
+        let next = Snapshot::compile(config, version, Some(current), &self.metrics);
         self.current.store(Arc::new(next));
         if let Ok(mut h) = self.history.lock() {
             h.push_back(Version {

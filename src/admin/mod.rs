@@ -310,7 +310,22 @@ async fn list(
     Path(collection): Path<String>,
 ) -> Result<Json<Vec<serde_json::Value>>> {
     let kind = kind(&collection)?;
-    Ok(Json(running_doc(&admin)?.list(kind)))
+    let mut items = running_doc(&admin)?.list(kind);
+    if kind == Kind::Backends {
+        items.iter_mut().for_each(|b| with_status(&admin, b));
+    }
+    Ok(Json(items))
+}
+
+/// Adds each endpoint's live state to a backend (read-only; ignored on PUT).
+fn with_status(admin: &AdminState, backend: &mut serde_json::Value) {
+    let running = admin.state.load();
+    let Some(name) = backend.get("name").and_then(|n| n.as_str()) else {
+        return;
+    };
+    if let Some(up) = running.upstreams.iter().find(|u| &*u.backend.name == name) {
+        backend["status"] = serde_json::to_value(up.status()).unwrap_or_default();
+    }
 }
 
 #[utoipa::path(get, path = "/{collection}/{name}", security(("bearer" = [])),
@@ -324,10 +339,13 @@ async fn get_one(
     Path((collection, name)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>> {
     let kind = kind(&collection)?;
-    running_doc(&admin)?
+    let mut item = running_doc(&admin)?
         .get(kind, &name)
-        .map(Json)
-        .ok_or_else(|| AdminError::NotFound(format!("no {collection} named `{name}`")))
+        .ok_or_else(|| AdminError::NotFound(format!("no {collection} named `{name}`")))?;
+    if kind == Kind::Backends {
+        with_status(&admin, &mut item);
+    }
+    Ok(Json(item))
 }
 
 /// `If-Match: "7"` (or `7`); `*` or no header: any version.

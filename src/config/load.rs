@@ -15,7 +15,8 @@ use super::decode::{Ctx, EnvLookup, Obj, Spanned};
 use super::error::{ConfigErrors, Diagnostics};
 use super::path::{HostPattern, PathPattern, Template};
 use super::{
-    Admin, Backend, Balance, Config, Cors, Endpoint, HeaderEdits, Persist, Route, Server, Target,
+    Admin, Backend, Balance, Config, Cors, Endpoint, HeaderEdits, HealthCheck, Persist, Route,
+    Server, Target,
 };
 
 /// Sections and keys of SPEC §2 that later releases implement. They are refused
@@ -314,11 +315,8 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
     if let Some(b) = obj.string(ctx, "balance") {
         match b.value.as_str() {
             "round_robin" => balance = Balance::RoundRobin,
-            "least_requests" | "random" => ctx.error(
-                b.span,
-                obj.key_path("balance"),
-                format!("`{}` {NOT_YET}; use \"round_robin\"", b.value),
-            ),
+            "least_requests" => balance = Balance::LeastRequests,
+            "random" => balance = Balance::Random,
             other => ctx.error(
                 b.span,
                 obj.key_path("balance"),
@@ -348,18 +346,25 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
             ),
         }
     }
-    not_yet(
-        ctx,
-        &mut obj,
-        &[
-            "max_in_flight",
-            "eject_after",
-            "eject_for",
-            "max_ejection_percent",
-            "health",
-            "ca",
-        ],
-    );
+    let max_in_flight = obj
+        .uint(ctx, "max_in_flight", u64::from(u32::MAX))
+        .unwrap_or(0) as u32;
+    let eject_after = obj.uint(ctx, "eject_after", 1000).unwrap_or(5) as u32;
+    if eject_after == 0 {
+        ctx.error(
+            obj.key_span("eject_after"),
+            obj.key_path("eject_after"),
+            "must be at least 1",
+        );
+    }
+    let eject_for = obj
+        .duration(ctx, "eject_for")
+        .unwrap_or(Duration::from_secs(30));
+    let max_ejection_percent = obj.uint(ctx, "max_ejection_percent", 100).unwrap_or(50) as u32;
+    let retry_budget_percent = obj.uint(ctx, "retry_budget_percent", 1000).unwrap_or(20) as u32;
+    let retry_min_per_second = obj.uint(ctx, "retry_min_per_second", 100_000).unwrap_or(10) as u32;
+    let health = obj.table(ctx, "health").map(|h| health_check(ctx, h));
+    not_yet(ctx, &mut obj, &["ca"]);
     obj.finish(ctx);
     if !named || endpoints.is_empty() {
         return None;
@@ -372,6 +377,61 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
         connect_timeout,
         timeout,
         retries,
+        max_in_flight,
+        eject_after: eject_after.max(1),
+        eject_for,
+        max_ejection_percent,
+        health: health.flatten(),
+        retry_budget_percent,
+        retry_min_per_second,
+    })
+}
+
+fn health_check(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Option<HealthCheck> {
+    let path = match obj.string(ctx, "path") {
+        Some(p) if p.value.starts_with('/') => Some(p.value),
+        Some(p) => {
+            ctx.error(p.span, obj.key_path("path"), "must start with `/`");
+            None
+        }
+        None => {
+            ctx.error(
+                obj.span(),
+                obj.key_path("path"),
+                "missing: the path to check, e.g. \"/health\"",
+            );
+            None
+        }
+    };
+    let interval = obj
+        .duration(ctx, "interval")
+        .unwrap_or(Duration::from_secs(5));
+    let timeout = obj
+        .duration(ctx, "timeout")
+        .unwrap_or(Duration::from_secs(1));
+    let healthy_threshold = obj.uint(ctx, "healthy_threshold", 100).unwrap_or(2) as u32;
+    let unhealthy_threshold = obj.uint(ctx, "unhealthy_threshold", 100).unwrap_or(3) as u32;
+    for (key, zero) in [
+        ("interval", interval.is_zero()),
+        ("timeout", timeout.is_zero()),
+        ("healthy_threshold", healthy_threshold == 0),
+        ("unhealthy_threshold", unhealthy_threshold == 0),
+    ] {
+        if zero {
+            ctx.error(
+                obj.key_span(key),
+                obj.key_path(key),
+                "must be more than zero",
+            );
+        }
+    }
+    obj.finish(ctx);
+    Some(HealthCheck {
+        path: path?,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
     })
 }
 

@@ -90,11 +90,39 @@ pub struct Backend {
     /// Per attempt, until response headers arrive.
     pub timeout: Duration,
     pub retries: u32,
+    /// Concurrent upstream requests allowed; beyond it 503 at once. 0: no cap.
+    pub max_in_flight: u32,
+    /// Consecutive failures that eject an endpoint (passive health).
+    pub eject_after: u32,
+    pub eject_for: Duration,
+    /// At most this share of the pool is ejected passively at once.
+    pub max_ejection_percent: u32,
+    pub health: Option<HealthCheck>,
+    /// Retries may add at most this percentage of recent requests...
+    pub retry_budget_percent: u32,
+    /// ...plus this many per second, so a quiet backend can still retry.
+    pub retry_min_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
     RoundRobin,
+    /// Power of two choices over requests in flight.
+    LeastRequests,
+    Random,
+}
+
+/// Active health checks of every endpoint of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Appended to each endpoint's base path.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Passes in a row that bring an endpoint back.
+    pub healthy_threshold: u32,
+    /// Failures in a row that take it out.
+    pub unhealthy_threshold: u32,
 }
 
 /// One upstream URL, split once at load.

@@ -3,11 +3,11 @@
 
 mod body;
 mod headers;
+mod pool;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 
 pub use body::{BodyError, ProxyBody};
 pub(crate) use headers::strip_hop_by_hop;
+pub use pool::EndpointStatus;
+use pool::{InFlight, Outcome, Pool};
 
 /// Bodies up to this size with a known length are buffered, so a failed
 /// attempt can be retried (SPEC §2 `retries`).
@@ -47,14 +49,21 @@ pub enum ProxyError {
     Upstream { backend: Arc<str>, detail: String },
     #[error("backend `{backend}` did not answer in time")]
     Timeout { backend: Arc<str> },
+    #[error("backend `{backend}` is unavailable: {reason}")]
+    Unavailable {
+        backend: Arc<str>,
+        reason: &'static str,
+    },
 }
 
-/// A backend's runtime half: its connection pool and balancing state. Kept
-/// across reloads while the backend's settings do not change.
+/// A backend's runtime half: its connection pool, endpoint health and
+/// balancing state. Kept across reloads while the backend's settings do not
+/// change; its health-check tasks stop when it is dropped.
 pub struct Upstream {
     pub backend: Arc<Backend>,
     client: Client<HttpConnector, ProxyBody>,
-    next: AtomicUsize,
+    pool: Pool,
+    _checks: tokio_util::sync::DropGuard,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -66,7 +75,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(backend: Arc<Backend>) -> Self {
+    pub fn new(backend: Arc<Backend>, metrics: Arc<Metrics>) -> Arc<Self> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(backend.connect_timeout));
         http.set_nodelay(true);
@@ -75,11 +84,75 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(http);
-        Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let upstream = Arc::new(Self {
+            pool: Pool::new(backend.clone(), metrics),
             backend,
             client,
-            next: AtomicUsize::new(0),
+            _checks: stop.clone().drop_guard(),
+        });
+        upstream.spawn_checks(stop);
+        upstream
+    }
+
+    /// Each endpoint's state, for the admin API.
+    pub fn status(&self) -> Vec<EndpointStatus> {
+        self.pool.status()
+    }
+
+    /// One task per endpoint, off the request path; they hold the upstream
+    /// weakly and stop when it is dropped (a reload that changed the backend).
+    fn spawn_checks(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let Some(check) = self.backend.health.clone() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
         }
+        for i in 0..self.backend.endpoints.len() {
+            let (weak, stop, check) = (Arc::downgrade(self), stop.clone(), check.clone());
+            tokio::spawn(async move {
+                let (mut passes, mut fails) = (0u32, 0u32);
+                loop {
+                    let Some(up) = weak.upgrade() else { return };
+                    let ok = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        ok = up.check(i, &check) => ok,
+                    };
+                    if ok {
+                        (passes, fails) = (passes + 1, 0);
+                        if passes >= check.healthy_threshold {
+                            up.pool.set_checks_pass(i, true);
+                        }
+                    } else {
+                        (passes, fails) = (0, fails + 1);
+                        if fails >= check.unhealthy_threshold {
+                            up.pool.set_checks_pass(i, false);
+                        }
+                    }
+                    drop(up);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(check.interval) => {}
+                    }
+                }
+            });
+        }
+    }
+
+    async fn check(&self, i: usize, check: &crate::config::HealthCheck) -> bool {
+        let ep = &self.backend.endpoints[i];
+        let Ok(uri) = upstream_uri(ep, &check.path, None) else {
+            return false;
+        };
+        let mut req = Request::new(ProxyBody::empty());
+        *req.uri_mut() = uri;
+        req.headers_mut()
+            .insert(http::header::HOST, ep.host.clone());
+        matches!(
+            tokio::time::timeout(check.timeout, self.client.request(req)).await,
+            Ok(Ok(res)) if res.status().is_success()
+        )
     }
 }
 
@@ -168,8 +241,16 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
 
     let mut prepared = prepare(body, server.max_body, log.as_ref()).await?;
     let idempotent = is_idempotent(&parts.method);
-    let n = backend.endpoints.len();
-    let start = upstream.next.fetch_add(1, Ordering::Relaxed);
+    let pool = &upstream.pool;
+    let unavailable = |reason| ProxyError::Unavailable {
+        backend: backend.name.clone(),
+        reason,
+    };
+    let mut admitted = pool
+        .admit()
+        .ok_or_else(|| unavailable("max_in_flight reached"))?;
+    pool.deposit();
+    let mut tried: Vec<usize> = Vec::with_capacity(1);
     let mut last = ProxyError::Timeout {
         backend: backend.name.clone(),
     };
@@ -187,7 +268,15 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
             };
             break;
         }
-        let endpoint = &backend.endpoints[(start + attempt) % n];
+        let Some(i) = pool.pick(&tried) else {
+            if attempt == 0 {
+                return Err(unavailable("no healthy endpoint"));
+            }
+            break;
+        };
+        tried.push(i);
+        pool.attempt(&mut admitted, i);
+        let endpoint = &backend.endpoints[i];
         let (body, slot) = match &mut prepared {
             Prepared::Empty => (ProxyBody::empty(), None),
             Prepared::Full(bytes) => (ProxyBody::full(bytes.clone()), None),
@@ -195,8 +284,7 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
                 let Prepared::Stream(b) = std::mem::replace(&mut prepared, Prepared::Empty) else {
                     unreachable!("matched Stream above")
                 };
-                let limit = server.max_body;
-                let (body, slot) = ProxyBody::stream(b, limit, log.clone());
+                let (body, slot) = ProxyBody::stream(b, server.max_body, log.clone());
                 (body, Some(slot))
             }
         };
@@ -217,7 +305,6 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
             log.update(|f| f.upstream = Some(url));
         }
 
-        let sent = Instant::now();
         let result =
             tokio::time::timeout(backend.timeout.min(remaining), upstream.client.request(up)).await;
         let elapsed = sent.elapsed();
@@ -225,16 +312,44 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         match result {
             Ok(Ok(res)) => {
                 let status = res.status().as_u16();
-                let failed = matches!(status, 502..=504);
+                let retry_after = res.headers().get(http::header::RETRY_AFTER);
+                let overload = status == 429 || (status == 503 && retry_after.is_some());
+                let failure = !overload && matches!(status, 502..=504);
+                pool.report(
+                    i,
+                    if failure {
+                        Outcome::Failure
+                    } else if overload {
+                        Outcome::Overload
+                    } else {
+                        Outcome::Ok
+                    },
+                );
                 metrics.upstream(
                     &backend.name,
                     if status >= 500 { "http_5xx" } else { "ok" },
                     elapsed,
                 );
-                if failed && idempotent && replayable && retries_left {
+                // A busy function asked for a short pause: wait it out only
+                // within the deadline, and only when a retry is allowed anyway.
+                let pause = if overload {
+                    retry_after
+                        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                        .filter(|s| *s <= 1)
+                        .map(Duration::from_secs)
+                } else {
+                    None
+                };
+                let worth_retrying = failure
+                    || pause
+                        .is_some_and(|p| p < deadline.saturating_duration_since(Instant::now()));
+                if worth_retrying && idempotent && replayable && retries_left && pool.withdraw() {
+                    if let Some(p) = pause {
+                        tokio::time::sleep(p).await;
+                    }
                     continue;
                 }
-                return Ok(response(res, &route.response_headers));
+                return Ok(response(res, &route.response_headers, admitted));
             }
             Ok(Err(e)) => {
                 if let Some(b) = body::body_error(&e) {
@@ -246,6 +361,7 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
                     });
                 }
                 let connect = e.is_connect();
+                pool.report(i, Outcome::Failure);
                 metrics.upstream(
                     &backend.name,
                     if connect { "connect_error" } else { "error" },
@@ -274,16 +390,17 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
                         detail,
                     }
                 };
-                if !can_retry {
+                if !(can_retry && retries_left && pool.withdraw()) {
                     break;
                 }
             }
             Err(_) => {
+                pool.report(i, Outcome::Failure);
                 metrics.upstream(&backend.name, "timeout", elapsed);
                 last = ProxyError::Timeout {
                     backend: backend.name.clone(),
                 };
-                if !(idempotent && replayable) {
+                if !(idempotent && replayable && retries_left && pool.withdraw()) {
                     break;
                 }
             }
@@ -352,11 +469,45 @@ async fn prepare(
 fn response(
     res: Response<hyper::body::Incoming>,
     edits: &crate::config::HeaderEdits,
+    in_flight: InFlight,
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     headers::apply(&mut parts.headers, edits);
+    // The request counts as in flight until its answer's body is done.
+    let body = Counted {
+        inner: body,
+        _in_flight: in_flight,
+    };
     Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+}
+
+pin_project_lite::pin_project! {
+    struct Counted {
+        #[pin]
+        inner: hyper::body::Incoming,
+        _in_flight: InFlight,
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn is_idempotent(method: &Method) -> bool {
