@@ -138,7 +138,12 @@ impl Pool {
         let fresh = |i: &usize| !tried.contains(i);
         match self.backend.balance {
             Balance::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                // One step of the rotation per request; a retry moves on from
+                // the endpoint it just tried, so retries never skew the rotation.
+                let start = match tried.last() {
+                    None => self.next.fetch_add(1, Ordering::Relaxed),
+                    Some(last) => last + 1,
+                };
                 let order = (0..n).map(|k| (start + k) % n);
                 order
                     .clone()

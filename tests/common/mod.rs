@@ -172,6 +172,11 @@ impl Backend {
         );
     }
 
+    /// Request heads received so far (bodies possibly still arriving, answers possibly held).
+    pub fn heads(&self) -> usize {
+        self.heads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
