@@ -122,6 +122,43 @@ async fn failing_endpoints_are_ejected_for_eject_for_then_get_traffic_again() {
 }
 
 #[tokio::test]
+async fn refusing_and_hanging_endpoints_are_ejected_too() {
+    let refusing = dead_addr().await;
+    let release = Arc::new(Latch::default());
+    let hanging = holding(release.clone()).await;
+    let good = Backend::echo("good").await;
+    let gw = Gw::start(&format!(
+        "[backends.b]\nurls = [\"http://{refusing}\", \"{}\", \"{}\"]\nretries = 2\ntimeout = \"100ms\"\n\
+         eject_after = 2\nmax_ejection_percent = 100\n{ANY}",
+        hanging.url(),
+        good.url()
+    ))
+    .await;
+    for _ in 0..8 {
+        assert_eq!(gw.get("/x").await.status, 200);
+    }
+    let status = status_of(&gw, "b").await;
+    assert_eq!(
+        status[0]["healthy"], false,
+        "connection refused counts as failure: {status}"
+    );
+    assert_eq!(
+        status[1]["healthy"], false,
+        "a timeout counts as failure: {status}"
+    );
+    assert_eq!(
+        status[2]["healthy"], true,
+        "the last endpoint stays in: {status}"
+    );
+    assert_eq!(
+        hanging.heads(),
+        2,
+        "no traffic to the hanging endpoint once ejected"
+    );
+    release.open();
+}
+
+#[tokio::test]
 async fn ejection_never_empties_a_pool_and_a_one_endpoint_pool_stays_in() {
     let bad = answering(502, false).await;
     let gw = Gw::start(&format!(
