@@ -8,7 +8,7 @@ proxy_next_upstream on 503, in one interleaved run: success rate and p99.
 
 import argparse
 import os
-import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,13 +63,8 @@ def main():
                 print(f"round {rnd + 1} {name:<6} {r['rps']:>8.0f} req/s  success {r['success']:.2f}%  p99 {r['p99']:.3f} ms",
                       file=sys.stderr, flush=True)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        run.stop(procs)
+        shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nOne endpoint answers 503 to every second request; wrk -t1 -c{args.conns}, {args.duration}s runs, "
           f"medians of {args.rounds} interleaved rounds\n")

@@ -110,6 +110,17 @@ def start_nginx(workdir, name, body):
     return subprocess.Popen([nginx_bin(), "-p", f"{workdir}/{name}", "-c", conf], stderr=subprocess.DEVNULL)
 
 
+def stop(procs):
+    """Stops what a benchmark started, by pid: SIGTERM, then SIGKILL after 10 s."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def parse_wrk(out):
     def dur(v, unit):
         return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
@@ -207,13 +218,7 @@ def main():
                           f"p99 {r['p99']:.3f} ms" + (f"  {r['cpu_us']:.1f} us/req" if r["cpu_us"] else ""),
                           file=sys.stderr, flush=True)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
     def med(name, c, key):
