@@ -250,7 +250,8 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         .admit()
         .ok_or_else(|| unavailable("max_in_flight reached"))?;
     pool.deposit();
-    let mut tried: Vec<usize> = Vec::with_capacity(1);
+    // Endpoints already tried, on the stack (retries are at most 10).
+    let mut tried = [0usize; 11];
     let mut last = ProxyError::Timeout {
         backend: backend.name.clone(),
     };
@@ -268,13 +269,13 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
             };
             break;
         }
-        let Some(i) = pool.pick(&tried) else {
+        let Some(i) = pool.pick(&tried[..attempt]) else {
             if attempt == 0 {
                 return Err(unavailable("no healthy endpoint"));
             }
             break;
         };
-        tried.push(i);
+        tried[attempt] = i;
         pool.attempt(&mut admitted, i);
         let endpoint = &backend.endpoints[i];
         let (body, slot) = match &mut prepared {

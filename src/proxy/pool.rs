@@ -60,12 +60,16 @@ pub(crate) struct Pool {
 /// Counts a request against the backend cap and its endpoint until dropped
 /// (the proxy keeps it in the response body, so a streaming answer counts).
 #[derive(Debug)]
-pub(crate) struct InFlight(Vec<Arc<AtomicU32>>);
+pub(crate) struct InFlight {
+    backend: Arc<AtomicU32>,
+    endpoint: Option<Arc<AtomicU32>>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        for c in &self.0 {
-            c.fetch_sub(1, Ordering::Relaxed);
+        self.backend.fetch_sub(1, Ordering::Relaxed);
+        if let Some(e) = &self.endpoint {
+            e.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -103,7 +107,10 @@ impl Pool {
     /// Admits a request under `max_in_flight`, or refuses it at once.
     pub(crate) fn admit(&self) -> Option<InFlight> {
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        let guard = InFlight(vec![self.in_flight.clone()]);
+        let guard = InFlight {
+            backend: self.in_flight.clone(),
+            endpoint: None,
+        };
         let cap = self.backend.max_in_flight;
         (cap == 0 || n <= cap).then_some(guard)
     }
@@ -113,12 +120,9 @@ impl Pool {
         let c = &self.endpoints[i].in_flight;
         c.fetch_add(1, Ordering::Relaxed);
         // One endpoint counter per request: a retry moves it.
-        if admitted.0.len() > 1 {
-            if let Some(prev) = admitted.0.pop() {
-                prev.fetch_sub(1, Ordering::Relaxed);
-            }
+        if let Some(prev) = admitted.endpoint.replace(c.clone()) {
+            prev.fetch_sub(1, Ordering::Relaxed);
         }
-        admitted.0.push(c.clone());
     }
 
     /// Every request adds to the retry budget; every retry takes from it.
