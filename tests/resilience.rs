@@ -319,6 +319,27 @@ async fn least_requests_sends_the_next_request_to_the_less_busy_endpoint() {
 }
 
 #[tokio::test]
+async fn random_balance_spreads_requests_over_the_pool() {
+    let (a, b) = (Backend::echo("a").await, Backend::echo("b").await);
+    let gw = Gw::start(&format!(
+        "[backends.b]\nurls = [\"{}\", \"{}\"]\nbalance = \"random\"\n{ANY}",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    for _ in 0..200 {
+        assert_eq!(gw.get("/x").await.status, 200);
+    }
+    // Binomial(200, 0.5): below 60 on either side has a probability under 1e-8.
+    assert!(
+        a.count() >= 60 && b.count() >= 60,
+        "{} / {}",
+        a.count(),
+        b.count()
+    );
+}
+
+#[tokio::test]
 async fn max_in_flight_answers_503_at_once_while_admitted_requests_succeed() {
     let release = Arc::new(Latch::default());
     let slow = holding(release.clone()).await;
