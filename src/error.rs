@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::middleware::rate_limit::RateLimited;
 use crate::proxy::ProxyError;
 use crate::router::RouteError;
 
@@ -31,12 +32,15 @@ pub enum Error {
     Route(#[from] RouteError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
 }
 
 struct Problem {
     status: StatusCode,
     detail: String,
     allow: Option<HeaderValue>,
+    retry_after: Option<u64>,
     close: bool,
 }
 
@@ -46,6 +50,7 @@ impl Problem {
             status,
             detail: detail.into(),
             allow: None,
+            retry_after: None,
             close: false,
         }
     }
@@ -53,6 +58,13 @@ impl Problem {
 
 fn problem_of(err: &Error) -> Problem {
     match err {
+        Error::RateLimited(e) => Problem {
+            retry_after: Some(e.retry_after.max(1)),
+            ..Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("rate limit `{}` exceeded", e.policy),
+            )
+        },
         Error::Route(e) => match e {
             RouteError::NotFound => {
                 Problem::new(StatusCode::NOT_FOUND, "no route matches this request")
@@ -139,6 +151,9 @@ pub fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Respo
     );
     if let Some(allow) = p.allow {
         headers.insert(ALLOW, allow);
+    }
+    if let Some(secs) = p.retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     if p.close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));

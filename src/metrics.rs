@@ -72,6 +72,7 @@ pub struct Metrics {
     pub config_version: Gauge,
     pub open_connections: Gauge,
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    pub rate_limited: Family<RouteLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,8 +148,15 @@ impl Metrics {
             "1 while an endpoint takes traffic; 0 while ejected or failing its health checks",
             endpoint_healthy.clone(),
         );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by route",
+            rate_limited.clone(),
+        );
         Self {
             registry,
+            rate_limited,
             endpoint_healthy,
             requests,
             request_duration,
@@ -194,6 +202,14 @@ impl Metrics {
                 endpoint: Name(endpoint.clone()),
             })
             .set(i64::from(healthy));
+    }
+
+    pub fn rate_limited(&self, route: &Arc<str>) {
+        self.rate_limited
+            .get_or_create(&RouteLabel {
+                route: Name(route.clone()),
+            })
+            .inc();
     }
 
     pub fn reload(&self, ok: bool) {

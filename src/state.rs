@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigErrors, Route};
 use crate::metrics::Metrics;
+use crate::middleware::rate_limit::{LimitClock, Limiter};
 use crate::proxy::Upstream;
 use crate::router::RouteTable;
 
@@ -20,6 +21,8 @@ pub struct Snapshot {
     pub table: RouteTable,
     /// Parallel to `config.backends`.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Parallel to `config.rate_limits`.
+    pub limiters: Vec<Arc<Limiter>>,
     /// Parallel to `config.routes`.
     pub routes: Vec<ActiveRoute>,
 }
@@ -29,6 +32,8 @@ pub struct ActiveRoute {
     pub config: Arc<Route>,
     pub upstream: Arc<Upstream>,
     pub cors: Option<tower_http::cors::CorsLayer>,
+    /// The route's policies, in order; shared with every route naming them.
+    pub limits: Vec<Arc<Limiter>>,
 }
 
 /// What triggered a config change (SPEC §5 `source`).
@@ -112,6 +117,7 @@ pub struct State {
     write_lock: tokio::sync::Mutex<()>,
     history: std::sync::Mutex<std::collections::VecDeque<Version>>,
     pub metrics: Arc<Metrics>,
+    clock: LimitClock,
 }
 
 impl Snapshot {
@@ -120,7 +126,19 @@ impl Snapshot {
         version: u64,
         previous: Option<&Snapshot>,
         metrics: &Arc<Metrics>,
+        clock: &LimitClock,
     ) -> Self {
+        // A policy whose settings did not change keeps its buckets.
+        let limiters: Vec<Arc<Limiter>> = config
+            .rate_limits
+            .iter()
+            .map(|p| {
+                previous
+                    .and_then(|s| s.limiters.iter().find(|l| *l.policy == **p))
+                    .cloned()
+                    .unwrap_or_else(|| Limiter::new(p.clone(), clock.clone()))
+            })
+            .collect();
         let upstreams: Vec<Arc<Upstream>> = config
             .backends
             .iter()
@@ -142,7 +160,18 @@ impl Snapshot {
                     .position(|b| Arc::ptr_eq(b, &r.backend))
                     .map(|i| upstreams[i].clone())
                     .unwrap_or_else(|| Upstream::new(r.backend.clone(), metrics.clone()));
+                let limits = r
+                    .rate_limits
+                    .iter()
+                    .filter_map(|p| {
+                        limiters
+                            .iter()
+                            .find(|l| Arc::ptr_eq(&l.policy, p) || *l.policy == **p)
+                            .cloned()
+                    })
+                    .collect();
                 ActiveRoute {
+                    limits,
                     cors: r.cors.as_ref().map(crate::middleware::cors::compile),
                     config: r.clone(),
                     upstream,
@@ -154,13 +183,14 @@ impl Snapshot {
             table: RouteTable::build(&config.routes),
             config: Arc::new(config),
             upstreams,
+            limiters,
             routes,
         }
     }
 }
 
 impl State {
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Config, metrics: Arc<Metrics>, clock: LimitClock) -> Self {
         let first = Version {
             version: 1,
             time: std::time::SystemTime::now(),
@@ -169,13 +199,14 @@ impl State {
             persisted: config.path.is_some(),
             text: config.text.clone(),
         };
-        let snapshot = Snapshot::compile(config, 1, None, &metrics);
+        let snapshot = Snapshot::compile(config, 1, None, &metrics, &clock);
         metrics.config_version.set(1);
         Self {
             current: ArcSwap::from_pointee(snapshot),
             write_lock: tokio::sync::Mutex::new(()),
             history: std::sync::Mutex::new(std::collections::VecDeque::from([first])),
             metrics,
+            clock,
         }
     }
 
@@ -315,7 +346,7 @@ impl State {
         }
         let version = current.version + 1;
         let text = config.text.clone();
-        let next = Snapshot::compile(config, version, Some(current), &self.metrics);
+        let next = Snapshot::compile(config, version, Some(current), &self.metrics, &self.clock);
         self.current.store(Arc::new(next));
         if let Ok(mut h) = self.history.lock() {
             h.push_back(Version {

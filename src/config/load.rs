@@ -15,8 +15,8 @@ use super::decode::{Ctx, EnvLookup, Obj, Spanned};
 use super::error::{ConfigErrors, Diagnostics};
 use super::path::{HostPattern, PathPattern, Template};
 use super::{
-    Admin, Backend, Balance, Config, Cors, Endpoint, HeaderEdits, HealthCheck, Persist, Route,
-    Server, Target,
+    Admin, Backend, Balance, Config, Cors, Endpoint, HeaderEdits, HealthCheck, LimitKey, Persist,
+    RateLimit, Route, Server, Target,
 };
 
 /// Sections and keys of SPEC §2 that later releases implement. They are refused
@@ -54,7 +54,13 @@ pub(super) fn parse(
             backends.push(Arc::new(b));
         }
     }
-    for section in ["auth", "rate_limits", "schedules"] {
+    let mut rate_limits = Vec::new();
+    for (name, obj) in root.named_tables(&mut ctx, "rate_limits") {
+        if let Some(r) = rate_limit(&mut ctx, name, obj) {
+            rate_limits.push(Arc::new(r));
+        }
+    }
+    for section in ["auth", "schedules"] {
         if root.has(section) {
             ctx.error(
                 root.key_span(section),
@@ -62,16 +68,14 @@ pub(super) fn parse(
                 format!("`[{section}]` {NOT_YET}"),
             );
         }
+        root.mark(section);
     }
-    root.mark("auth");
-    root.mark("rate_limits");
-    root.mark("schedules");
     let tables = root.table_array(&mut ctx, "routes");
     let mut routes = Vec::new();
     let mut spans = Vec::new();
     for obj in tables {
         let span = obj.span();
-        if let Some(r) = route(&mut ctx, obj, &backends) {
+        if let Some(r) = route(&mut ctx, obj, &backends, &rate_limits) {
             routes.push(Arc::new(r));
             spans.push(span);
         }
@@ -89,7 +93,129 @@ pub(super) fn parse(
         server,
         admin,
         backends,
+        rate_limits,
         routes,
+    })
+}
+
+fn rate_limit(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option<RateLimit> {
+    let named = check_name(ctx, &name, obj.path());
+    let requests = match obj.uint(ctx, "requests", u64::from(u32::MAX)) {
+        Some(0) => {
+            ctx.error(
+                obj.key_span("requests"),
+                obj.key_path("requests"),
+                "must be at least 1",
+            );
+            None
+        }
+        Some(n) => Some(n as u32),
+        None => {
+            if !obj.has("requests") {
+                ctx.error(
+                    obj.span(),
+                    obj.key_path("requests"),
+                    "missing: how many requests per `per`",
+                );
+            }
+            None
+        }
+    };
+    let per = match obj.duration(ctx, "per") {
+        Some(d) if d.is_zero() => {
+            ctx.error(
+                obj.key_span("per"),
+                obj.key_path("per"),
+                "must be longer than zero",
+            );
+            None
+        }
+        Some(d) => Some(d),
+        None => {
+            if !obj.has("per") {
+                ctx.error(
+                    obj.span(),
+                    obj.key_path("per"),
+                    "missing: the window, e.g. \"1m\"",
+                );
+            }
+            None
+        }
+    };
+    let burst = match obj.uint(ctx, "burst", u64::from(u32::MAX)) {
+        Some(0) => {
+            ctx.error(
+                obj.key_span("burst"),
+                obj.key_path("burst"),
+                "must be at least 1",
+            );
+            None
+        }
+        other => other.map(|n| n as u32),
+    };
+    let key_path = obj.key_path("key");
+    let key = match obj.string(ctx, "key") {
+        None => Some(LimitKey::Ip),
+        Some(k) => match k.value.as_str() {
+            "ip" => Some(LimitKey::Ip),
+            "global" => Some(LimitKey::Global),
+            "consumer" => {
+                ctx.error(
+                    k.span,
+                    &key_path,
+                    format!("`consumer` keys need authentication, which {NOT_YET}"),
+                );
+                None
+            }
+            other if other.starts_with("claim:") => {
+                ctx.error(
+                    k.span,
+                    &key_path,
+                    format!("`claim:` keys need authentication, which {NOT_YET}"),
+                );
+                None
+            }
+            other => match other
+                .strip_prefix("header:")
+                .map(|h| HeaderName::from_bytes(h.as_bytes()))
+            {
+                Some(Ok(h)) => Some(LimitKey::Header(h)),
+                _ => {
+                    ctx.error(
+                        k.span,
+                        &key_path,
+                        format!("`{other}`: expected \"ip\", \"global\", \"consumer\", \"header:NAME\" or \"claim:NAME\""),
+                    );
+                    None
+                }
+            },
+        },
+    };
+    let max_keys = obj
+        .uint(ctx, "max_keys", 100_000_000)
+        .unwrap_or(100_000)
+        .max(1) as usize;
+    if let (Some(r), Some(p)) = (requests, per) {
+        if p / r < Duration::from_nanos(1) {
+            ctx.error(
+                obj.key_span("per"),
+                obj.key_path("per"),
+                "more than one request per nanosecond cannot be limited",
+            );
+        }
+    }
+    obj.finish(ctx);
+    if !named {
+        return None;
+    }
+    let requests = requests?;
+    Some(RateLimit {
+        name: name.value.into(),
+        requests,
+        per: per?,
+        burst: burst.unwrap_or(requests),
+        key: key?,
+        max_keys,
     })
 }
 
@@ -526,7 +652,12 @@ fn header_edits(ctx: &mut Ctx<'_>, parent: &mut Obj<'_>, key: &'static str) -> H
     HeaderEdits { set, remove }
 }
 
-fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Option<Route> {
+fn route(
+    ctx: &mut Ctx<'_>,
+    mut obj: Obj<'_>,
+    backends: &[Arc<Backend>],
+    rate_limits: &[Arc<RateLimit>],
+) -> Option<Route> {
     let name = obj.string(ctx, "name");
     match &name {
         Some(n) => {
@@ -684,11 +815,24 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
     let cors = obj
         .table(ctx, "cors")
         .and_then(|c| cors(ctx, c, methods.as_deref()));
-    not_yet(
-        ctx,
-        &mut obj,
-        &["auth", "scopes", "rate_limit", "aggregate", "mode"],
-    );
+    let limits_path = obj.key_path("rate_limit");
+    let mut limits = Vec::new();
+    for name in obj.strings(ctx, "rate_limit").unwrap_or_default() {
+        match rate_limits.iter().find(|r| *r.name == name.value) {
+            Some(r) if limits.iter().any(|l: &Arc<RateLimit>| Arc::ptr_eq(l, r)) => ctx.error(
+                name.span,
+                &limits_path,
+                format!("`{}` is listed twice", name.value),
+            ),
+            Some(r) => limits.push(r.clone()),
+            None => ctx.error(
+                name.span,
+                &limits_path,
+                format!("unknown rate limit `{}`", name.value),
+            ),
+        }
+    }
+    not_yet(ctx, &mut obj, &["auth", "scopes", "aggregate", "mode"]);
     obj.finish(ctx);
     Some(Route {
         name: name?.value.into(),
@@ -702,6 +846,7 @@ fn route(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, backends: &[Arc<Backend>]) -> Opti
         response_headers,
         timeout,
         cors,
+        rate_limits: limits,
     })
 }
 

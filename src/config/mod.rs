@@ -33,7 +33,29 @@ pub struct Config {
     pub server: Server,
     pub admin: Admin,
     pub backends: Vec<Arc<Backend>>,
+    pub rate_limits: Vec<Arc<RateLimit>>,
     pub routes: Vec<Arc<Route>>,
+}
+
+/// A named rate-limit policy; routes naming it share its buckets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub name: Arc<str>,
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: LimitKey,
+    /// Buckets kept at most; beyond it new keys share one overflow bucket.
+    pub max_keys: usize,
+}
+
+/// What a policy's buckets are keyed by. A request without a value for its
+/// key (no such header) is keyed by its client IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    Ip,
+    Global,
+    Header(HeaderName),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +174,8 @@ pub struct Route {
     /// Overrides `server.request_timeout`.
     pub timeout: Option<Duration>,
     pub cors: Option<Cors>,
+    /// Checked in order; all must pass.
+    pub rate_limits: Vec<Arc<RateLimit>>,
 }
 
 /// Per-route CORS. A preflight for the route is answered by fngate even when

@@ -2,6 +2,7 @@
 
 mod access_log;
 pub mod cors;
+pub mod rate_limit;
 mod request_id;
 mod route;
 
@@ -37,8 +38,10 @@ pub fn stack(
         .layer(RouteLayer::new(state))
         // Preflights are answered before any rate limit or auth (SPEC §3).
         .layer(cors::CorsLayer)
-        // SPEC §3 order continues here: `ip`/`global`
-        // rate limits, then authentication, then the other rate limits, so a
-        // request refused early never costs a signature check or an upstream call.
+        // Rate limits before the proxy, so a refused request never reaches a
+        // backend. When authentication lands it goes right behind the `ip` and
+        // `global` policies and before the others (SPEC §3), so a flood is cut
+        // off before any signature check.
+        .layer(rate_limit::RateLimitLayer::new(metrics.clone()))
         .service(Proxy::new(metrics))
 }

@@ -33,6 +33,8 @@ use conn::{Activity, ConnIo, Protocol};
 pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    /// The rate limiters' clock; tests pass one they can move forward.
+    pub limit_clock: Option<crate::middleware::rate_limit::LimitClock>,
 }
 
 /// Why the gateway could not start.
@@ -102,7 +104,11 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
 
     let watch = config.server.watch.then(|| config.path.clone()).flatten();
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(State::new(config, metrics));
+    let state = Arc::new(State::new(
+        config,
+        metrics,
+        opts.limit_clock.clone().unwrap_or_default(),
+    ));
     let shutdown = CancellationToken::new();
     if let Some(path) = watch {
         crate::watch::spawn(state.clone(), &path, shutdown.clone()).map_err(|source| {

@@ -207,9 +207,18 @@ impl Gw {
     }
 
     pub async fn start_config(config: fngate::Config) -> Self {
+        Self::start_with_clock(config, None).await
+    }
+
+    /// Starts with a rate-limit clock the test can move forward.
+    pub async fn start_with_clock(
+        config: fngate::Config,
+        clock: Option<fngate::middleware::rate_limit::LimitClock>,
+    ) -> Self {
         let opts = fngate::ServeOptions {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            limit_clock: clock,
         };
         let gateway = fngate::start(config, opts).await.expect("gateway starts");
         Self {

@@ -1,0 +1,334 @@
+//! Rate limits (SPEC §2–§4) on governor's GCRA, keyed per policy.
+//!
+//! A policy's buckets belong to the policy, so every route naming it shares
+//! them. Keys are prefixed by kind (`ip:`, `header:NAME:`, `global`) so one
+//! kind cannot collide with another. Memory is bounded: at most `max_keys`
+//! buckets per policy; beyond that, new keys share one overflow bucket until
+//! the periodic sweep drops buckets that are full again (idle keys).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use either::Either;
+use governor::clock::Clock;
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use crate::config::{LimitKey, RateLimit};
+use crate::context::{RequestId, RouteContext};
+use crate::error::{self, Body};
+use crate::metrics::Metrics;
+
+/// Limit state is swept this often: buckets that are full again are dropped.
+const SWEEP: Duration = Duration::from_secs(10);
+
+/// The limiters' clock: real monotonic time, plus an offset that only tests
+/// move (`advance`), so refill is tested without sleeping.
+#[derive(Debug, Clone, Default)]
+pub struct LimitClock {
+    offset: Arc<AtomicU64>,
+}
+
+impl LimitClock {
+    /// Moves this clock (and every limiter built on it) forward.
+    pub fn advance(&self, by: Duration) {
+        self.offset
+            .fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Clock for LimitClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let real = EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64;
+        Nanos::from(real + self.offset.load(Ordering::Relaxed))
+    }
+}
+
+type Keyed = RateLimiter<String, DashMapStateStore<String>, LimitClock, StateInformationMiddleware>;
+
+/// One policy's buckets. Kept across reloads while the policy is unchanged.
+pub struct Limiter {
+    pub policy: Arc<RateLimit>,
+    keyed: Keyed,
+    clock: LimitClock,
+    /// `RateLimit-Policy` item, computed once.
+    policy_item: String,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("policy", &self.policy.name)
+            .finish()
+    }
+}
+
+/// How one policy answered one request.
+struct Verdict {
+    allowed: bool,
+    remaining: u32,
+    /// Seconds until the bucket is full (allowed) or until a retry may pass (refused).
+    reset: u64,
+    wait: u64,
+}
+
+impl Limiter {
+    pub fn new(policy: Arc<RateLimit>, clock: LimitClock) -> Arc<Self> {
+        let period = policy.per / policy.requests;
+        let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        let keyed = RateLimiter::dashmap_with_clock(quota, clock.clone())
+            .with_middleware::<StateInformationMiddleware>();
+        let policy_item = format!(
+            "\"{}\";q={};w={}",
+            policy.name,
+            policy.requests,
+            policy.per.as_secs().max(1)
+        );
+        let limiter = Arc::new(Self {
+            policy,
+            keyed,
+            clock,
+            policy_item,
+        });
+        Self::spawn_sweep(&limiter);
+        limiter
+    }
+
+    /// Buckets held now (bounded by `max_keys` plus the overflow bucket).
+    pub fn len(&self) -> usize {
+        self.keyed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keyed.is_empty()
+    }
+
+    /// Drops buckets that are full again, off the request path; the task
+    /// holds the limiter weakly and ends when a reload drops it.
+    fn spawn_sweep(limiter: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(limiter);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP).await;
+                let Some(l) = weak.upgrade() else { return };
+                l.keyed.retain_recent();
+                l.keyed.shrink_to_fit();
+            }
+        });
+    }
+
+    fn key(&self, ctx: &RouteContext, headers: &HeaderMap) -> String {
+        let ip = || format!("ip:{}", ctx.client_ip);
+        match &self.policy.key {
+            LimitKey::Ip => ip(),
+            LimitKey::Global => "global".to_owned(),
+            // A client-chosen header is only as strong as whatever sets it;
+            // without one, the request is keyed by its client IP.
+            LimitKey::Header(name) => match headers.get(name) {
+                Some(v) => {
+                    let v = String::from_utf8_lossy(v.as_bytes());
+                    format!("header:{name}:{}", v.chars().take(256).collect::<String>())
+                }
+                None => ip(),
+            },
+        }
+    }
+
+    fn check(&self, key: String) -> Verdict {
+        // Past the cap, new keys share one bucket (the sweep frees room again).
+        let key = if self.keyed.len() >= self.policy.max_keys {
+            "overflow".to_owned()
+        } else {
+            key
+        };
+        let per_request = self.policy.per.as_secs_f64() / f64::from(self.policy.requests);
+        match self.keyed.check_key(&key) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                let missing = self.policy.burst.saturating_sub(remaining);
+                Verdict {
+                    allowed: true,
+                    remaining,
+                    reset: (f64::from(missing) * per_request).ceil() as u64,
+                    wait: 0,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until
+                    .wait_time_from(self.clock.now())
+                    .as_secs_f64()
+                    .ceil()
+                    .max(1.0) as u64;
+                Verdict {
+                    allowed: false,
+                    remaining: 0,
+                    reset: (f64::from(self.policy.burst) * per_request).ceil() as u64,
+                    wait,
+                }
+            }
+        }
+    }
+}
+
+/// Why a request was refused (rendered by `error.rs`).
+#[derive(Debug, thiserror::Error)]
+#[error("rate limit `{policy}` exceeded; retry after {retry_after}s")]
+pub struct RateLimited {
+    pub policy: Arc<str>,
+    pub retry_after: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RateLimitLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+impl<S> Service<Request<Body>> for RateLimitService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<S::Future, Either<Ready, Headed<S::Future>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(ctx) = req.extensions().get::<RouteContext>() else {
+            return Either::Left(self.inner.call(req));
+        };
+        let limits = &ctx.active().limits;
+        if limits.is_empty() {
+            return Either::Left(self.inner.call(req));
+        }
+        // Checked in order; a policy that refuses does not give back what earlier ones took.
+        let mut policies = String::new();
+        let mut state = String::new();
+        let mut least: Option<(u32, u32, u64)> = None;
+        let mut refused = None;
+        for l in limits {
+            let v = l.check(l.key(ctx, req.headers()));
+            if !policies.is_empty() {
+                policies.push_str(", ");
+                state.push_str(", ");
+            }
+            policies.push_str(&l.policy_item);
+            let _ = write!(
+                state,
+                "\"{}\";r={};t={}",
+                l.policy.name, v.remaining, v.reset
+            );
+            if least.is_none_or(|(r, _, _)| v.remaining < r) {
+                least = Some((v.remaining, l.policy.burst, v.reset));
+            }
+            if !v.allowed {
+                refused = Some(RateLimited {
+                    policy: l.policy.name.clone(),
+                    retry_after: v.wait,
+                });
+                break;
+            }
+        }
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::try_from(policies) {
+            headers.insert(RATELIMIT_POLICY.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::try_from(state) {
+            headers.insert(RATELIMIT.clone(), v);
+        }
+        if let Some((remaining, limit, reset)) = least {
+            headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
+            headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+            headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+        }
+        match refused {
+            Some(limited) => {
+                self.metrics.rate_limited(&ctx.active().config.name);
+                let id = req.extensions().get::<RequestId>().map(|r| &r.0);
+                let mut res = error::respond(limited, id);
+                res.headers_mut().extend(headers);
+                Either::Right(Either::Left(std::future::ready(Ok(res))))
+            }
+            None => Either::Right(Either::Right(Headed {
+                inner: self.inner.call(req),
+                headers: Some(headers),
+            })),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Adds the rate-limit headers to an allowed request's answer.
+    pub struct Headed<F> {
+        #[pin]
+        inner: F,
+        headers: Option<HeaderMap>,
+    }
+}
+
+impl<F> std::future::Future for Headed<F>
+where
+    F: std::future::Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(h) = this.headers.take() {
+            res.headers_mut().extend(h);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
