@@ -1,10 +1,11 @@
 //! Rate limits (SPEC §2–§4) on governor's GCRA, keyed per policy.
 //!
 //! A policy's buckets belong to the policy, so every route naming it shares
-//! them. Keys are prefixed by kind (`ip:`, `header:NAME:`, `global`) so one
-//! kind cannot collide with another. Memory is bounded: at most `max_keys`
-//! buckets per policy; beyond that, new keys share one overflow bucket until
-//! the periodic sweep drops buckets that are full again (idle keys).
+//! them. Keys carry their kind (an IP, a header value, global), so one kind
+//! cannot collide with another. Memory is bounded: at most `max_keys` buckets
+//! per policy; beyond that, requests share one overflow bucket until the
+//! periodic sweep drops buckets that are full again (idle keys). The map
+//! keeps std's SipHash: header keys are client-chosen, so no hash flooding.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -56,15 +57,34 @@ impl Clock for LimitClock {
     }
 }
 
-type Keyed = RateLimiter<String, DashMapStateStore<String>, LimitClock, StateInformationMiddleware>;
+/// A bucket's key. Header values are cut to 256 bytes so that a key's memory
+/// is bounded whatever `max_header_size` allows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Ip(std::net::IpAddr),
+    Header(HeaderValue),
+    Global,
+    Overflow,
+}
+
+type Keyed = RateLimiter<Key, DashMapStateStore<Key>, LimitClock, StateInformationMiddleware>;
+
+/// How often (in checks) the bucket count is compared with `max_keys`:
+/// counting locks every shard of the map, so it is not done per request.
+const COUNT_EVERY: u64 = 256;
 
 /// One policy's buckets. Kept across reloads while the policy is unchanged.
 pub struct Limiter {
     pub policy: Arc<RateLimit>,
     keyed: Keyed,
     clock: LimitClock,
-    /// `RateLimit-Policy` item, computed once.
+    checks: AtomicU64,
+    over_cap: std::sync::atomic::AtomicBool,
+    /// `RateLimit-Policy` item, computed once, and as a header value.
     policy_item: String,
+    policy_value: HeaderValue,
+    /// `RateLimit-Limit`: the burst.
+    burst_value: HeaderValue,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -93,16 +113,16 @@ impl Limiter {
             .allow_burst(burst);
         let keyed = RateLimiter::dashmap_with_clock(quota, clock.clone())
             .with_middleware::<StateInformationMiddleware>();
-        let policy_item = format!(
-            "\"{}\";q={};w={}",
-            policy.name,
-            policy.requests,
-            policy.per.as_secs().max(1)
-        );
+        let policy_item = policy_item(&policy);
         let limiter = Arc::new(Self {
             policy,
             keyed,
             clock,
+            checks: AtomicU64::new(0),
+            over_cap: std::sync::atomic::AtomicBool::new(false),
+            policy_value: HeaderValue::try_from(policy_item.clone())
+                .unwrap_or(HeaderValue::from_static("")),
+            burst_value: HeaderValue::from(burst.get()),
             policy_item,
         });
         Self::spawn_sweep(&limiter);
@@ -131,31 +151,36 @@ impl Limiter {
                 let Some(l) = weak.upgrade() else { return };
                 l.keyed.retain_recent();
                 l.keyed.shrink_to_fit();
+                l.over_cap
+                    .store(l.keyed.len() >= l.policy.max_keys, Ordering::Relaxed);
             }
         });
     }
 
-    fn key(&self, ctx: &RouteContext, headers: &HeaderMap) -> String {
-        let ip = || format!("ip:{}", ctx.client_ip);
+    fn key(&self, ctx: &RouteContext, headers: &HeaderMap) -> Key {
         match &self.policy.key {
-            LimitKey::Ip => ip(),
-            LimitKey::Global => "global".to_owned(),
+            LimitKey::Ip => Key::Ip(ctx.client_ip),
+            LimitKey::Global => Key::Global,
             // A client-chosen header is only as strong as whatever sets it;
             // without one, the request is keyed by its client IP.
             LimitKey::Header(name) => match headers.get(name) {
+                Some(v) if v.len() <= 256 => Key::Header(v.clone()),
                 Some(v) => {
-                    let v = String::from_utf8_lossy(v.as_bytes());
-                    format!("header:{name}:{}", v.chars().take(256).collect::<String>())
+                    HeaderValue::from_bytes(&v.as_bytes()[..256]).map_or(Key::Overflow, Key::Header)
                 }
-                None => ip(),
+                None => Key::Ip(ctx.client_ip),
             },
         }
     }
 
-    fn check(&self, key: String) -> Verdict {
-        // Past the cap, new keys share one bucket (the sweep frees room again).
-        let key = if self.keyed.len() >= self.policy.max_keys {
-            "overflow".to_owned()
+    fn check(&self, key: Key) -> Verdict {
+        // Past the cap, requests share one bucket until the sweep frees room.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0 {
+            self.over_cap
+                .store(self.keyed.len() >= self.policy.max_keys, Ordering::Relaxed);
+        }
+        let key = if self.over_cap.load(Ordering::Relaxed) {
+            Key::Overflow
         } else {
             key
         };
@@ -186,6 +211,19 @@ impl Limiter {
             }
         }
     }
+}
+
+/// `"name";q=100;w=60`. The draft's window is whole seconds, so a window
+/// such as 1500ms is stated over the next whole second (q scaled down).
+fn policy_item(p: &RateLimit) -> String {
+    let secs = p.per.as_secs_f64();
+    let w = secs.ceil().max(1.0);
+    let q = if p.per.subsec_nanos() == 0 && p.per.as_secs() > 0 {
+        u64::from(p.requests)
+    } else {
+        (f64::from(p.requests) * w / secs).floor() as u64
+    };
+    format!("\"{}\";q={q};w={w}", p.name)
 }
 
 /// Why a request was refused (rendered by `error.rs`).
@@ -253,24 +291,21 @@ where
             return Either::Left(self.inner.call(req));
         }
         // Checked in order; a policy that refuses does not give back what earlier ones took.
-        let mut policies = String::new();
         let mut state = String::new();
-        let mut least: Option<(u32, u32, u64)> = None;
+        let mut least: Option<(&Limiter, u32, u64)> = None;
         let mut refused = None;
         for l in limits {
             let v = l.check(l.key(ctx, req.headers()));
-            if !policies.is_empty() {
-                policies.push_str(", ");
+            if !state.is_empty() {
                 state.push_str(", ");
             }
-            policies.push_str(&l.policy_item);
             let _ = write!(
                 state,
                 "\"{}\";r={};t={}",
                 l.policy.name, v.remaining, v.reset
             );
-            if least.is_none_or(|(r, _, _)| v.remaining < r) {
-                least = Some((v.remaining, l.policy.burst, v.reset));
+            if least.is_none_or(|(_, r, _)| v.remaining < r) {
+                least = Some((l, v.remaining, v.reset));
             }
             if !v.allowed {
                 refused = Some(RateLimited {
@@ -280,32 +315,68 @@ where
                 break;
             }
         }
-        let mut headers = HeaderMap::new();
-        if let Ok(v) = HeaderValue::try_from(policies) {
-            headers.insert(RATELIMIT_POLICY.clone(), v);
-        }
-        if let Ok(v) = HeaderValue::try_from(state) {
-            headers.insert(RATELIMIT.clone(), v);
-        }
-        if let Some((remaining, limit, reset)) = least {
-            headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
-            headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
-            headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset));
-        }
+        let fields = least.map(|(l, remaining, reset)| Fields {
+            policy: match limits.as_slice() {
+                [one] => one.policy_value.clone(),
+                many => {
+                    let joined: Vec<&str> = many.iter().map(|l| l.policy_item.as_str()).collect();
+                    HeaderValue::try_from(joined.join(", "))
+                        .unwrap_or_else(|_| l.policy_value.clone())
+                }
+            },
+            state: HeaderValue::try_from(state).unwrap_or(HeaderValue::from_static("")),
+            limit: l.burst_value.clone(),
+            remaining,
+            reset,
+        });
         match refused {
             Some(limited) => {
                 self.metrics.rate_limited(&ctx.active().config.name);
                 let id = req.extensions().get::<RequestId>().map(|r| &r.0);
                 let mut res = error::respond(limited, id);
-                res.headers_mut().extend(headers);
+                if let Some(f) = fields {
+                    f.write(res.headers_mut());
+                }
                 Either::Right(Either::Left(std::future::ready(Ok(res))))
             }
             None => Either::Right(Either::Right(Headed {
                 inner: self.inner.call(req),
-                headers: Some(headers),
+                fields,
             })),
         }
     }
+}
+
+/// The rate-limit fields of one answer.
+struct Fields {
+    policy: HeaderValue,
+    state: HeaderValue,
+    limit: HeaderValue,
+    remaining: u32,
+    reset: u64,
+}
+
+impl Fields {
+    fn write(self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy);
+        headers.insert(RATELIMIT.clone(), self.state);
+        headers.insert(RATELIMIT_LIMIT.clone(), self.limit);
+        headers.insert(
+            RATELIMIT_REMAINING.clone(),
+            number(u64::from(self.remaining)),
+        );
+        headers.insert(RATELIMIT_RESET.clone(), number(self.reset));
+    }
+}
+
+/// Small numbers are the common case: their header values are made once.
+fn number(n: u64) -> HeaderValue {
+    static SMALL: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..1024u64).map(HeaderValue::from).collect());
+    small
+        .get(n as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
 }
 
 pin_project_lite::pin_project! {
@@ -313,7 +384,7 @@ pin_project_lite::pin_project! {
     pub struct Headed<F> {
         #[pin]
         inner: F,
-        headers: Option<HeaderMap>,
+        fields: Option<Fields>,
     }
 }
 
@@ -326,9 +397,32 @@ where
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(h) = this.headers.take() {
-            res.headers_mut().extend(h);
+        if let Some(f) = this.fields.take() {
+            f.write(res.headers_mut());
         }
         Poll::Ready(Ok(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(requests: u32, per_ms: u64) -> RateLimit {
+        RateLimit {
+            name: "p".into(),
+            requests,
+            per: Duration::from_millis(per_ms),
+            burst: requests,
+            key: LimitKey::Ip,
+            max_keys: 10,
+        }
+    }
+
+    #[test]
+    fn policy_items_state_whole_second_windows() {
+        assert_eq!(policy_item(&policy(100, 60_000)), "\"p\";q=100;w=60");
+        assert_eq!(policy_item(&policy(10, 500)), "\"p\";q=20;w=1");
+        assert_eq!(policy_item(&policy(1, 1_500)), "\"p\";q=1;w=2");
     }
 }
