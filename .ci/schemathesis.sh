@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the admin API from its own /openapi.json: no 5xx, no answer that breaks
 # the schema. Runs a gateway on a temporary copy of routes.toml, loopback only,
-# bounded in examples and time, and stops it by pid.
+# bounded in examples and time, and stops it by pid. Schemathesis keeps its
+# cache in .schemathesis/ (ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,9 +13,10 @@ if [ -z "$st" ]; then
 fi
 
 cargo build --quiet
+bin="${CARGO_TARGET_DIR:-target}/debug/fngate"
 work=$(mktemp -d)
 cp routes.toml "$work/routes.toml"
-FNGATE_ADMIN_TOKEN=schemathesis-token ./target/debug/fngate --config "$work/routes.toml" \
+FNGATE_ADMIN_TOKEN=schemathesis-token "$bin" --config "$work/routes.toml" \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"$work/log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
