@@ -95,3 +95,78 @@ async fn metrics_count_requests_by_route_and_upstream_outcome() {
         assert!(m.contains(line), "missing `{line}` in:\n{m}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_keeps_unchanged_pools_and_stops_the_checks_of_removed_backends() {
+    let b = Backend::echo("b").await;
+    let checked = Backend::echo("checked").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let base = format!(
+        "[server]\nwatch = false\n[backends.b]\nurls = [\"{}\"]\n{ANY}",
+        b.url()
+    );
+    let with_checks = format!(
+        "{base}[backends.c]\nurls = [\"{}\"]\n[backends.c.health]\npath = \"/health\"\ninterval = \"20ms\"\n",
+        checked.url()
+    );
+    std::fs::write(&path, &with_checks).unwrap();
+    let gw = Gw::start_config(Config::load(&path).unwrap()).await;
+    let state = &gw.gateway.as_ref().unwrap().state;
+    let pool_before = state.load().upstreams[0].clone();
+    checked.wait_for(3).await;
+
+    // The backend with checks goes away; `b` is unchanged and keeps its pool.
+    std::fs::write(&path, &base).unwrap();
+    state.reload(fngate::state::Source::Reload).await.unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&pool_before, &state.load().upstreams[0]),
+        "unchanged backend, same pool"
+    );
+    drop(pool_before);
+    // A check already under way may still land; after that, none.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let settled = checked.count();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        checked.count(),
+        settled,
+        "the removed backend's health checks stopped"
+    );
+}
+
+#[tokio::test]
+async fn the_watcher_ignores_the_admins_own_write_back() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, config(&b.url(), ANY)).unwrap();
+    let gw = Gw::start_config(Config::load(&path).unwrap()).await;
+    let put = send(
+        http::Request::put(format!("http://{}/routes/two", gw.admin))
+            .body(full(r#"{"path": "/two", "backend": "b"}"#))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(put.status, 201);
+    // Give the watcher its debounce and a reload's time; nothing must follow the admin's version.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let versions = send(
+        http::Request::get(format!("http://{}/versions", gw.admin))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let sources: Vec<String> = versions
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["source"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        sources,
+        ["admin", "start"],
+        "no second reload from the file watcher"
+    );
+}
