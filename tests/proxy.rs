@@ -426,3 +426,61 @@ async fn futures_join<T>(futs: Vec<impl std::future::Future<Output = T>>) -> Vec
     }
     out
 }
+
+#[tokio::test]
+async fn h2_streams_in_flight_finish_when_the_gateway_drains() {
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let r = release.clone();
+    let slow = Backend::with(move |_| {
+        let r = r.clone();
+        async move {
+            let _permit = r.acquire().await;
+            Response::new(full("finished"))
+        }
+    })
+    .await;
+    let gw = Gw::start(&config(&slow.url(), ANY)).await;
+    let client: hyper_util::client::legacy::Client<_, BoxBody> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let url = gw.url("/slow");
+    let c = client.clone();
+    let in_flight =
+        tokio::spawn(async move { c.request(Request::get(url).body(empty()).unwrap()).await });
+    slow.wait_for_heads(1).await;
+
+    gw.gateway.as_ref().unwrap().shutdown();
+    // The drain has begun once the listener refuses connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(gw.addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // New streams are refused (GOAWAY, then the closed listener)...
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(Request::get(gw.url("/late")).body(empty()).unwrap()),
+    )
+    .await
+    .expect("answered or refused in time");
+    assert!(
+        refused.is_err() || refused.is_ok_and(|r| r.status() != 200),
+        "no new work after the drain began"
+    );
+    // ...while the stream already in flight finishes.
+    release.add_permits(2);
+    let res = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight stream completes");
+    assert_eq!(res.version(), Version::HTTP_2);
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "finished"
+    );
+    assert_eq!(slow.heads(), 1);
+}
