@@ -80,6 +80,8 @@ pub struct Limiter {
     clock: LimitClock,
     checks: AtomicU64,
     over_cap: std::sync::atomic::AtomicBool,
+    /// Within `COUNT_EVERY` of the cap: count on every check, so the cap holds exactly.
+    near_cap: std::sync::atomic::AtomicBool,
     /// `RateLimit-Policy` item, computed once, and as a header value.
     policy_item: String,
     policy_value: HeaderValue,
@@ -114,12 +116,14 @@ impl Limiter {
         let keyed = RateLimiter::dashmap_with_clock(quota, clock.clone())
             .with_middleware::<StateInformationMiddleware>();
         let policy_item = policy_item(&policy);
+        let small_cap = policy.max_keys <= COUNT_EVERY as usize;
         let limiter = Arc::new(Self {
             policy,
             keyed,
             clock,
             checks: AtomicU64::new(0),
             over_cap: std::sync::atomic::AtomicBool::new(false),
+            near_cap: std::sync::atomic::AtomicBool::new(small_cap),
             policy_value: HeaderValue::try_from(policy_item.clone())
                 .unwrap_or(HeaderValue::from_static("")),
             burst_value: HeaderValue::from(burst.get()),
@@ -151,10 +155,21 @@ impl Limiter {
                 let Some(l) = weak.upgrade() else { return };
                 l.keyed.retain_recent();
                 l.keyed.shrink_to_fit();
-                l.over_cap
-                    .store(l.keyed.len() >= l.policy.max_keys, Ordering::Relaxed);
+                l.count();
             }
         });
+    }
+
+    /// Counts the buckets: at most `COUNT_EVERY` keys can be added between
+    /// two counts far from the cap, and near it every check counts.
+    fn count(&self) {
+        let len = self.keyed.len();
+        self.over_cap
+            .store(len >= self.policy.max_keys, Ordering::Relaxed);
+        self.near_cap.store(
+            len + COUNT_EVERY as usize >= self.policy.max_keys,
+            Ordering::Relaxed,
+        );
     }
 
     fn key(&self, ctx: &RouteContext, headers: &HeaderMap) -> Key {
@@ -175,9 +190,9 @@ impl Limiter {
 
     fn check(&self, key: Key) -> Verdict {
         // Past the cap, requests share one bucket until the sweep frees room.
-        if self.checks.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0 {
-            self.over_cap
-                .store(self.keyed.len() >= self.policy.max_keys, Ordering::Relaxed);
+        let n = self.checks.fetch_add(1, Ordering::Relaxed);
+        if n % COUNT_EVERY == 0 || self.near_cap.load(Ordering::Relaxed) {
+            self.count();
         }
         let key = if self.over_cap.load(Ordering::Relaxed) {
             Key::Overflow
