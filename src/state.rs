@@ -2,7 +2,6 @@
 //! compiles a whole new snapshot first, then swaps it in one step; on any
 //! error the old one keeps serving.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -213,10 +212,6 @@ impl State {
     /// The snapshot to serve one request with.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
-    }
-
-    pub fn config_path(&self) -> Option<PathBuf> {
-        self.current.load().config.path.clone()
     }
 
     /// The last versions, newest first.

@@ -264,10 +264,6 @@ impl Config {
         load::parse(text, file.into(), env)
     }
 
-    pub fn backend(&self, name: &str) -> Option<&Arc<Backend>> {
-        self.backends.iter().find(|b| &*b.name == name)
-    }
-
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| &*r.name == name)
     }

@@ -278,13 +278,15 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         tried[attempt] = i;
         pool.attempt(&mut admitted, i);
         let endpoint = &backend.endpoints[i];
-        let (body, slot) = match &mut prepared {
+        // Buffered bodies are cloned for each attempt; a stream goes once
+        // (it comes back only if a connect failure left it unread).
+        let (body, slot) = match std::mem::replace(&mut prepared, Prepared::Empty) {
             Prepared::Empty => (ProxyBody::empty(), None),
-            Prepared::Full(bytes) => (ProxyBody::full(bytes.clone()), None),
-            Prepared::Stream(_) => {
-                let Prepared::Stream(b) = std::mem::replace(&mut prepared, Prepared::Empty) else {
-                    unreachable!("matched Stream above")
-                };
+            Prepared::Full(bytes) => {
+                prepared = Prepared::Full(bytes.clone());
+                (ProxyBody::full(bytes), None)
+            }
+            Prepared::Stream(b) => {
                 let (body, slot) = ProxyBody::stream(b, server.max_body, log.clone());
                 (body, Some(slot))
             }
