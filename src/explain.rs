@@ -64,10 +64,11 @@ pub fn explain(
         let _ = writeln!(out, "normalised path: {normal}");
     }
     let table = RouteTable::build(&config.routes);
-    let asked = (method == Method::OPTIONS && header("origin").is_some())
-        .then(|| header("access-control-request-method"))
-        .flatten()
-        .and_then(|m| Method::from_bytes(m.as_bytes()).ok());
+    let asked = crate::router::preflight_method(
+        method,
+        header("origin").is_some(),
+        header("access-control-request-method").map(str::as_bytes),
+    );
     let mut found = table.find(host.as_deref(), method, &normal);
     if let Some(asked) = &asked {
         if let Ok(m) = table.find(host.as_deref(), asked, &normal) {
@@ -335,5 +336,29 @@ mod tests {
             !e.matched && e.to_string().contains("400 Bad Request"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_preflight_is_explained_by_the_method_it_asks_about() {
+        let text = r#"
+            [backends.b]
+            urls = ["http://10.0.0.1:9000"]
+            [[routes]]
+            name = "api"
+            path = "/api"
+            methods = ["PUT"]
+            backend = "b"
+            cors = { origins = ["https://app.example"] }
+        "#;
+        let config = Config::parse(text, "t.toml", &|_| None).expect("valid");
+        let headers = [
+            ("Origin".to_owned(), "https://app.example".to_owned()),
+            ("Access-Control-Request-Method".to_owned(), "PUT".to_owned()),
+        ];
+        let e = explain(&config, &Method::OPTIONS, "/api", &headers);
+        assert!(e.matched, "{e}");
+        assert!(e.to_string().contains("CORS preflight for PUT"), "{e}");
+        let plain = explain(&config, &Method::OPTIONS, "/api", &[]);
+        assert!(!plain.matched, "a plain OPTIONS is a 405 here: {plain}");
     }
 }

@@ -116,11 +116,13 @@ impl<S> RouteService<S> {
 
 /// The method a CORS preflight asks about, when this request is one.
 fn preflight_method(req: &Request<Body>) -> Option<Method> {
-    if req.method() != Method::OPTIONS || !req.headers().contains_key(ORIGIN) {
-        return None;
-    }
-    let asked = req.headers().get(ACCESS_CONTROL_REQUEST_METHOD)?;
-    Method::from_bytes(asked.as_bytes()).ok()
+    let h = req.headers();
+    crate::router::preflight_method(
+        req.method(),
+        h.contains_key(ORIGIN),
+        h.get(ACCESS_CONTROL_REQUEST_METHOD)
+            .map(HeaderValue::as_bytes),
+    )
 }
 
 /// The host the request addresses: the URI authority (HTTP/2 `:authority`,

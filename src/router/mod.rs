@@ -185,6 +185,19 @@ impl RouteTable {
     }
 }
 
+/// The method a CORS preflight asks about, when the request is one: OPTIONS
+/// with an `Origin` and an `Access-Control-Request-Method`.
+pub fn preflight_method(
+    method: &Method,
+    has_origin: bool,
+    requested: Option<&[u8]>,
+) -> Option<Method> {
+    if *method != Method::OPTIONS || !has_origin {
+        return None;
+    }
+    Method::from_bytes(requested?).ok()
+}
+
 /// The host of an authority or Host value, lower-cased, without port.
 pub fn host_only(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if authority.starts_with('[') {
