@@ -70,6 +70,7 @@ pub struct LogFields {
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub client_ip: Option<IpAddr>,
+    pub consumer: Option<Arc<str>>,
 }
 
 impl RequestLog {

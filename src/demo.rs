@@ -51,7 +51,7 @@ pub async fn run(config: Config, opts: ServeOptions) -> Result<(), StartError> {
     let gateway = crate::server::start(config, opts).await?;
     let base = format!("http://{}", gateway.addr);
     println!(
-        "\nfngate demo is running. Try:\n\n  curl -i {base}/users/42\n  curl -i {base}/orders\n  curl -i -X POST {base}/orders -d '{{\"item\":\"book\"}}'\n  curl -i {base}/v1/orders/7/files/invoices/2026.pdf?dl=1\n  curl -i {base}/legacy/users/1\n  curl -i -X OPTIONS {base}/users/42 -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'\n  curl -i {base}/nope\n  curl -s http://{}/metrics | grep fngate_requests\n\nCtrl-C stops it.\n",
+        "\nfngate demo is running. Try:\n\n  curl -i {base}/users/42\n  curl -i {base}/orders\n  curl -i -X POST {base}/orders -d '{{\"item\":\"book\"}}'\n  curl -i {base}/v1/orders/7/files/invoices/2026.pdf?dl=1\n  curl -i {base}/legacy/users/1\n  curl -i {base}/me/orders -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice --scope orders:read)\"\n  curl -i {base}/partner/orders -H 'x-api-key: demo-key-acme'\n  curl -i -X OPTIONS {base}/users/42 -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'\n  curl -i {base}/nope\n  curl -s http://{}/metrics | grep fngate_requests\n\nCtrl-C stops it.\n",
         gateway.admin_addr
     );
     crate::server::run_until_signalled(gateway).await;
@@ -108,6 +108,8 @@ async fn answer(req: Request<Incoming>, name: &str, instance: &str) -> Response<
             "traceparent": header("traceparent"),
             "x-forwarded-for": header("x-forwarded-for"),
             "x-function-name": header("x-function-name"),
+            "x-user-id": header("x-user-id"),
+            "x-consumer-id": header("x-consumer-id"),
         },
     });
     let mut res = Response::new(Full::new(Bytes::from(json.to_string())));
@@ -122,4 +124,32 @@ async fn answer(req: Request<Incoming>, name: &str, instance: &str) -> Response<
         http::HeaderValue::from_static("fngate-demo"),
     );
     res
+}
+
+/// The demo policy's issuer and audience (routes.toml `[auth.demo]`).
+pub const DEMO_ISSUER: &str = "https://demo.fngate.invalid/";
+pub const DEMO_AUDIENCE: &str = "fngate-demo";
+
+/// Mints an ES256 token with the development key in certs/ (kid `demo`).
+/// Dev only: the private key is public, in this repository.
+pub fn token(sub: &str, scope: Option<&str>, ttl: std::time::Duration) -> Result<String, String> {
+    const KEY: &[u8] = include_bytes!("../certs/demo-jwt.key.pem");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(KEY).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let mut claims = serde_json::json!({
+        "sub": sub,
+        "iss": DEMO_ISSUER,
+        "aud": DEMO_AUDIENCE,
+        "iat": now,
+        "exp": now + ttl.as_secs(),
+    });
+    if let Some(scope) = scope {
+        claims["scope"] = scope.into();
+    }
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("demo".into());
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
 }

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::auth::{AuthError, Challenge};
 use crate::middleware::rate_limit::RateLimited;
 use crate::proxy::ProxyError;
 use crate::router::RouteError;
@@ -34,6 +35,8 @@ pub enum Error {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 struct Problem {
@@ -41,6 +44,7 @@ struct Problem {
     detail: String,
     allow: Option<HeaderValue>,
     retry_after: Option<u64>,
+    challenge: Option<String>,
     close: bool,
 }
 
@@ -51,6 +55,7 @@ impl Problem {
             detail: detail.into(),
             allow: None,
             retry_after: None,
+            challenge: None,
             close: false,
         }
     }
@@ -58,6 +63,38 @@ impl Problem {
 
 fn problem_of(err: &Error) -> Problem {
     match err {
+        // RFC 6750 §3; API-key policies challenge with their own scheme.
+        Error::Auth(e) => match e {
+            AuthError::Missing { challenge } => Problem {
+                challenge: Some(realm(*challenge)),
+                ..Problem::new(StatusCode::UNAUTHORIZED, "this route needs credentials")
+            },
+            AuthError::Invalid { challenge: Challenge::Key, reason } => Problem {
+                challenge: Some(realm(Challenge::Key)),
+                ..Problem::new(StatusCode::UNAUTHORIZED, reason.describe())
+            },
+            AuthError::Invalid {
+                challenge: Challenge::Bearer,
+                reason,
+            } => Problem {
+                challenge: Some(format!(
+                    "{}, error=\"invalid_token\", error_description=\"{}\"",
+                    realm(Challenge::Bearer),
+                    reason.describe()
+                )),
+                ..Problem::new(StatusCode::UNAUTHORIZED, reason.describe())
+            },
+            AuthError::InsufficientScope { required, missing } => Problem {
+                challenge: Some(format!(
+                    "{}, error=\"insufficient_scope\", error_description=\"the token lacks a required scope\", scope=\"{required}\"",
+                    realm(Challenge::Bearer)
+                )),
+                ..Problem::new(
+                    StatusCode::FORBIDDEN,
+                    format!("the token lacks scope {missing}"),
+                )
+            },
+        },
         Error::RateLimited(e) => Problem {
             retry_after: Some(e.retry_after.max(1)),
             ..Problem::new(
@@ -155,10 +192,20 @@ pub fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Respo
     if let Some(secs) = p.retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
+    if let Some(c) = p.challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
+        headers.insert(WWW_AUTHENTICATE, c);
+    }
     if p.close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     res.extensions_mut()
         .insert(ErrorDetail(err.to_string().into()));
     res
+}
+
+fn realm(challenge: Challenge) -> String {
+    match challenge {
+        Challenge::Bearer => "Bearer realm=\"fngate\"".to_owned(),
+        Challenge::Key => "Key realm=\"fngate\"".to_owned(),
+    }
 }

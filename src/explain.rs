@@ -197,7 +197,49 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
             let _ = writeln!(out, "  cors      none");
         }
     }
-    let _ = writeln!(out, "  auth      none\n  limits    none");
+    let auth = match &route.auth {
+        None => "none".to_owned(),
+        Some(p) => {
+            let kind = match &p.kind {
+                crate::config::AuthKind::Jwt(_) => "JWT",
+                crate::config::AuthKind::ApiKey(_) => "API key",
+            };
+            let mut s = format!("{} ({kind})", p.name);
+            if let crate::config::AuthKind::Jwt(jwt) = &p.kind {
+                let scopes: Vec<&str> = jwt
+                    .scopes
+                    .iter()
+                    .chain(&route.scopes)
+                    .map(String::as_str)
+                    .collect();
+                if !scopes.is_empty() {
+                    let _ = write!(s, ", scopes {}", scopes.join(" "));
+                }
+            }
+            s
+        }
+    };
+    let _ = writeln!(out, "  auth      {auth}");
+    if route.rate_limits.is_empty() {
+        let _ = writeln!(out, "  limits    none");
+    }
+    // In the order they run: `ip` and `global` before authentication.
+    let (before, after): (Vec<_>, Vec<_>) =
+        route.rate_limits.iter().partition(|l| l.key.before_auth());
+    for l in before.iter().chain(&after) {
+        let key = match &l.key {
+            crate::config::LimitKey::Ip => "ip".to_owned(),
+            crate::config::LimitKey::Global => "global".to_owned(),
+            crate::config::LimitKey::Consumer => "consumer".to_owned(),
+            crate::config::LimitKey::Header(h) => format!("header:{h}"),
+            crate::config::LimitKey::Claim(c) => format!("claim:{c}"),
+        };
+        let _ = writeln!(
+            out,
+            "  limit     {}: {} per {:?}, burst {}, by {key}",
+            l.name, l.requests, l.per, l.burst
+        );
+    }
 }
 
 /// Every other route whose path matches, and what kept it from serving.

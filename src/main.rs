@@ -64,6 +64,19 @@ enum Command {
     },
     /// Start demo function backends and the gateway on the shipped routes.toml.
     Demo(ServeArgs),
+    /// Mint a token with the development key in certs/ for the demo's
+    /// `[auth.demo]` policy. Dev only: that private key is public.
+    Token {
+        /// The subject (consumer).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. "orders:read orders:write".
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime, e.g. 1h, 15m.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +104,18 @@ fn main() -> ExitCode {
         }) => explain(config::resolve_path(config), &method, &path, &headers),
         Some(Command::Serve(args)) => serve(args, cli.log_format, false),
         Some(Command::Demo(args)) => serve(args, cli.log_format, true),
+        Some(Command::Token { sub, scope, ttl }) => {
+            match fngate::demo::token(&sub, scope.as_deref(), ttl) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => serve(cli.serve, cli.log_format, false),
     }
 }

@@ -55,6 +55,12 @@ pub struct EndpointLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    pub route: Name,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -73,6 +79,7 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     pub rate_limited: Family<RouteLabel, Counter>,
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,9 +161,16 @@ impl Metrics {
             "Requests refused with 429, by route",
             rate_limited.clone(),
         );
+        let auth_failures = Family::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused with 401 or 403, by route and reason",
+            auth_failures.clone(),
+        );
         Self {
             registry,
             rate_limited,
+            auth_failures,
             endpoint_healthy,
             requests,
             request_duration,
@@ -208,6 +222,15 @@ impl Metrics {
         self.rate_limited
             .get_or_create(&RouteLabel {
                 route: Name(route.clone()),
+            })
+            .inc();
+    }
+
+    pub fn auth_failed(&self, route: &Arc<str>, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthFailureLabels {
+                route: Name(route.clone()),
+                reason,
             })
             .inc();
     }

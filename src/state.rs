@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigErrors, Route};
+use crate::auth::Authenticator;
+use crate::config::{AuthKind, Config, ConfigErrors, Route};
 use crate::metrics::Metrics;
 use crate::middleware::rate_limit::{LimitClock, Limiter};
 use crate::proxy::Upstream;
@@ -22,6 +23,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Parallel to `config.rate_limits`.
     pub limiters: Vec<Arc<Limiter>>,
+    /// Parallel to `config.auth`.
+    pub authenticators: Vec<Arc<Authenticator>>,
     /// Parallel to `config.routes`.
     pub routes: Vec<ActiveRoute>,
 }
@@ -31,8 +34,16 @@ pub struct ActiveRoute {
     pub config: Arc<Route>,
     pub upstream: Arc<Upstream>,
     pub cors: Option<tower_http::cors::CorsLayer>,
-    /// The route's policies, in order; shared with every route naming them.
-    pub limits: Vec<Arc<Limiter>>,
+    pub auth: Option<Arc<Authenticator>>,
+    /// The policy's scopes and the route's.
+    pub scopes: Arc<[String]>,
+    /// The route's `ip`/`global` rate limits, in order, checked before
+    /// authentication; shared with every route naming them.
+    pub limits_before: Vec<Arc<Limiter>>,
+    /// The others, checked after authentication.
+    pub limits_after: Vec<Arc<Limiter>>,
+    /// `RateLimit-Policy`, when the route is limited at all.
+    pub limit_policy: Option<http::HeaderValue>,
 }
 
 /// What triggered a config change (SPEC §5 `source`).
@@ -138,6 +149,17 @@ impl Snapshot {
                     .unwrap_or_else(|| Limiter::new(p.clone(), clock.clone()))
             })
             .collect();
+        // An unchanged policy keeps its fetched keys and verified-token cache.
+        let authenticators: Vec<Arc<Authenticator>> = config
+            .auth
+            .iter()
+            .map(|p| {
+                previous
+                    .and_then(|s| s.authenticators.iter().find(|a| *a.policy == **p))
+                    .cloned()
+                    .unwrap_or_else(|| Authenticator::new(p.clone()))
+            })
+            .collect();
         let upstreams: Vec<Arc<Upstream>> = config
             .backends
             .iter()
@@ -159,18 +181,37 @@ impl Snapshot {
                     .position(|b| Arc::ptr_eq(b, &r.backend))
                     .map(|i| upstreams[i].clone())
                     .unwrap_or_else(|| Upstream::new(r.backend.clone(), metrics.clone()));
-                let limits = r
-                    .rate_limits
-                    .iter()
-                    .filter_map(|p| {
-                        limiters
-                            .iter()
-                            .find(|l| Arc::ptr_eq(&l.policy, p) || *l.policy == **p)
-                            .cloned()
-                    })
-                    .collect();
+                let limits = r.rate_limits.iter().filter_map(|p| {
+                    limiters
+                        .iter()
+                        .find(|l| Arc::ptr_eq(&l.policy, p) || *l.policy == **p)
+                        .cloned()
+                });
+                let (limits_before, limits_after): (Vec<_>, Vec<_>) =
+                    limits.partition(|l| l.policy.key.before_auth());
+                let auth = r.auth.as_ref().and_then(|p| {
+                    let i = config.auth.iter().position(|a| Arc::ptr_eq(a, p))?;
+                    authenticators.get(i).cloned()
+                });
+                let mut scopes = match r.auth.as_ref().map(|p| &p.kind) {
+                    Some(AuthKind::Jwt(jwt)) => jwt.scopes.clone(),
+                    _ => Vec::new(),
+                };
+                scopes.extend(
+                    r.scopes
+                        .iter()
+                        .filter(|s| !scopes.contains(s))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
                 ActiveRoute {
-                    limits,
+                    limit_policy: crate::middleware::rate_limit::policy_field(
+                        limits_before.iter().chain(&limits_after),
+                    ),
+                    limits_before,
+                    limits_after,
+                    auth,
+                    scopes: scopes.into(),
                     cors: r.cors.as_ref().map(crate::middleware::cors::compile),
                     config: r.clone(),
                     upstream,
@@ -183,6 +224,7 @@ impl Snapshot {
             config: Arc::new(config),
             upstreams,
             limiters,
+            authenticators,
             routes,
         }
     }

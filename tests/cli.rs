@@ -92,6 +92,13 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("routes.toml");
     std::fs::write(&cfg, text).unwrap();
+    // Key files are found relative to the config file.
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/certs/demo-jwks.json"),
+        dir.path().join("certs/demo-jwks.json"),
+    )
+    .unwrap();
     let cfg = cfg.display().to_string();
     let mut p = Proc::spawn(&[
         "demo",
@@ -120,6 +127,47 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
     .await;
     assert_eq!(a.json()["path"], "/api/orders");
     assert_eq!(a.json()["body"], "{\"item\":\"book\"}");
+
+    // The protected route, end to end with a token from `fngate token`.
+    let me = format!("http://{}/me/orders", p.addr);
+    let a = send(Request::get(&me).body(empty()).unwrap()).await;
+    assert_eq!(a.status, 401);
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some("Bearer realm=\"fngate\"")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fngate"))
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--scope",
+            "orders:read",
+            "--ttl",
+            "5m",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    let a = send(
+        Request::get(&me)
+            .header("authorization", format!("Bearer {}", token.trim()))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["seen_headers"]["x-user-id"], "alice");
+    let a = send(
+        Request::get(format!("http://{}/partner/orders", p.addr))
+            .header("x-api-key", "demo-key-acme")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["seen_headers"]["x-consumer-id"], "acme");
 
     p.signal("-TERM");
     assert_eq!(

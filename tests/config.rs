@@ -111,11 +111,11 @@ strip_prefix = \"/other\"
 #[test]
 fn names_env_vars_and_unsupported_sections() {
     let e = errors(&format!(
-        "[backends.Bad_Name]\nurls = [\"http://x\"]\n{BACKEND}headers = {{ k = \"${{UNSET_VAR}}\", ok = \"${{SET_VAR}}\" }}\n[auth.users]\ntype = \"jwt\"\n"
+        "[backends.Bad_Name]\nurls = [\"http://x\"]\n{BACKEND}headers = {{ k = \"${{UNSET_VAR}}\", ok = \"${{SET_VAR}}\" }}\n[[schedules]]\nname = \"nightly\"\n"
     ));
     has(&e, 1, "backends.Bad_Name", "not a valid name");
     has(&e, 5, "backends.b.headers.k", "UNSET_VAR is not set");
-    has(&e, 6, "auth", "not supported");
+    has(&e, 6, "schedules", "not supported");
     assert_eq!(e.len(), 3, "SET_VAR interpolates without error");
 }
 
@@ -132,4 +132,61 @@ fn errors_render_as_file_line_col_key_message() {
         e[0].to_string(),
         "routes.toml:2:13: server.workers: expected an integer"
     );
+}
+
+#[test]
+fn auth_policies_refuse_unsafe_algorithms_and_key_sources() {
+    let e = errors(concat!(
+        "[auth.a]\n",
+        "type = \"jwt\"\n",
+        "algorithms = [\"none\", \"RS256\"]\n",
+        "jwks_url = \"https://idp.example/jwks\"\n",
+        "[auth.b]\n",
+        "type = \"jwt\"\n",
+        "algorithms = [\"HS256\", \"RS256\"]\n",
+        "secret_env = \"SET_VAR\"\n",
+        "[auth.c]\n",
+        "type = \"jwt\"\n",
+        "algorithms = [\"RS256\"]\n",
+        "jwks_url = \"http://idp.example/jwks\"\n",
+        "[auth.d]\n",
+        "type = \"jwt\"\n",
+        "algorithms = [\"RS256\"]\n",
+        "jwks_file = \"no/such/jwks.json\"\n",
+        "public_key_file = \"no/such/key.pem\"\n",
+        "[auth.e]\n",
+        "type = \"jwt\"\n",
+        "algorithms = [\"HS256\"]\n",
+        "secret_env = \"SET_VAR\"\n",
+        "[auth.f]\n",
+        "type = \"api_key\"\n",
+        "keys = [{ id = \"acme\", sha256 = \"abc\" }]\n",
+    ));
+    has(
+        &e,
+        3,
+        "auth.a.algorithms",
+        "`none` (unsigned tokens) is never accepted",
+    );
+    has(&e, 7, "auth.b.algorithms", "cannot be mixed");
+    has(&e, 12, "auth.c.jwks_url", "not an https:// URL");
+    has(&e, 13, "auth.d", "exactly one key source");
+    has(&e, 16, "auth.d.jwks_file", "cannot read");
+    has(&e, 21, "auth.e.secret_env", "shorter than 32 bytes");
+    has(&e, 24, "auth.f.keys[0].sha256", "64 hex digits");
+}
+
+#[test]
+fn routes_name_known_auth_policies_and_scopes_need_jwt() {
+    let sha = "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873";
+    let e = errors(&format!(
+        "{BACKEND}[auth.keys]\ntype = \"api_key\"\nkeys = [{{ id = \"acme\", sha256 = \"{sha}\" }}]\n\
+         [[routes]]\nname = \"a\"\npath = \"/a\"\nbackend = \"b\"\nauth = \"nobody\"\n\
+         [[routes]]\nname = \"b\"\npath = \"/b\"\nbackend = \"b\"\nauth = \"keys\"\nscopes = [\"x\"]\n\
+         [[routes]]\nname = \"c\"\npath = \"/c\"\nbackend = \"b\"\nscopes = [\"x\"]\n"
+    ));
+    has(&e, 10, "routes[a].auth", "unknown auth policy `nobody`");
+    has(&e, 16, "routes[b].scopes", "API keys carry no scopes");
+    has(&e, 21, "routes[c].scopes", "need a JWT `auth` policy");
+    assert_eq!(e.len(), 3);
 }

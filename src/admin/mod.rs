@@ -437,22 +437,28 @@ async fn delete_one(
 ) -> Result<StatusCode> {
     let kind = kind(&collection)?;
     let if_match = if_match(&headers)?;
-    if kind == Kind::Backends {
-        let running = admin.state.load();
-        let users: Vec<&str> = running
-            .config
-            .routes
-            .iter()
-            .filter(|r| *r.backend.name == name)
-            .map(|r| &*r.name)
-            .collect();
-        if !users.is_empty() {
-            return Err(AdminError::Conflict(format!(
-                "backend `{name}` is used by routes: {}",
-                users.join(", ")
-            )));
-        }
+    // A policy or backend a route names cannot go before the route does.
+    let running = admin.state.load();
+    let users: Vec<&str> = running
+        .config
+        .routes
+        .iter()
+        .filter(|r| match kind {
+            Kind::Backends => *r.backend.name == name,
+            Kind::Auth => r.auth.as_ref().is_some_and(|p| *p.name == name),
+            Kind::RateLimits => r.rate_limits.iter().any(|p| *p.name == name),
+            Kind::Routes => false,
+        })
+        .map(|r| &*r.name)
+        .collect();
+    if !users.is_empty() {
+        return Err(AdminError::Conflict(format!(
+            "{} `{name}` is used by routes: {}",
+            kind.key(),
+            users.join(", ")
+        )));
     }
+    drop(running);
     let mut doc = running_doc(&admin)?;
     doc.delete(kind, &name)?;
     admin
@@ -482,11 +488,22 @@ struct Validated {
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Every error", body = Problem, content_type = "application/problem+json")))]
-async fn validate(body: Bytes) -> Result<Json<Validated>> {
+async fn validate(AxumState(admin): AxumState<AdminState>, body: Bytes) -> Result<Json<Validated>> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| AdminError::BadRequest("the body is not UTF-8".into()))?;
-    let config = Config::parse(text, "request body", &|name| std::env::var(name).ok())
-        .map_err(AdminError::Invalid)?;
+    // Key files are found where the running config's would be.
+    let base = admin
+        .state
+        .load()
+        .config
+        .path
+        .as_ref()
+        .and_then(|p| p.parent().map(std::path::Path::to_owned))
+        .unwrap_or_default();
+    let config = Config::parse_in(text, "request body", &base, &|name| {
+        std::env::var(name).ok()
+    })
+    .map_err(AdminError::Invalid)?;
     Ok(Json(Validated {
         valid: true,
         routes: config.routes.len(),

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use ipnet::IpNet;
 use toml_edit::ImDocument;
 
+use super::auth::{self, AuthKind, AuthPolicy};
 use super::decode::{Ctx, EnvLookup, Obj, Spanned};
 use super::error::{ConfigErrors, Diagnostics};
 use super::path::{HostPattern, PathPattern, Template};
@@ -27,6 +29,7 @@ const NOT_YET: &str = "is not supported by this version of fngate yet";
 pub(super) fn parse(
     text: &str,
     file: Arc<str>,
+    base: &Path,
     env: EnvLookup<'_>,
 ) -> Result<Config, ConfigErrors> {
     let mut ctx = Ctx::new(Diagnostics::new(file, text), env);
@@ -60,22 +63,29 @@ pub(super) fn parse(
             rate_limits.push(Arc::new(r));
         }
     }
-    for section in ["auth", "schedules"] {
-        if root.has(section) {
-            ctx.error(
-                root.key_span(section),
-                section,
-                format!("`[{section}]` {NOT_YET}"),
-            );
+    let mut auth = Vec::new();
+    for (name, obj) in root.named_tables(&mut ctx, "auth") {
+        let named = check_name(&mut ctx, &name, obj.path());
+        if let Some(p) = auth::policy(&mut ctx, &name, obj, base) {
+            if named {
+                auth.push(Arc::new(p));
+            }
         }
-        root.mark(section);
     }
+    if root.has("schedules") {
+        ctx.error(
+            root.key_span("schedules"),
+            "schedules",
+            format!("`[[schedules]]` {NOT_YET}"),
+        );
+    }
+    root.mark("schedules");
     let tables = root.table_array(&mut ctx, "routes");
     let mut routes = Vec::new();
     let mut spans = Vec::new();
     for obj in tables {
         let span = obj.span();
-        if let Some(r) = route(&mut ctx, obj, &backends, &rate_limits) {
+        if let Some(r) = route(&mut ctx, obj, &backends, &auth, &rate_limits) {
             routes.push(Arc::new(r));
             spans.push(span);
         }
@@ -93,6 +103,7 @@ pub(super) fn parse(
         server,
         admin,
         backends,
+        auth,
         rate_limits,
         routes,
     })
@@ -159,21 +170,9 @@ fn rate_limit(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Opt
         Some(k) => match k.value.as_str() {
             "ip" => Some(LimitKey::Ip),
             "global" => Some(LimitKey::Global),
-            "consumer" => {
-                ctx.error(
-                    k.span,
-                    &key_path,
-                    format!("`consumer` keys need authentication, which {NOT_YET}"),
-                );
-                None
-            }
-            other if other.starts_with("claim:") => {
-                ctx.error(
-                    k.span,
-                    &key_path,
-                    format!("`claim:` keys need authentication, which {NOT_YET}"),
-                );
-                None
+            "consumer" => Some(LimitKey::Consumer),
+            other if other.starts_with("claim:") && other.len() > "claim:".len() => {
+                Some(LimitKey::Claim(other["claim:".len()..].into()))
             }
             other => match other
                 .strip_prefix("header:")
@@ -656,6 +655,7 @@ fn route(
     ctx: &mut Ctx<'_>,
     mut obj: Obj<'_>,
     backends: &[Arc<Backend>],
+    auth: &[Arc<AuthPolicy>],
     rate_limits: &[Arc<RateLimit>],
 ) -> Option<Route> {
     let name = obj.string(ctx, "name");
@@ -832,7 +832,30 @@ fn route(
             ),
         }
     }
-    not_yet(ctx, &mut obj, &["auth", "scopes", "aggregate", "mode"]);
+    let policy = obj.string(ctx, "auth").and_then(|a| {
+        let found = auth.iter().find(|p| *p.name == a.value).cloned();
+        if found.is_none() {
+            ctx.error(
+                a.span,
+                obj.key_path("auth"),
+                format!("unknown auth policy `{}`", a.value),
+            );
+        }
+        found
+    });
+    let scopes = auth::scope_list(ctx, &mut obj, "scopes");
+    if !scopes.is_empty() {
+        let why = match policy.as_ref().map(|p| &p.kind) {
+            Some(AuthKind::Jwt(_)) => None,
+            Some(AuthKind::ApiKey(_)) => Some("API keys carry no scopes"),
+            None if obj.has("auth") => None,
+            None => Some("scopes need a JWT `auth` policy"),
+        };
+        if let Some(why) = why {
+            ctx.error(obj.key_span("scopes"), obj.key_path("scopes"), why);
+        }
+    }
+    not_yet(ctx, &mut obj, &["aggregate", "mode"]);
     obj.finish(ctx);
     Some(Route {
         name: name?.value.into(),
@@ -846,6 +869,8 @@ fn route(
         response_headers,
         timeout,
         cors,
+        auth: policy,
+        scopes,
         rate_limits: limits,
     })
 }

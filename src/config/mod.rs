@@ -2,9 +2,10 @@
 //!
 //! `load` reads the file, `parse` decodes and validates text. What comes out
 //! cannot be wrong: durations are parsed, references resolved (a route holds
-//! its backend), names checked. Nothing here does IO beyond reading the file,
-//! and nothing on the data path mutates a `Config`.
+//! its backend), names checked. Nothing here does IO beyond reading the file
+//! and the key files it names, and nothing on the data path mutates a `Config`.
 
+mod auth;
 mod decode;
 mod error;
 mod load;
@@ -20,6 +21,10 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
+pub use auth::{
+    jwk_family, parse_jwks, ApiKey, ApiKeys, AuthKind, AuthPolicy, Jwt, JwtKeys, KeyFamily, PemKey,
+    Remote, Secret,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use path::{HostPattern, Param, PathPattern, Template};
 
@@ -33,6 +38,7 @@ pub struct Config {
     pub server: Server,
     pub admin: Admin,
     pub backends: Vec<Arc<Backend>>,
+    pub auth: Vec<Arc<AuthPolicy>>,
     pub rate_limits: Vec<Arc<RateLimit>>,
     pub routes: Vec<Arc<Route>>,
 }
@@ -50,12 +56,23 @@ pub struct RateLimit {
 }
 
 /// What a policy's buckets are keyed by. A request without a value for its
-/// key (no such header) is keyed by its client IP.
+/// key (no such header, an anonymous consumer) is keyed by its client IP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitKey {
     Ip,
     Global,
     Header(HeaderName),
+    /// The JWT `sub` or the API key's id.
+    Consumer,
+    /// A top-level claim of the verified token.
+    Claim(Arc<str>),
+}
+
+impl LimitKey {
+    /// `ip` and `global` keys are checked before authentication (SPEC §3).
+    pub fn before_auth(&self) -> bool {
+        matches!(self, Self::Ip | Self::Global)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,6 +191,9 @@ pub struct Route {
     /// Overrides `server.request_timeout`.
     pub timeout: Option<Duration>,
     pub cors: Option<Cors>,
+    pub auth: Option<Arc<AuthPolicy>>,
+    /// Required on top of the policy's own.
+    pub scopes: Vec<String>,
     /// Checked in order; all must pass.
     pub rate_limits: Vec<Arc<RateLimit>>,
 }
@@ -255,13 +275,29 @@ impl Config {
         Ok(config)
     }
 
-    /// Decodes and validates config text; `file` names it in errors.
+    /// Decodes and validates config text; `file` names it in errors, and
+    /// files it names are relative to `file`'s directory.
     pub fn parse(
         text: &str,
         file: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigErrors> {
-        load::parse(text, file.into(), env)
+        let base = Path::new(file).parent().unwrap_or(Path::new(""));
+        load::parse(text, file.into(), base, env)
+    }
+
+    /// Like [`Config::parse`], with files relative to `base`.
+    pub fn parse_in(
+        text: &str,
+        file: &str,
+        base: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigErrors> {
+        load::parse(text, file.into(), base, env)
+    }
+
+    pub fn auth_policy(&self, name: &str) -> Option<&Arc<AuthPolicy>> {
+        self.auth.iter().find(|p| &*p.name == name)
     }
 
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {

@@ -1,6 +1,7 @@
 //! The request path as one tower stack, composed top to bottom in [`stack`].
 
 mod access_log;
+mod auth;
 pub mod cors;
 pub mod rate_limit;
 mod request_id;
@@ -13,10 +14,12 @@ use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
 
 pub use access_log::AccessLogLayer;
+pub use auth::{AuthLayer, AuthService};
 pub use request_id::{RequestIdLayer, X_REQUEST_ID};
 pub use route::RouteLayer;
 
 use crate::error::Body;
+use crate::middleware::rate_limit::Phase;
 use crate::proxy::Proxy;
 use crate::state::State;
 
@@ -38,10 +41,18 @@ pub fn stack(
         .layer(RouteLayer::new(state))
         // Preflights are answered before any rate limit or auth (SPEC §3).
         .layer(cors::CorsLayer)
-        // Rate limits before the proxy, so a refused request never reaches a
-        // backend. When authentication lands it goes right behind the `ip` and
-        // `global` policies and before the others (SPEC §3), so a flood is cut
-        // off before any signature check.
-        .layer(rate_limit::RateLimitLayer::new(metrics.clone()))
+        // Everything that refuses comes before the proxy, so a refused request
+        // never reaches a backend. `ip` and `global` limits come before
+        // authentication, so a flood is cut off before any signature check;
+        // the others after it, as they may key on the consumer (SPEC §3).
+        .layer(rate_limit::RateLimitLayer::new(
+            metrics.clone(),
+            Phase::BeforeAuth,
+        ))
+        .layer(AuthLayer::new(metrics.clone()))
+        .layer(rate_limit::RateLimitLayer::new(
+            metrics.clone(),
+            Phase::AfterAuth,
+        ))
         .service(Proxy::new(metrics))
 }

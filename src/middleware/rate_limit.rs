@@ -24,6 +24,7 @@ use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
+use crate::auth::Verified;
 use crate::config::{LimitKey, RateLimit};
 use crate::context::{RequestId, RouteContext};
 use crate::error::{self, Body};
@@ -57,12 +58,14 @@ impl Clock for LimitClock {
     }
 }
 
-/// A bucket's key. Header values are cut to 256 bytes so that a key's memory
-/// is bounded whatever `max_header_size` allows.
+/// A bucket's key. Header and claim values are cut to 256 bytes so that a
+/// key's memory is bounded whatever `max_header_size` allows.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Ip(std::net::IpAddr),
     Header(HeaderValue),
+    Consumer(Arc<str>),
+    Claim(Box<str>),
     Global,
     Overflow,
 }
@@ -82,9 +85,8 @@ pub struct Limiter {
     over_cap: std::sync::atomic::AtomicBool,
     /// Within `COUNT_EVERY` of the cap: count on every check, so the cap holds exactly.
     near_cap: std::sync::atomic::AtomicBool,
-    /// `RateLimit-Policy` item, computed once, and as a header value.
+    /// `RateLimit-Policy` item, computed once.
     policy_item: String,
-    policy_value: HeaderValue,
     /// `RateLimit-Limit`: the burst.
     burst_value: HeaderValue,
 }
@@ -124,8 +126,6 @@ impl Limiter {
             checks: AtomicU64::new(0),
             over_cap: std::sync::atomic::AtomicBool::new(false),
             near_cap: std::sync::atomic::AtomicBool::new(small_cap),
-            policy_value: HeaderValue::try_from(policy_item.clone())
-                .unwrap_or(HeaderValue::from_static("")),
             burst_value: HeaderValue::from(burst.get()),
             policy_item,
         });
@@ -172,10 +172,26 @@ impl Limiter {
         );
     }
 
-    fn key(&self, ctx: &RouteContext, headers: &HeaderMap) -> Key {
+    fn key(&self, ctx: &RouteContext, req: &Request<Body>) -> Key {
+        let headers = req.headers();
+        let verified = || req.extensions().get::<Arc<Verified>>();
         match &self.policy.key {
             LimitKey::Ip => Key::Ip(ctx.client_ip),
             LimitKey::Global => Key::Global,
+            // Anonymous requests (no auth, no `sub`) are keyed by their client IP.
+            LimitKey::Consumer => match verified().and_then(|v| v.consumer.clone()) {
+                Some(c) if c.len() <= 256 => Key::Consumer(c),
+                Some(c) => Key::Consumer(truncate(&c).into()),
+                None => Key::Ip(ctx.client_ip),
+            },
+            LimitKey::Claim(name) => {
+                let value = verified().and_then(|v| match v.claims.get(&**name) {
+                    Some(serde_json::Value::String(s)) => Some(truncate(s).into()),
+                    Some(n @ serde_json::Value::Number(_)) => Some(n.to_string().into()),
+                    _ => None,
+                });
+                value.map_or(Key::Ip(ctx.client_ip), Key::Claim)
+            }
             // A client-chosen header is only as strong as whatever sets it;
             // without one, the request is keyed by its client IP.
             LimitKey::Header(name) => match headers.get(name) {
@@ -228,6 +244,24 @@ impl Limiter {
     }
 }
 
+/// A route's `RateLimit-Policy` field: every policy, in the order checked.
+pub fn policy_field<'a>(limits: impl IntoIterator<Item = &'a Arc<Limiter>>) -> Option<HeaderValue> {
+    let items: Vec<&str> = limits.into_iter().map(|l| l.policy_item.as_str()).collect();
+    if items.is_empty() {
+        return None;
+    }
+    HeaderValue::try_from(items.join(", ")).ok()
+}
+
+/// At most 256 bytes, cut on a character boundary.
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(256);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// `"name";q=100;w=60`. The draft's window is whole seconds, so a window
 /// such as 1500ms is stated over the next whole second (q scaled down).
 fn policy_item(p: &RateLimit) -> String {
@@ -249,14 +283,24 @@ pub struct RateLimited {
     pub retry_after: u64,
 }
 
+/// Which of a route's policies a layer checks (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `ip` and `global`: before authentication, so floods never cost a signature check.
+    BeforeAuth,
+    /// The others, which may need the consumer or its claims.
+    AfterAuth,
+}
+
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     metrics: Arc<Metrics>,
+    phase: Phase,
 }
 
 impl RateLimitLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Arc<Metrics>, phase: Phase) -> Self {
+        Self { metrics, phase }
     }
 }
 
@@ -267,6 +311,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimitService {
             inner,
             metrics: self.metrics.clone(),
+            phase: self.phase,
         }
     }
 }
@@ -275,6 +320,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimitService<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    phase: Phase,
 }
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -284,6 +330,52 @@ static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-rema
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+/// What the checks of one request found so far; carried from the first
+/// phase to the second in the request's extensions.
+#[derive(Clone, Default)]
+struct Report {
+    /// `RateLimit` items of the policies checked.
+    state: String,
+    /// The policy with the least remaining: (limiter, remaining, reset).
+    least: Option<(Arc<Limiter>, u32, u64)>,
+}
+
+impl Report {
+    fn check(
+        &mut self,
+        l: &Arc<Limiter>,
+        ctx: &RouteContext,
+        req: &Request<Body>,
+    ) -> Option<RateLimited> {
+        let v = l.check(l.key(ctx, req));
+        if !self.state.is_empty() {
+            self.state.push_str(", ");
+        }
+        let _ = write!(
+            self.state,
+            "\"{}\";r={};t={}",
+            l.policy.name, v.remaining, v.reset
+        );
+        if self.least.as_ref().is_none_or(|(_, r, _)| v.remaining < *r) {
+            self.least = Some((l.clone(), v.remaining, v.reset));
+        }
+        (!v.allowed).then(|| RateLimited {
+            policy: l.policy.name.clone(),
+            retry_after: v.wait,
+        })
+    }
+
+    fn fields(self, policy: &HeaderValue) -> Fields {
+        Fields {
+            policy: policy.clone(),
+            state: HeaderValue::try_from(self.state).ok(),
+            least: self
+                .least
+                .map(|(l, remaining, reset)| (l.burst_value.clone(), remaining, reset)),
+        }
+    }
+}
 
 impl<S> Service<Request<Body>> for RateLimitService<S>
 where
@@ -297,90 +389,72 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let Some(ctx) = req.extensions().get::<RouteContext>() else {
             return Either::Left(self.inner.call(req));
         };
-        let limits = &ctx.active().limits;
-        if limits.is_empty() {
+        let active = ctx.active();
+        let Some(policy) = &active.limit_policy else {
             return Either::Left(self.inner.call(req));
-        }
+        };
+        let (limits, mut report) = match self.phase {
+            Phase::BeforeAuth => (&active.limits_before, Report::default()),
+            Phase::AfterAuth => (
+                &active.limits_after,
+                req.extensions()
+                    .get::<Report>()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        };
         // Checked in order; a policy that refuses does not give back what earlier ones took.
-        let mut state = String::new();
-        let mut least: Option<(&Limiter, u32, u64)> = None;
-        let mut refused = None;
-        for l in limits {
-            let v = l.check(l.key(ctx, req.headers()));
-            if !state.is_empty() {
-                state.push_str(", ");
-            }
-            let _ = write!(
-                state,
-                "\"{}\";r={};t={}",
-                l.policy.name, v.remaining, v.reset
-            );
-            if least.is_none_or(|(_, r, _)| v.remaining < r) {
-                least = Some((l, v.remaining, v.reset));
-            }
-            if !v.allowed {
-                refused = Some(RateLimited {
-                    policy: l.policy.name.clone(),
-                    retry_after: v.wait,
-                });
-                break;
-            }
+        let refused = limits.iter().find_map(|l| report.check(l, ctx, &req));
+        if let Some(limited) = refused {
+            self.metrics.rate_limited(&active.config.name);
+            let id = req.extensions().get::<RequestId>().map(|r| &r.0);
+            let mut res = error::respond(limited, id);
+            report.fields(policy).write(res.headers_mut(), true);
+            return Either::Right(Either::Left(std::future::ready(Ok(res))));
         }
-        let fields = least.map(|(l, remaining, reset)| Fields {
-            policy: match limits.as_slice() {
-                [one] => one.policy_value.clone(),
-                many => {
-                    let joined: Vec<&str> = many.iter().map(|l| l.policy_item.as_str()).collect();
-                    HeaderValue::try_from(joined.join(", "))
-                        .unwrap_or_else(|_| l.policy_value.clone())
-                }
-            },
-            state: HeaderValue::try_from(state).unwrap_or(HeaderValue::from_static("")),
-            limit: l.burst_value.clone(),
-            remaining,
-            reset,
-        });
-        match refused {
-            Some(limited) => {
-                self.metrics.rate_limited(&ctx.active().config.name);
-                let id = req.extensions().get::<RequestId>().map(|r| &r.0);
-                let mut res = error::respond(limited, id);
-                if let Some(f) = fields {
-                    f.write(res.headers_mut());
-                }
-                Either::Right(Either::Left(std::future::ready(Ok(res))))
+        let fields = report.clone().fields(policy);
+        // The first phase's fields stand unless the second phase ran (an
+        // answer refused by authentication carries them too).
+        let overwrite = match self.phase {
+            Phase::BeforeAuth if !active.limits_after.is_empty() => {
+                req.extensions_mut().insert(report);
+                false
             }
-            None => Either::Right(Either::Right(Headed {
-                inner: self.inner.call(req),
-                fields,
-            })),
-        }
+            _ => true,
+        };
+        Either::Right(Either::Right(Headed {
+            inner: self.inner.call(req),
+            fields: Some((fields, overwrite)),
+        }))
     }
 }
 
 /// The rate-limit fields of one answer.
 struct Fields {
     policy: HeaderValue,
-    state: HeaderValue,
-    limit: HeaderValue,
-    remaining: u32,
-    reset: u64,
+    state: Option<HeaderValue>,
+    /// `RateLimit-Limit` (the burst), remaining and reset of the policy with the least remaining.
+    least: Option<(HeaderValue, u32, u64)>,
 }
 
 impl Fields {
-    fn write(self, headers: &mut HeaderMap) {
+    fn write(self, headers: &mut HeaderMap, overwrite: bool) {
+        if !overwrite && headers.contains_key(&RATELIMIT_POLICY) {
+            return;
+        }
         headers.insert(RATELIMIT_POLICY.clone(), self.policy);
-        headers.insert(RATELIMIT.clone(), self.state);
-        headers.insert(RATELIMIT_LIMIT.clone(), self.limit);
-        headers.insert(
-            RATELIMIT_REMAINING.clone(),
-            number(u64::from(self.remaining)),
-        );
-        headers.insert(RATELIMIT_RESET.clone(), number(self.reset));
+        if let Some(state) = self.state.filter(|s| !s.is_empty()) {
+            headers.insert(RATELIMIT.clone(), state);
+        }
+        if let Some((limit, remaining, reset)) = self.least {
+            headers.insert(RATELIMIT_LIMIT.clone(), limit);
+            headers.insert(RATELIMIT_REMAINING.clone(), number(u64::from(remaining)));
+            headers.insert(RATELIMIT_RESET.clone(), number(reset));
+        }
     }
 }
 
@@ -399,7 +473,7 @@ pin_project_lite::pin_project! {
     pub struct Headed<F> {
         #[pin]
         inner: F,
-        fields: Option<Fields>,
+        fields: Option<(Fields, bool)>,
     }
 }
 
@@ -412,8 +486,8 @@ where
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(f) = this.fields.take() {
-            f.write(res.headers_mut());
+        if let Some((f, overwrite)) = this.fields.take() {
+            f.write(res.headers_mut(), overwrite);
         }
         Poll::Ready(Ok(res))
     }

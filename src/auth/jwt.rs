@@ -1,0 +1,195 @@
+//! JWT verification for one policy: key lookup, signature, claims, and a
+//! bounded cache of tokens already verified.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::RemoteKeys;
+use super::keys::{KeySet, Lookup};
+use super::{Reason, Verified};
+use crate::config::{Jwt, JwtKeys};
+
+pub(super) struct JwtVerifier {
+    policy: Arc<str>,
+    config: Jwt,
+    keys: Keys,
+    /// One per accepted algorithm: jsonwebtoken refuses a `Validation`
+    /// whose algorithms span key families, and the policy may mix them.
+    validations: Vec<(Algorithm, Validation)>,
+    cache: Option<quick_cache::sync::Cache<[u8; 32], Cached>>,
+}
+
+enum Keys {
+    Static(KeySet),
+    Remote(Arc<RemoteKeys>),
+}
+
+#[derive(Clone)]
+struct Cached {
+    verified: Arc<Verified>,
+    until: Instant,
+}
+
+/// What one look at a token gave.
+pub(super) enum Verify {
+    Done(Result<Arc<Verified>, Reason>),
+    /// Its kid is not among the keys seen after this many fetches: fetch, then look again.
+    FetchKeys(u64),
+}
+
+impl JwtVerifier {
+    pub(super) fn new(policy: Arc<str>, config: &Jwt) -> Self {
+        let keys = match &config.keys {
+            JwtKeys::Jwks(set) => Keys::Static(KeySet::from_jwks(set)),
+            JwtKeys::Pem(pem) => Keys::Static(KeySet::from_pem(pem)),
+            JwtKeys::Secret(secret) => Keys::Static(KeySet::from_secret(secret)),
+            JwtKeys::Remote(remote) => Keys::Remote(RemoteKeys::new(&policy, remote.clone())),
+        };
+        let validations = config
+            .algorithms
+            .iter()
+            .map(|&alg| (alg, validation(config, alg)))
+            .collect();
+        let cache =
+            (config.cache_size > 0).then(|| quick_cache::sync::Cache::new(config.cache_size));
+        Self {
+            policy,
+            config: config.clone(),
+            keys,
+            validations,
+            cache,
+        }
+    }
+
+    pub(super) async fn fetch_keys(&self, seen: u64) {
+        if let Keys::Remote(remote) = &self.keys {
+            remote.on_demand(seen, &self.policy).await;
+        }
+    }
+
+    /// `fetched`: keys were already fetched for this token; an unknown kid is final.
+    pub(super) fn verify(&self, token: &str, fetched: bool) -> Verify {
+        let digest = self.cache.as_ref().map(|cache| {
+            let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            let mut key = [0u8; 32];
+            key.copy_from_slice(d.as_ref());
+            (cache, key)
+        });
+        if let Some((cache, key)) = &digest {
+            if let Some(hit) = cache.get(key) {
+                if hit.until > Instant::now() {
+                    return Verify::Done(Ok(hit.verified));
+                }
+                cache.remove(key);
+            }
+        }
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(h) => h,
+            Err(e) => return Verify::Done(Err(reason(e.kind()))),
+        };
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Verify::Done(Err(Reason::Algorithm));
+        };
+        let (seen, remote_keys);
+        let keys = match &self.keys {
+            Keys::Static(set) => {
+                seen = None;
+                set
+            }
+            Keys::Remote(remote) => {
+                let (n, set) = remote.current();
+                seen = Some(n);
+                remote_keys = set;
+                &*remote_keys
+            }
+        };
+        let key = match keys.find(header.kid.as_deref(), header.alg) {
+            Lookup::Found(k) => k,
+            Lookup::Unknown => {
+                return match seen {
+                    Some(n) if !fetched => Verify::FetchKeys(n),
+                    _ => Verify::Done(Err(Reason::UnknownKey)),
+                };
+            }
+            Lookup::WrongAlgorithm => return Verify::Done(Err(Reason::Algorithm)),
+            Lookup::Ambiguous => return Verify::Done(Err(Reason::AmbiguousKey)),
+        };
+        let data =
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation) {
+                Ok(d) => d,
+                Err(e) => return Verify::Done(Err(reason(e.kind()))),
+            };
+        let claims = data.claims;
+        let until = Instant::now() + self.config.cache_ttl;
+        let until = match claims.get("exp").and_then(Value::as_u64) {
+            Some(exp) => until.min(instant_of(exp)),
+            None => until,
+        };
+        let verified = Arc::new(Verified::from_claims(claims));
+        if let Some((cache, key)) = digest {
+            cache.insert(
+                key,
+                Cached {
+                    verified: verified.clone(),
+                    until,
+                },
+            );
+        }
+        Verify::Done(Ok(verified))
+    }
+}
+
+fn validation(config: &Jwt, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = config.leeway.as_secs();
+    v.validate_nbf = true;
+    let mut required = Vec::new();
+    if config.require_exp {
+        required.push("exp");
+    } else {
+        v.validate_exp = true;
+    }
+    match &config.issuer {
+        Some(iss) => {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        None => v.iss = None,
+    }
+    if config.audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&config.audience);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+/// A Unix time as an `Instant` (the past maps to now).
+fn instant_of(unix: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Instant::now() + Duration::from_secs(unix.saturating_sub(now))
+}
+
+fn reason(kind: &ErrorKind) -> Reason {
+    match kind {
+        ErrorKind::ExpiredSignature => Reason::Expired,
+        ErrorKind::ImmatureSignature => Reason::NotYetValid,
+        ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => Reason::BadSignature,
+        ErrorKind::InvalidIssuer => Reason::WrongIssuer,
+        ErrorKind::InvalidAudience => Reason::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => Reason::MissingClaim,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::InvalidAlgorithmName => Reason::Algorithm,
+        _ => Reason::Malformed,
+    }
+}
