@@ -243,14 +243,14 @@ async fn a_reload_keeps_unchanged_policies_and_restarts_changed_ones() {
 fn policies_are_validated() {
     let bad = config(
         "http://127.0.0.1:9",
-        "[rate_limits.c]\nrequests = 1\nper = \"1s\"\nkey = \"consumer\"\n[rate_limits.z]\nrequests = 0\nper = \"0s\"\n\
+        "[rate_limits.c]\nrequests = 1\nper = \"1s\"\nkey = \"claim:\"\n[rate_limits.z]\nrequests = 0\nper = \"0s\"\n\
          [[routes]]\nname = \"r\"\npath = \"/r\"\nbackend = \"b\"\nrate_limit = [\"nope\"]\n",
     );
     let errors = Config::parse(&bad, "routes.toml", &|_| None).unwrap_err().0;
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let has = |s: &str| text.iter().any(|e| e.contains(s));
     assert!(
-        has("rate_limits.c.key: `consumer` keys need authentication"),
+        has("rate_limits.c.key: `claim:`: expected"),
         "{text:?}"
     );
     assert!(
