@@ -249,10 +249,7 @@ fn policies_are_validated() {
     let errors = Config::parse(&bad, "routes.toml", &|_| None).unwrap_err().0;
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let has = |s: &str| text.iter().any(|e| e.contains(s));
-    assert!(
-        has("rate_limits.c.key: `claim:`: expected"),
-        "{text:?}"
-    );
+    assert!(has("rate_limits.c.key: `claim:`: expected"), "{text:?}");
     assert!(
         has("rate_limits.z.requests: must be at least 1"),
         "{text:?}"
@@ -265,4 +262,74 @@ fn policies_are_validated() {
         has("routes[r].rate_limit: unknown rate limit `nope`"),
         "{text:?}"
     );
+}
+
+const HASH_ACME: &str = "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873"; // demo-key-acme
+
+fn authed(backend: &Backend, globex_key_hash: &str) -> String {
+    config(
+        &backend.url(),
+        &format!(
+            "[auth.partners]\ntype = \"api_key\"\nkeys = [{{ id = \"acme\", sha256 = \"{HASH_ACME}\" }}, {{ id = \"globex\", sha256 = \"{globex_key_hash}\" }}]\n\
+             [rate_limits.per_consumer]\nrequests = 2\nper = \"1m\"\nkey = \"consumer\"\n\
+             [rate_limits.per_ip]\nrequests = 3\nper = \"1m\"\n\
+             [[routes]]\nname = \"c\"\npath = \"/c\"\nbackend = \"b\"\nauth = \"partners\"\nrate_limit = [\"per_consumer\"]\n\
+             [[routes]]\nname = \"c2\"\npath = \"/c2\"\nbackend = \"b\"\nauth = \"partners\"\nrate_limit = [\"per_consumer\"]\n\
+             [[routes]]\nname = \"guarded\"\npath = \"/guarded\"\nbackend = \"b\"\nauth = \"partners\"\nrate_limit = [\"per_consumer\", \"per_ip\"]\n"
+        ),
+    )
+}
+
+fn with_key(gw: &Gw, path: &str, key: &str) -> Request<BoxBody> {
+    Request::get(gw.url(path))
+        .header("x-api-key", key)
+        .body(empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_consumers_do_not_share_a_bucket_and_one_consumer_shares_it_across_routes() {
+    let backend = Backend::echo("b").await;
+    let globex = "globex-secret-key";
+    let hash = ring_sha256(globex);
+    let gw = Gw::start(&authed(&backend, &hash)).await;
+    // Both requests come from the same IP: only the consumer tells them apart.
+    assert_eq!(send(with_key(&gw, "/c", "demo-key-acme")).await.status, 200);
+    assert_eq!(
+        send(with_key(&gw, "/c2", "demo-key-acme")).await.status,
+        200
+    );
+    let a = send(with_key(&gw, "/c", "demo-key-acme")).await;
+    a.problem(429);
+    assert_eq!(a.header("ratelimit"), Some("\"per_consumer\";r=0;t=60"));
+    let a = send(with_key(&gw, "/c", globex)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("ratelimit-remaining"), Some("1"));
+}
+
+#[tokio::test]
+async fn ip_limits_cut_a_flood_off_before_any_credential_is_checked() {
+    let backend = Backend::echo("b").await;
+    let gw = Gw::start(&authed(&backend, &"0".repeat(64))).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let a = send(with_key(&gw, "/guarded", "wrong")).await;
+        statuses.push(a.status.as_u16());
+        // Refused by authentication or not, the answer carries the limit fields.
+        assert!(a.header("ratelimit-policy").is_some(), "{:?}", a.headers);
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429]);
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("fngate_auth_failures_total{route=\"guarded\",reason=\"unknown_api_key\"} 3"),
+        "only the first three were checked:\n{m}"
+    );
+}
+
+fn ring_sha256(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -85,7 +85,15 @@ impl KeySet {
             Some(kid) => match self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
                 Some(k) if k.fits(alg) => Lookup::Found(k),
                 Some(_) => Lookup::WrongAlgorithm,
-                None => Lookup::Unknown,
+                // A key without kid of its own (a PEM file, a secret) answers to
+                // any kid, under the same only-one rule as a token without kid.
+                None => {
+                    let mut kidless = self.keys.iter().filter(|k| k.kid.is_none() && k.fits(alg));
+                    match (kidless.next(), kidless.next()) {
+                        (Some(k), None) => Lookup::Found(k),
+                        _ => Lookup::Unknown,
+                    }
+                }
             },
             None => {
                 let mut fitting = self.keys.iter().filter(|k| k.fits(alg));
