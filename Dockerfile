@@ -10,6 +10,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
 COPY src ./src
+# Only the demo signing key, which `fngate token` embeds (dev only); no
+# certificate or key from certs/ reaches the runtime image's config.
+COPY certs/demo-jwt.key.pem ./certs/
 RUN cargo build --release --locked --bin fngate --config profile.release.strip=true
 
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Rate-limit overhead: a plain route against the same route with a limit far
-above the load (keyed by IP), and one limited per API key with 10,000
-distinct keys, in one interleaved run. Every request carries one of the
-10,000 keys (wrk's Lua script), so the three runs differ only in fngate's
-work. Target: >= 0.95x the plain route.
+above the load (keyed by IP), one limited per header value and one limited per
+consumer, each with 10,000 distinct keys, in one interleaved run. The consumer
+route authenticates 10,000 API keys first, so a route with that API-key
+policy and no limit is measured too, to tell the two costs apart. Every
+request carries one of the 10,000 keys (wrk's Lua script), so the runs differ
+only in fngate's work. Target: >= 0.95x the plain route.
 
     python3 bench/limits.py              # 3 rounds x 64 connections x 5 s
 """
 
 import argparse
+import hashlib
 import os
 import statistics
 import subprocess
@@ -53,10 +56,16 @@ def main():
                     '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
                     '[rate_limits.high]\nrequests = 100000000\nper = "1s"\n'
                     '[rate_limits.per_key]\nrequests = 100000\nper = "1s"\nkey = "header:x-api-key"\n'
+                    '[rate_limits.per_consumer]\nrequests = 100000\nper = "1s"\nkey = "consumer"\n'
+                    '[auth.keys]\ntype = "api_key"\nkeys = [\n%s]\n'
                     '[[routes]]\nname = "plain"\npath = "/plain"\nbackend = "fn"\n'
                     '[[routes]]\nname = "limited"\npath = "/limited"\nbackend = "fn"\nrate_limit = ["high"]\n'
                     '[[routes]]\nname = "keyed"\npath = "/keyed"\nbackend = "fn"\nrate_limit = ["per_key"]\n'
-                    % (port, admin, backend))
+                    '[[routes]]\nname = "authed"\npath = "/authed"\nbackend = "fn"\nauth = "keys"\n'
+                    '[[routes]]\nname = "consumer"\npath = "/consumer"\nbackend = "fn"\nauth = "keys"\nrate_limit = ["per_consumer"]\n'
+                    % (port, admin, backend, "".join(
+                        '  { id = "c%d", sha256 = "%s" },\n' % (i, hashlib.sha256(b"key-%d" % i).hexdigest())
+                        for i in range(10000))))
         gw = subprocess.Popen([os.path.join(run.ROOT, "target/release/fngate"), "--config", config],
                               env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.DEVNULL)
         procs.append(gw)
@@ -64,7 +73,7 @@ def main():
             run.wait_port(p)
         results = {}
         for rnd in range(args.rounds):
-            for name in ("plain", "limited", "keyed"):
+            for name in ("plain", "limited", "keyed", "authed", "consumer"):
                 # Every route gets the same script, so wrk's own cost is the same for all three.
                 cmd = ["wrk", "-t1", f"-c{args.conns}", f"-d{args.duration}s", "--latency", "-s", lua]
                 out = subprocess.run(cmd + [f"http://127.0.0.1:{port}/{name}"], capture_output=True, text=True, check=True).stdout
@@ -77,10 +86,13 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     plain = statistics.median(r["rps"] for r in results["plain"])
-    print(f"\nfngate, one route three ways; wrk -t1 -c{args.conns}, {args.duration}s runs, medians of {args.rounds} interleaved rounds\n")
+    print(f"\nfngate, one route five ways; wrk -t1 -c{args.conns}, {args.duration}s runs, medians of {args.rounds} interleaved rounds\n")
     print("| route | req/s | p99 ms | vs plain | non-2xx |")
     print("|---|---:|---:|---:|---:|")
-    for name, label in (("plain", "no limit"), ("limited", "limit by IP (far above the load)"), ("keyed", "limit per key, 10,000 keys")):
+    for name, label in (("plain", "no limit"), ("limited", "limit by IP (far above the load)"),
+                        ("keyed", "limit per header value, 10,000 values"),
+                        ("authed", "API key (10,000 consumers), no limit"),
+                        ("consumer", "API key + limit per consumer, 10,000 consumers")):
         rps = statistics.median(r["rps"] for r in results[name])
         p99 = statistics.median(r["p99"] for r in results[name])
         bad = sum(r["non2xx"] for r in results[name])

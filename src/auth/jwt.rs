@@ -193,3 +193,65 @@ fn reason(kind: &ErrorKind) -> Reason {
         _ => Reason::Malformed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Secret;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier(cache_size: usize) -> JwtVerifier {
+        let config = Jwt {
+            algorithms: vec![Algorithm::HS256],
+            keys: JwtKeys::Secret(Secret(SECRET.into())),
+            issuer: None,
+            audience: Vec::new(),
+            leeway: Duration::from_secs(30),
+            scopes: Vec::new(),
+            forward_claims: Vec::new(),
+            require_exp: true,
+            cache_size,
+            cache_ttl: Duration::from_secs(60),
+        };
+        JwtVerifier::new("p".into(), &config)
+    }
+
+    fn token(exp: u64) -> String {
+        let claims = serde_json::json!({ "sub": "a", "exp": exp });
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    fn verified(v: &JwtVerifier, token: &str) -> Arc<Verified> {
+        match v.verify(token, false) {
+            Verify::Done(Ok(v)) => v,
+            _ => panic!("the token verifies"),
+        }
+    }
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn a_hot_token_is_verified_once() {
+        let v = verifier(100);
+        let t = token(unix_now() + 600);
+        assert!(Arc::ptr_eq(&verified(&v, &t), &verified(&v, &t)));
+        let off = verifier(0);
+        assert!(!Arc::ptr_eq(&verified(&off, &t), &verified(&off, &t)));
+    }
+
+    #[test]
+    fn a_cached_token_is_not_served_past_its_exp() {
+        // Expired by a second, accepted within the leeway: never remembered past exp.
+        let v = verifier(100);
+        let t = token(unix_now() - 1);
+        assert!(!Arc::ptr_eq(&verified(&v, &t), &verified(&v, &t)));
+    }
+}

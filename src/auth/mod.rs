@@ -144,6 +144,7 @@ impl AuthError {
 pub struct Authenticator {
     pub policy: Arc<AuthPolicy>,
     jwt: Option<jwt::JwtVerifier>,
+    api_keys: api_key::Index,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -163,11 +164,18 @@ pub enum Check {
 
 impl Authenticator {
     pub fn new(policy: Arc<AuthPolicy>) -> Arc<Self> {
-        let jwt = match &policy.kind {
-            AuthKind::Jwt(config) => Some(jwt::JwtVerifier::new(policy.name.clone(), config)),
-            AuthKind::ApiKey(_) => None,
+        let (jwt, api_keys) = match &policy.kind {
+            AuthKind::Jwt(config) => (
+                Some(jwt::JwtVerifier::new(policy.name.clone(), config)),
+                api_key::Index::new(),
+            ),
+            AuthKind::ApiKey(keys) => (None, api_key::index(keys)),
         };
-        Arc::new(Self { policy, jwt })
+        Arc::new(Self {
+            policy,
+            jwt,
+            api_keys,
+        })
     }
 
     pub fn challenge(&self) -> Challenge {
@@ -183,7 +191,7 @@ impl Authenticator {
         let invalid = |reason| Check::Done(Err(AuthError::Invalid { challenge, reason }));
         let missing = Check::Done(Err(AuthError::Missing { challenge }));
         match (&self.policy.kind, &self.jwt) {
-            (AuthKind::ApiKey(keys), _) => match api_key::check(keys, headers) {
+            (AuthKind::ApiKey(keys), _) => match api_key::check(keys, &self.api_keys, headers) {
                 Ok(Some(v)) => Check::Done(Ok(v)),
                 Ok(None) => missing,
                 Err(reason) => invalid(reason),

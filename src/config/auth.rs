@@ -623,15 +623,16 @@ fn api_keys(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>) -> Option<ApiKeys> {
     };
     let hide_credentials = obj.bool(ctx, "hide_credentials").unwrap_or(true);
     let mut keys: Vec<ApiKey> = Vec::new();
+    // Sets, so ten thousand keys load in linear time.
+    let mut ids = std::collections::HashSet::new();
+    let mut hashes = std::collections::HashSet::new();
     let had_keys = obj.has("keys");
     for mut k in obj.table_array(ctx, "keys") {
         let id = k.string(ctx, "id");
         let hash = k.string(ctx, "sha256");
         let parsed_id = match id {
             Some(id) => match HeaderValue::from_str(&id.value) {
-                Ok(v) if !id.value.is_empty() && !keys.iter().any(|x| *x.id == id.value) => {
-                    Some((id.value, v))
-                }
+                Ok(v) if !id.value.is_empty() && !ids.contains(&id.value) => Some((id.value, v)),
                 Ok(_) if id.value.is_empty() => {
                     ctx.error(id.span, k.key_path("id"), "empty");
                     None
@@ -660,7 +661,7 @@ fn api_keys(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>) -> Option<ApiKeys> {
         };
         let digest = match hash {
             Some(h) => match hex32(&h.value) {
-                Some(d) if keys.iter().any(|x| x.sha256 == d) => {
+                Some(d) if hashes.contains(&d) => {
                     ctx.error(h.span, k.key_path("sha256"), "two keys have this hash");
                     None
                 }
@@ -685,6 +686,8 @@ fn api_keys(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>) -> Option<ApiKeys> {
         };
         k.finish(ctx);
         if let (Some((id, id_value)), Some(sha256)) = (parsed_id, digest) {
+            ids.insert(id.clone());
+            hashes.insert(sha256);
             keys.push(ApiKey {
                 id: id.into(),
                 id_value,
