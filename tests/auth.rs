@@ -71,6 +71,22 @@ fn ec_key(kid: &str) -> SigningKey {
     }
 }
 
+fn ed_key(kid: &str) -> SigningKey {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    SigningKey {
+        alg: Algorithm::EdDSA,
+        kid: Some(kid.into()),
+        key: EncodingKey::from_ed_der(pkcs8.as_ref()),
+        jwk: json!({
+            "kty": "OKP", "crv": "Ed25519", "kid": kid, "use": "sig",
+            "x": B64.encode(pair.public_key().as_ref()),
+        }),
+        public_pem: None,
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -202,13 +218,17 @@ fn invalid_token(a: &Answer, says: &str) {
 }
 
 #[tokio::test]
-async fn rs256_and_es256_tokens_from_one_https_jwks_pass_with_claims_forwarded() {
-    let (rsa, ec) = (rsa_key(), ec_key("ec-1"));
-    let jwks = Jwks::start(vec![rsa.jwk.clone(), ec.jwk.clone()]).await;
+async fn rs256_es256_and_eddsa_tokens_from_one_https_jwks_pass_with_claims_forwarded() {
+    let (rsa, ec, ed) = (rsa_key(), ec_key("ec-1"), ed_key("ed-1"));
+    let jwks = Jwks::start(vec![rsa.jwk.clone(), ec.jwk.clone(), ed.jwk.clone()]).await;
     let backend = Backend::echo("b").await;
-    let gw = Gw::start(&jwks.config(&backend, "", "")).await;
+    let text = jwks.config(&backend, "", "").replace(
+        "[\"RS256\", \"ES256\"]",
+        "[\"RS256\", \"ES256\", \"EdDSA\"]",
+    );
+    let gw = Gw::start(&text).await;
 
-    for key in [&rsa, &ec] {
+    for key in [&rsa, &ec, &ed] {
         let token = sign(key, &claims("alice", json!({})));
         // Spoofed claim headers are removed, whether or not the token holds the claim.
         let a = call(

@@ -177,3 +177,23 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
         0
     );
 }
+
+#[test]
+fn explain_shows_the_auth_policy_and_limits_in_the_order_they_run() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml");
+    let out = fngate()
+        .args(["explain", "--config", shipped, "GET", "/me/orders"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("auth      demo (JWT), scopes orders:read"),
+        "{out}"
+    );
+    let ip = out.find("limit     per_ip:").expect("per_ip listed");
+    let consumer = out
+        .find("limit     per_consumer:")
+        .expect("per_consumer listed");
+    assert!(ip < consumer, "ip limits run before authentication:\n{out}");
+    assert!(out.contains("by consumer"), "{out}");
+}
