@@ -71,6 +71,8 @@ pub struct LogFields {
     pub upstream: Option<Arc<str>>,
     pub client_ip: Option<IpAddr>,
     pub consumer: Option<Arc<str>>,
+    /// Each aggregate call's outcome: `user=ok orders=fallback`.
+    pub calls: Option<Arc<str>>,
 }
 
 impl RequestLog {

@@ -12,6 +12,7 @@ use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICAT
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::aggregate::{AggregateError, Outcome};
 use crate::auth::{AuthError, Challenge};
 use crate::middleware::rate_limit::RateLimited;
 use crate::proxy::ProxyError;
@@ -37,6 +38,8 @@ pub enum Error {
     RateLimited(#[from] RateLimited),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error(transparent)]
+    Aggregate(#[from] AggregateError),
 }
 
 struct Problem {
@@ -63,6 +66,16 @@ impl Problem {
 
 fn problem_of(err: &Error) -> Problem {
     match err {
+        Error::Aggregate(e) => match e.outcome {
+            Outcome::Timeout => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the required call `{}` did not answer in time", e.call),
+            ),
+            Outcome::Error | Outcome::Skipped | Outcome::Ok | Outcome::Fallback => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                format!("the required call `{}` failed", e.call),
+            ),
+        },
         // RFC 6750 §3; API-key policies challenge with their own scheme.
         Error::Auth(e) => match e {
             AuthError::Missing { challenge } => Problem {

@@ -121,26 +121,56 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
             .as_ref()
             .map_or("any".to_owned(), HostPattern::to_string)
     );
-    let b = &route.backend;
-    let _ = writeln!(
-        out,
-        "  backend   {} (round robin over {} endpoint{}, {} retr{}, {:?} per attempt)",
-        b.name,
-        b.endpoints.len(),
-        if b.endpoints.len() == 1 { "" } else { "s" },
-        b.retries,
-        if b.retries == 1 { "y" } else { "ies" },
-        b.timeout
-    );
-    let suffix = route.target.render(path, params);
-    for ep in &b.endpoints {
-        match upstream_uri(ep, &suffix, query) {
-            Ok(uri) => {
-                let _ = writeln!(out, "  upstream  {uri}");
+    if let Some(b) = &route.backend {
+        let _ = writeln!(
+            out,
+            "  backend   {} (round robin over {} endpoint{}, {} retr{}, {:?} per attempt)",
+            b.name,
+            b.endpoints.len(),
+            if b.endpoints.len() == 1 { "" } else { "s" },
+            b.retries,
+            if b.retries == 1 { "y" } else { "ies" },
+            b.timeout
+        );
+        let suffix = route.target.render(path, params);
+        for ep in &b.endpoints {
+            match upstream_uri(ep, &suffix, query) {
+                Ok(uri) => {
+                    let _ = writeln!(out, "  upstream  {uri}");
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  upstream  cannot be built: {e}");
+                }
             }
-            Err(e) => {
-                let _ = writeln!(out, "  upstream  cannot be built: {e}");
+        }
+    }
+    if let Some(a) = &route.aggregate {
+        let _ = writeln!(
+            out,
+            "  aggregate {} calls, {:?} deadline, merge {}",
+            a.calls.len(),
+            a.timeout,
+            match a.merge {
+                crate::config::Merge::Object => "object",
+                crate::config::Merge::Flat => "flat",
             }
+        );
+        for c in &a.calls {
+            let needs: Vec<&str> = c.needs.iter().map(|&i| &*a.calls[i].name).collect();
+            let _ = writeln!(
+                out,
+                "  call      {}: {} {} on {}{}{}",
+                c.name,
+                c.method,
+                c.path.raw,
+                c.backend.name,
+                if needs.is_empty() {
+                    String::new()
+                } else {
+                    format!(", after {}", needs.join(", "))
+                },
+                if c.optional { ", optional" } else { "" }
+            );
         }
     }
     let host = if route.preserve_host {
@@ -171,7 +201,7 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
             );
         }
     }
-    if !b.headers.is_empty() {
+    if let Some(b) = route.backend.as_ref().filter(|b| !b.headers.is_empty()) {
         let names: Vec<&str> = b.headers.iter().map(|(k, _)| k.as_str()).collect();
         let _ = writeln!(
             out,

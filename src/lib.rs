@@ -3,6 +3,7 @@
 //! The request lifecycle is described once, in ARCHITECTURE.md.
 
 pub mod admin;
+pub mod aggregate;
 pub mod auth;
 pub mod config;
 pub mod context;

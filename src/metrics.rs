@@ -61,6 +61,13 @@ pub struct AuthFailureLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AggregateLabels {
+    pub route: Name,
+    pub call: Name,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -80,6 +87,7 @@ pub struct Metrics {
     pub endpoint_healthy: Family<EndpointLabels, Gauge>,
     pub rate_limited: Family<RouteLabel, Counter>,
     pub auth_failures: Family<AuthFailureLabels, Counter>,
+    pub aggregate_calls: Family<AggregateLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -167,10 +175,17 @@ impl Metrics {
             "Requests refused with 401 or 403, by route and reason",
             auth_failures.clone(),
         );
+        let aggregate_calls = Family::default();
+        registry.register(
+            "aggregate_calls",
+            "Calls of aggregate routes, by route, call and outcome (ok, error, timeout, skipped, fallback)",
+            aggregate_calls.clone(),
+        );
         Self {
             registry,
             rate_limited,
             auth_failures,
+            aggregate_calls,
             endpoint_healthy,
             requests,
             request_duration,
@@ -231,6 +246,16 @@ impl Metrics {
             .get_or_create(&AuthFailureLabels {
                 route: Name(route.clone()),
                 reason,
+            })
+            .inc();
+    }
+
+    pub fn aggregate_call(&self, route: &Arc<str>, call: &Arc<str>, outcome: &'static str) {
+        self.aggregate_calls
+            .get_or_create(&AggregateLabels {
+                route: Name(route.clone()),
+                call: Name(call.clone()),
+                outcome,
             })
             .inc();
     }

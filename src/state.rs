@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::aggregate::Plan;
 use crate::auth::Authenticator;
 use crate::config::{AuthKind, Config, ConfigErrors, Route};
 use crate::metrics::Metrics;
@@ -32,7 +33,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct ActiveRoute {
     pub config: Arc<Route>,
-    pub upstream: Arc<Upstream>,
+    /// The route's backend pool; `None` for an aggregate route.
+    pub upstream: Option<Arc<Upstream>>,
+    pub aggregate: Option<Arc<Plan>>,
     pub cors: Option<tower_http::cors::CorsLayer>,
     pub auth: Option<Arc<Authenticator>>,
     /// The policy's scopes and the route's.
@@ -175,12 +178,21 @@ impl Snapshot {
             .routes
             .iter()
             .map(|r| {
-                let upstream = config
-                    .backends
-                    .iter()
-                    .position(|b| Arc::ptr_eq(b, &r.backend))
-                    .map(|i| upstreams[i].clone())
-                    .unwrap_or_else(|| Upstream::new(r.backend.clone(), metrics.clone()));
+                let pool_of = |backend: &Arc<crate::config::Backend>| {
+                    config
+                        .backends
+                        .iter()
+                        .position(|b| Arc::ptr_eq(b, backend))
+                        .map(|i| upstreams[i].clone())
+                        .unwrap_or_else(|| Upstream::new(backend.clone(), metrics.clone()))
+                };
+                let upstream = r.backend.as_ref().map(pool_of);
+                let aggregate = r.aggregate.as_ref().map(|a| {
+                    Arc::new(Plan {
+                        config: a.clone(),
+                        upstreams: a.calls.iter().map(|c| pool_of(&c.backend)).collect(),
+                    })
+                });
                 let limits = r.rate_limits.iter().filter_map(|p| {
                     limiters
                         .iter()
@@ -215,6 +227,7 @@ impl Snapshot {
                     cors: r.cors.as_ref().map(crate::middleware::cors::compile),
                     config: r.clone(),
                     upstream,
+                    aggregate,
                 }
             })
             .collect();

@@ -444,7 +444,12 @@ async fn delete_one(
         .routes
         .iter()
         .filter(|r| match kind {
-            Kind::Backends => *r.backend.name == name,
+            Kind::Backends => {
+                r.backend.as_ref().is_some_and(|b| *b.name == name)
+                    || r.aggregate
+                        .as_ref()
+                        .is_some_and(|a| a.calls.iter().any(|c| *c.backend.name == name))
+            }
             Kind::Auth => r.auth.as_ref().is_some_and(|p| *p.name == name),
             Kind::RateLimits => r.rate_limits.iter().any(|p| *p.name == name),
             Kind::Routes => false,

@@ -12,6 +12,7 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use ipnet::IpNet;
 use toml_edit::ImDocument;
 
+use super::aggregate;
 use super::auth::{self, AuthKind, AuthPolicy};
 use super::decode::{Ctx, EnvLookup, Obj, Spanned};
 use super::error::{ConfigErrors, Diagnostics};
@@ -85,7 +86,7 @@ pub(super) fn parse(
     let mut spans = Vec::new();
     for obj in tables {
         let span = obj.span();
-        if let Some(r) = route(&mut ctx, obj, &backends, &auth, &rate_limits) {
+        if let Some(r) = route(&mut ctx, obj, &server, &backends, &auth, &rate_limits) {
             routes.push(Arc::new(r));
             spans.push(span);
         }
@@ -654,6 +655,7 @@ fn header_edits(ctx: &mut Ctx<'_>, parent: &mut Obj<'_>, key: &'static str) -> H
 fn route(
     ctx: &mut Ctx<'_>,
     mut obj: Obj<'_>,
+    server: &Server,
     backends: &[Arc<Backend>],
     auth: &[Arc<AuthPolicy>],
     rate_limits: &[Arc<RateLimit>],
@@ -750,12 +752,23 @@ fn route(
                 ctx.error(
                     obj.span(),
                     obj.key_path("backend"),
-                    "missing: a route needs a backend",
+                    "missing: a route needs a backend (or an aggregate)",
                 );
             }
             None
         }
     };
+    if obj.has("aggregate") {
+        for key in ["backend", "rewrite", "strip_prefix", "preserve_host"] {
+            if obj.has(key) {
+                ctx.error(
+                    obj.key_span(key),
+                    obj.key_path(key),
+                    format!("`{key}` does not apply to an aggregate route: each call names its backend and path"),
+                );
+            }
+        }
+    }
     let rewrite = obj.string(ctx, "rewrite");
     let strip = obj.string(ctx, "strip_prefix");
     let mut target = Target::Same;
@@ -855,14 +868,30 @@ fn route(
             ctx.error(obj.key_span("scopes"), obj.key_path("scopes"), why);
         }
     }
-    not_yet(ctx, &mut obj, &["aggregate", "mode"]);
+    let aggregate = match (obj.table(ctx, "aggregate"), &path) {
+        (Some(a), Some(p)) => aggregate::aggregate(
+            ctx,
+            a,
+            &p.params,
+            backends,
+            timeout.unwrap_or(server.request_timeout),
+            server.max_body,
+        ),
+        _ => None,
+    };
+    not_yet(ctx, &mut obj, &["mode"]);
     obj.finish(ctx);
+    // A route forwards to its backend or fans out; never neither.
+    if backend.is_none() && aggregate.is_none() {
+        return None;
+    }
     Some(Route {
         name: name?.value.into(),
         path: path?,
         methods,
         host,
-        backend: backend?,
+        backend: if aggregate.is_some() { None } else { backend },
+        aggregate: aggregate.map(Arc::new),
         target,
         preserve_host,
         request_headers,

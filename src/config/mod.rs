@@ -5,6 +5,7 @@
 //! its backend), names checked. Nothing here does IO beyond reading the file
 //! and the key files it names, and nothing on the data path mutates a `Config`.
 
+mod aggregate;
 mod auth;
 mod decode;
 mod error;
@@ -21,6 +22,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
+pub use aggregate::{Aggregate, Call, CallPart, CallPath, Merge};
 pub use auth::{
     jwk_family, parse_jwks, ApiKey, ApiKeys, AuthKind, AuthPolicy, Jwt, JwtKeys, KeyFamily, PemKey,
     Remote, Secret,
@@ -183,7 +185,9 @@ pub struct Route {
     /// `None`: every method.
     pub methods: Option<Vec<Method>>,
     pub host: Option<HostPattern>,
-    pub backend: Arc<Backend>,
+    /// `None` for an aggregate route, whose calls name their backends.
+    pub backend: Option<Arc<Backend>>,
+    pub aggregate: Option<Arc<Aggregate>>,
     pub target: Target,
     pub preserve_host: bool,
     pub request_headers: HeaderEdits,

@@ -215,6 +215,7 @@ impl Drop for Logged {
             bytes_out = self.bytes_out,
             client_ip = %client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
             consumer = fields.consumer.as_deref().unwrap_or("-"),
+            calls = fields.calls.as_deref().unwrap_or("-"),
             error = e.detail.as_ref().map_or("-", |d| &*d.0),
         );
     }

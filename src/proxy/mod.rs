@@ -28,7 +28,7 @@ use crate::error::{self, Body, BoxError};
 use crate::metrics::Metrics;
 
 pub use body::{BodyError, ProxyBody};
-pub(crate) use headers::strip_hop_by_hop;
+pub(crate) use headers::{apply as apply_edits, strip_hop_by_hop, upstream_request};
 pub use pool::EndpointStatus;
 use pool::{InFlight, Outcome, Pool};
 
@@ -180,6 +180,13 @@ impl tower::Service<Request<Body>> for Proxy {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let metrics = self.metrics.clone();
         Box::pin(async move {
+            let plan = req
+                .extensions()
+                .get::<RouteContext>()
+                .and_then(|c| c.active().aggregate.clone());
+            if let Some(plan) = plan {
+                return Ok(crate::aggregate::run(req, &plan, &metrics).await);
+            }
             let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
             Ok(match forward(req, &metrics).await {
                 Ok(res) => res,
@@ -189,7 +196,7 @@ impl tower::Service<Request<Body>> for Proxy {
     }
 }
 
-enum Prepared {
+pub(crate) enum Prepared {
     Empty,
     Full(Bytes),
     Stream(Body),
@@ -212,7 +219,12 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     };
     let active = ctx.active();
     let route = &active.config;
-    let upstream = &active.upstream;
+    let Some(upstream) = &active.upstream else {
+        return Err(ProxyError::Upstream {
+            backend: "-".into(),
+            detail: "the route has no backend".into(),
+        });
+    };
     let backend = &upstream.backend;
     let server = &ctx.snapshot.config.server;
     let started = Instant::now();
@@ -239,8 +251,77 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         None
     };
 
-    let mut prepared = prepare(body, server.max_body, log.as_ref()).await?;
-    let idempotent = is_idempotent(&parts.method);
+    let prepared = prepare(body, server.max_body, log.as_ref()).await?;
+    upstream
+        .send(
+            Outgoing {
+                method: parts.method,
+                path: &suffix,
+                query,
+                headers: parts.headers,
+                body: prepared,
+                host: client_host,
+                started,
+                deadline,
+                max_body: server.max_body,
+                log,
+                response_edits: &route.response_headers,
+            },
+            metrics,
+        )
+        .await
+}
+
+/// One request for an upstream, ready to send (a proxied request or one call of an aggregate).
+pub(crate) struct Outgoing<'a> {
+    pub(crate) method: Method,
+    /// The path before the endpoint's base path.
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Prepared,
+    /// The client's Host (`preserve_host`); else each endpoint's own.
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) started: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) max_body: u64,
+    pub(crate) log: Option<Arc<RequestLog>>,
+    pub(crate) response_edits: &'a crate::config::HeaderEdits,
+}
+
+impl Upstream {
+    /// Sends through the pool: admission, endpoint choice, retries within the
+    /// budget and the deadline.
+    pub(crate) async fn send(
+        &self,
+        out: Outgoing<'_>,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, ProxyError> {
+        send(self, out, metrics).await
+    }
+}
+
+async fn send(
+    upstream: &Upstream,
+    out: Outgoing<'_>,
+    metrics: &Metrics,
+) -> Result<Response<Body>, ProxyError> {
+    let Outgoing {
+        method,
+        path: suffix,
+        query,
+        headers,
+        body: mut prepared,
+        host: client_host,
+        started,
+        deadline,
+        max_body,
+        log,
+        response_edits,
+    } = out;
+    let mut parts_headers = headers;
+    let backend = &upstream.backend;
+    let idempotent = is_idempotent(&method);
     let pool = &upstream.pool;
     let unavailable = |reason| ProxyError::Unavailable {
         backend: backend.name.clone(),
@@ -287,19 +368,19 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
                 (ProxyBody::full(bytes), None)
             }
             Prepared::Stream(b) => {
-                let (body, slot) = ProxyBody::stream(b, server.max_body, log.clone());
+                let (body, slot) = ProxyBody::stream(b, max_body, log.clone());
                 (body, Some(slot))
             }
         };
         let replayable = slot.is_none();
         let mut up = Request::new(body);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = upstream_uri(endpoint, &suffix, query)?;
+        *up.method_mut() = method.clone();
+        *up.uri_mut() = upstream_uri(endpoint, suffix, query)?;
         *up.version_mut() = Version::HTTP_11;
         *up.headers_mut() = if attempt == backend.retries as usize {
-            std::mem::take(&mut parts.headers)
+            std::mem::take(&mut parts_headers)
         } else {
-            parts.headers.clone()
+            parts_headers.clone()
         };
         let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
         up.headers_mut().insert(http::header::HOST, host);
@@ -352,7 +433,7 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
                     }
                     continue;
                 }
-                return Ok(response(res, &route.response_headers, admitted));
+                return Ok(response(res, response_edits, admitted));
             }
             Ok(Err(e)) => {
                 if let Some(b) = body::body_error(&e) {

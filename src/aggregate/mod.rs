@@ -1,0 +1,436 @@
+//! Fan-out (SPEC §2–§3 `[routes.aggregate]`): one request, several calls,
+//! one JSON answer.
+//!
+//! Each call starts the moment every call its path needs has answered, so
+//! independent calls run in parallel and a chain runs in order. Calls are
+//! tasks in one `JoinSet`: at the aggregate's deadline the set is dropped,
+//! which aborts every call still running and closes its upstream connection.
+//! Each call goes through its backend's pool, balancing and retries like a
+//! proxied request; its answer is buffered up to `max_call_body`.
+
+pub mod merge;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{Aggregate, AuthKind, CallPart, HeaderEdits};
+use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
+use crate::error::{self, Body};
+use crate::metrics::Metrics;
+use crate::proxy::{Outgoing, Prepared, ProxyError, Upstream};
+
+/// Placeholder values in a path are one segment: everything but unreserved
+/// characters is escaped, dots too, so a value cannot be `..`.
+const IN_PATH: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+const IN_QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'.');
+
+static X_FNGATE_COMPLETED: HeaderName = HeaderName::from_static("x-fngate-completed");
+static X_FNGATE_FAILED: HeaderName = HeaderName::from_static("x-fngate-failed");
+/// Request headers every call carries (with the forwarded claims).
+static CARRIED: [HeaderName; 5] = [
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    HeaderName::from_static("x-consumer-id"),
+];
+
+/// A compiled aggregate: the calls with their backends' pools.
+#[derive(Debug)]
+pub struct Plan {
+    pub config: Arc<Aggregate>,
+    /// Parallel to `config.calls`.
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+/// How one call ended (the `outcome` label of `fngate_aggregate_calls_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Error,
+    Timeout,
+    /// Not made: a call it needs failed, or lacked the field its path names.
+    Skipped,
+    /// Failed, and its `fallback` stood in.
+    Fallback,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Skipped => "skipped",
+            Self::Fallback => "fallback",
+        }
+    }
+}
+
+/// A required call failed (rendered by `error.rs`).
+#[derive(Debug, thiserror::Error)]
+#[error("the required call `{call}` ended with {}", outcome.as_str())]
+pub struct AggregateError {
+    pub call: Arc<str>,
+    pub outcome: Outcome,
+}
+
+/// Runs the plan for a routed request and answers.
+pub async fn run(req: Request<Body>, plan: &Plan, metrics: &Arc<Metrics>) -> Response<Body> {
+    let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let Some(ctx) = req.extensions().get::<RouteContext>() else {
+        return error::respond(
+            ProxyError::Upstream {
+                backend: "-".into(),
+                detail: "request reached the aggregate unrouted".into(),
+            },
+            id.as_ref(),
+        );
+    };
+    let route = ctx.active().config.clone();
+    let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+    let agg = &plan.config;
+    let base = call_headers(&req, ctx);
+    let params: Vec<String> = ctx.params().map(str::to_owned).collect();
+    let query = query_pairs(req.uri().query());
+    let deadline = Instant::now() + agg.timeout;
+
+    let n = agg.calls.len();
+    let mut done: Vec<Option<Result<Value, Outcome>>> = vec![None; n];
+    let mut started = vec![false; n];
+    let mut set = JoinSet::new();
+    loop {
+        // Start every call whose inputs are all in; skip those that cannot be made.
+        let mut progress = true;
+        while progress {
+            progress = false;
+            for i in 0..n {
+                let call = &agg.calls[i];
+                if started[i] || call.needs.iter().any(|&j| done[j].is_none()) {
+                    continue;
+                }
+                started[i] = true;
+                progress = true;
+                let path = if call.needs.iter().all(|&j| matches!(done[j], Some(Ok(_)))) {
+                    render(&call.path.parts, &params, &query, &done)
+                } else {
+                    None
+                };
+                let Some(path) = path else {
+                    done[i] = Some(Err(Outcome::Skipped));
+                    continue;
+                };
+                let mut headers = base.clone();
+                crate::proxy::upstream_request(
+                    &mut headers,
+                    peer(&req),
+                    tls(&req),
+                    ctx.host.as_ref(),
+                    &route.request_headers,
+                    &call.backend.headers,
+                );
+                let task = Task {
+                    upstream: plan.upstreams[i].clone(),
+                    agg: agg.clone(),
+                    index: i,
+                    path,
+                    headers,
+                    deadline,
+                    metrics: metrics.clone(),
+                };
+                set.spawn(async move { (i, task.run().await) });
+            }
+        }
+        if set.is_empty() {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(Ok((i, result)))) => done[i] = Some(result),
+            // A call task cannot panic short of a bug; its call stays unanswered.
+            Ok(Some(Err(_))) | Ok(None) => break,
+            Err(_) => break,
+        }
+    }
+    // Whatever still runs at the deadline is cancelled (the set aborts it on drop).
+    drop(set);
+    let outcomes: Vec<Result<Value, Outcome>> = done
+        .into_iter()
+        .zip(&started)
+        .map(|(d, &s)| match d {
+            Some(r) => r,
+            None if s => Err(Outcome::Timeout),
+            None => Err(Outcome::Skipped),
+        })
+        .collect();
+    answer(
+        &route.name,
+        agg,
+        outcomes,
+        id.as_ref(),
+        &route.response_headers,
+        log.as_ref(),
+        metrics,
+    )
+}
+
+struct Task {
+    upstream: Arc<Upstream>,
+    agg: Arc<Aggregate>,
+    index: usize,
+    path: String,
+    headers: HeaderMap,
+    deadline: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl Task {
+    async fn run(self) -> Result<Value, Outcome> {
+        let call = &self.agg.calls[self.index];
+        let now = Instant::now();
+        let deadline = call
+            .timeout
+            .map_or(self.deadline, |t| self.deadline.min(now + t));
+        let (path, query) = match self.path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (self.path.as_str(), None),
+        };
+        let fetch = async {
+            let res = self
+                .upstream
+                .send(
+                    Outgoing {
+                        method: call.method.clone(),
+                        path,
+                        query,
+                        headers: self.headers,
+                        body: Prepared::Empty,
+                        host: None,
+                        started: now,
+                        deadline,
+                        max_body: 0,
+                        log: None,
+                        response_edits: &NO_EDITS,
+                    },
+                    &self.metrics,
+                )
+                .await
+                .map_err(|e| match e {
+                    ProxyError::Timeout { .. } => Outcome::Timeout,
+                    _ => Outcome::Error,
+                })?;
+            if !res.status().is_success() {
+                return Err(Outcome::Error);
+            }
+            let body = read_limited(res.into_body(), self.agg.max_call_body).await?;
+            let value: Value = serde_json::from_slice(&body).map_err(|_| Outcome::Error)?;
+            Ok(match &call.select {
+                Some(fields) => merge::select(value, fields),
+                None => value,
+            })
+        };
+        tokio::time::timeout_at(deadline, fetch)
+            .await
+            .unwrap_or(Err(Outcome::Timeout))
+    }
+}
+
+/// An answer's body, or an error past `limit` bytes (a hand loop: rustc
+/// cannot prove `Limited`'s error conversion `Send` inside a spawned task).
+async fn read_limited(mut body: Body, limit: u64) -> Result<Vec<u8>, Outcome> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Outcome::Error)?;
+        if let Some(data) = frame.data_ref() {
+            if (out.len() + data.len()) as u64 > limit {
+                return Err(Outcome::Error);
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out)
+}
+
+static NO_EDITS: HeaderEdits = HeaderEdits {
+    set: Vec::new(),
+    remove: Vec::new(),
+};
+
+/// The merged answer, or the error naming the first required call that failed.
+fn answer(
+    route: &Arc<str>,
+    agg: &Aggregate,
+    outcomes: Vec<Result<Value, Outcome>>,
+    id: Option<&HeaderValue>,
+    edits: &HeaderEdits,
+    log: Option<&Arc<RequestLog>>,
+    metrics: &Metrics,
+) -> Response<Body> {
+    let mut failed: Vec<&str> = Vec::new();
+    let mut report = String::new();
+    let mut required_failure = None;
+    let mut answers = Vec::with_capacity(agg.calls.len());
+    for (call, result) in agg.calls.iter().zip(outcomes) {
+        let outcome = match result {
+            Ok(value) => {
+                answers.push((&*call.name, value));
+                Outcome::Ok
+            }
+            Err(outcome) => {
+                failed.push(&call.name);
+                match (&call.fallback, call.optional) {
+                    (Some(fallback), true) => {
+                        answers.push((&*call.name, fallback.clone()));
+                        Outcome::Fallback
+                    }
+                    (_, false) => {
+                        required_failure.get_or_insert((call.name.clone(), outcome));
+                        outcome
+                    }
+                    (None, true) => outcome,
+                }
+            }
+        };
+        metrics.aggregate_call(route, &call.name, outcome.as_str());
+        if !report.is_empty() {
+            report.push(' ');
+        }
+        report.push_str(&call.name);
+        report.push('=');
+        report.push_str(outcome.as_str());
+    }
+    if let Some(log) = log {
+        log.update(|f| f.calls = Some(report.into()));
+    }
+    let mut res = match required_failure {
+        Some((call, outcome)) => error::respond(AggregateError { call, outcome }, id),
+        None => {
+            let body = merge::merge(agg.merge, answers).to_string();
+            let mut res = Response::new(
+                Full::new(Bytes::from(body))
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            );
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            crate::proxy::apply_edits(res.headers_mut(), edits);
+            res
+        }
+    };
+    let headers = res.headers_mut();
+    headers.insert(
+        X_FNGATE_COMPLETED.clone(),
+        HeaderValue::from_static(if failed.is_empty() { "true" } else { "false" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&failed.join(", ")) {
+        if !failed.is_empty() {
+            headers.insert(X_FNGATE_FAILED.clone(), v);
+        }
+    }
+    res
+}
+
+/// The request headers every call carries: ids, trace context, and what
+/// authentication set (forwarded claims, `x-consumer-id`). The client's
+/// other headers (cookies, its credentials) stay with the gateway.
+fn call_headers(req: &Request<Body>, ctx: &RouteContext) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let claims = match ctx.active().config.auth.as_ref().map(|p| &p.kind) {
+        Some(AuthKind::Jwt(jwt)) => jwt.forward_claims.iter().map(|(_, h)| h).collect(),
+        _ => Vec::new(),
+    };
+    for name in CARRIED.iter().chain(claims) {
+        for v in req.headers().get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    out
+}
+
+fn peer(req: &Request<Body>) -> HeaderValue {
+    req.extensions()
+        .get::<ConnInfo>()
+        .map_or(HeaderValue::from_static("unknown"), |c| {
+            c.peer_value.clone()
+        })
+}
+
+fn tls(req: &Request<Body>) -> bool {
+    req.extensions().get::<ConnInfo>().is_some_and(|c| c.tls)
+}
+
+/// The request's query, decoded (`+` is a space).
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// A call's path with its placeholders filled; `None` when a field it needs
+/// is missing or is no string, number or boolean.
+fn render(
+    parts: &[CallPart],
+    params: &[String],
+    query: &[(String, String)],
+    done: &[Option<Result<Value, Outcome>>],
+) -> Option<String> {
+    let mut out = String::new();
+    let mut in_query = false;
+    for part in parts {
+        let set = if in_query { IN_QUERY } else { IN_PATH };
+        match part {
+            CallPart::Literal(l) => {
+                in_query |= l.contains('?');
+                out.push_str(l);
+            }
+            CallPart::Param(i) => {
+                let v = params.get(*i)?;
+                out.extend(percent_encoding::utf8_percent_encode(v, set));
+            }
+            CallPart::Query(name) => {
+                let v = query.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v);
+                out.extend(percent_encoding::utf8_percent_encode(v, set));
+            }
+            CallPart::Field { call, path } => {
+                let Some(Ok(root)) = &done[*call] else {
+                    return None;
+                };
+                let mut v = root;
+                for key in path {
+                    v = v.get(key)?;
+                }
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => return None,
+                };
+                out.extend(percent_encoding::utf8_percent_encode(&text, set));
+            }
+        }
+    }
+    Some(out)
+}
