@@ -51,7 +51,7 @@ pub async fn run(config: Config, opts: ServeOptions) -> Result<(), StartError> {
     let gateway = crate::server::start(config, opts).await?;
     let base = format!("http://{}", gateway.addr);
     println!(
-        "\nfngate demo is running. Try:\n\n  curl -i {base}/users/42\n  curl -i {base}/orders\n  curl -i -X POST {base}/orders -d '{{\"item\":\"book\"}}'\n  curl -i {base}/v1/orders/7/files/invoices/2026.pdf?dl=1\n  curl -i {base}/legacy/users/1\n  curl -i {base}/me/orders -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice --scope orders:read)\"\n  curl -i {base}/partner/orders -H 'x-api-key: demo-key-acme'\n  curl -i -X OPTIONS {base}/users/42 -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'\n  curl -i {base}/nope\n  curl -s http://{}/metrics | grep fngate_requests\n\nCtrl-C stops it.\n",
+        "\nfngate demo is running. Try:\n\n  curl -i {base}/users/42\n  curl -i {base}/orders\n  curl -i -X POST {base}/orders -d '{{\"item\":\"book\"}}'\n  curl -i {base}/v1/orders/7/files/invoices/2026.pdf?dl=1\n  curl -i {base}/legacy/users/1\n  curl -i {base}/me/orders -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice --scope orders:read)\"\n  curl -i {base}/partner/orders -H 'x-api-key: demo-key-acme'\n  curl -i {base}/dashboard/42 -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice)\"\n  curl -i -X OPTIONS {base}/users/42 -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'\n  curl -i {base}/nope\n  curl -s http://{}/metrics | grep fngate_requests\n\nCtrl-C stops it.\n",
         gateway.admin_addr
     );
     crate::server::run_until_signalled(gateway).await;
@@ -112,6 +112,16 @@ async fn answer(req: Request<Incoming>, name: &str, instance: &str) -> Response<
             "x-consumer-id": header("x-consumer-id"),
         },
     });
+    let mut json = json;
+    // A little data for the aggregate demo: users have a segment, recs have items.
+    if let Some(id) = parts.uri.path().strip_prefix("/users/") {
+        json["id"] = id.into();
+        json["segment"] = if id.len() % 2 == 0 { "gold" } else { "silver" }.into();
+    }
+    if let Some(segment) = parts.uri.path().strip_prefix("/recs/") {
+        json["items"] =
+            serde_json::json!([format!("{segment}-pick-1"), format!("{segment}-pick-2")]);
+    }
     let mut res = Response::new(Full::new(Bytes::from(json.to_string())));
     let headers = res.headers_mut();
     headers.insert(

@@ -80,7 +80,7 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml")).unwrap();
     let mut text = shipped.clone();
-    for port in ["9101", "9102", "9103"] {
+    for port in ["9101", "9102", "9103", "9104"] {
         let free = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -159,6 +159,22 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
     .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["seen_headers"]["x-user-id"], "alice");
+    // The aggregate route: three functions, one of them fed by another's answer.
+    let a = send(
+        Request::get(format!("http://{}/dashboard/42", p.addr))
+            .header("authorization", format!("Bearer {}", token.trim()))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-fngate-completed"), Some("true"));
+    assert_eq!(
+        a.json()["recommendations"]["items"][0],
+        "gold-pick-1",
+        "{}",
+        a.text()
+    );
     let a = send(
         Request::get(format!("http://{}/partner/orders", p.addr))
             .header("x-api-key", "demo-key-acme")
