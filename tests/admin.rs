@@ -482,3 +482,27 @@ async fn twenty_reloads_under_load_fail_no_request() {
     );
     assert!(ok > 0);
 }
+
+#[tokio::test]
+async fn an_aggregate_route_can_be_put_and_read_back_as_json() {
+    let backend = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, path) = gateway(dir.path(), "", &backend).await;
+    let route = r#"{"path": "/agg/{id}", "aggregate": {"timeout": "2s", "calls": [
+        {"name": "user", "backend": "b", "path": "/users/{id}"},
+        {"name": "more", "backend": "b", "path": "/more/{user.method}", "optional": true, "fallback": {"more": []}}
+    ]}}"#;
+    let a = admin(&gw, Method::PUT, "/routes/agg", Some(route), &[]).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let r = gw.get("/agg/7").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["more"]["uri"], "/more/GET");
+    let a = admin(&gw, Method::GET, "/routes/agg", None, &[]).await;
+    assert_eq!(
+        a.json()["aggregate"]["calls"][1]["fallback"]["more"],
+        serde_json::json!([])
+    );
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("/more/{user.method}"));
+}
