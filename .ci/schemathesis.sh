@@ -16,6 +16,8 @@ cargo build --quiet
 bin="${CARGO_TARGET_DIR:-target}/debug/fngate"
 work=$(mktemp -d)
 cp routes.toml "$work/routes.toml"
+# The demo JWKS, which the shipped config names relative to itself.
+mkdir -p "$work/certs" && cp certs/demo-jwks.json "$work/certs/"
 FNGATE_ADMIN_TOKEN=schemathesis-token "$bin" --config "$work/routes.toml" \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"$work/log" 2>&1 &
 pid=$!

@@ -65,7 +65,11 @@ pub(super) fn parse(
         }
     }
     let mut auth = Vec::new();
+    // Every declared name, valid or not: a route naming a broken policy gets
+    // that policy's errors, not a second "unknown" one.
+    let mut declared = Vec::new();
     for (name, obj) in root.named_tables(&mut ctx, "auth") {
+        declared.push(name.value.clone());
         let named = check_name(&mut ctx, &name, obj.path());
         if let Some(p) = auth::policy(&mut ctx, &name, obj, base) {
             if named {
@@ -86,7 +90,14 @@ pub(super) fn parse(
     let mut spans = Vec::new();
     for obj in tables {
         let span = obj.span();
-        if let Some(r) = route(&mut ctx, obj, &server, &backends, &auth, &rate_limits) {
+        if let Some(r) = route(
+            &mut ctx,
+            obj,
+            &server,
+            &backends,
+            (&auth, &declared),
+            &rate_limits,
+        ) {
             routes.push(Arc::new(r));
             spans.push(span);
         }
@@ -657,7 +668,7 @@ fn route(
     mut obj: Obj<'_>,
     server: &Server,
     backends: &[Arc<Backend>],
-    auth: &[Arc<AuthPolicy>],
+    (auth, declared): (&[Arc<AuthPolicy>], &[String]),
     rate_limits: &[Arc<RateLimit>],
 ) -> Option<Route> {
     let name = obj.string(ctx, "name");
@@ -847,7 +858,7 @@ fn route(
     }
     let policy = obj.string(ctx, "auth").and_then(|a| {
         let found = auth.iter().find(|p| *p.name == a.value).cloned();
-        if found.is_none() {
+        if found.is_none() && !declared.contains(&a.value) {
             ctx.error(
                 a.span,
                 obj.key_path("auth"),
