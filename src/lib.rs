@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod watch;
 
 pub use config::Config;

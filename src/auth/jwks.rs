@@ -171,37 +171,8 @@ async fn schedule(keys: Weak<RemoteKeys>, policy: String) {
     }
 }
 
-/// The CA file was checked at load; a certificate rustls still refuses is
-/// logged, and fetches then fail (and log) rather than trust anything else.
 fn client(policy: &str, remote: &Remote) -> HttpsClient {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    match &remote.ca {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                if let Err(e) = cert
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
-                {
-                    tracing::error!(policy, "jwks_ca: {e}");
-                }
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-    .unwrap_or_else(|_| {
-        rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
-    })
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = crate::tls::client_config(remote.ca.as_deref(), &format!("auth.{policy}.jwks_ca"));
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(FETCH_TIMEOUT));

@@ -222,7 +222,9 @@ fn jwt(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, base: &Path) -> Option<Jwt> {
         });
         match parsed {
             Some(url) => {
-                let ca = ca.as_ref().and_then(|c| ca_file(ctx, obj, c, base));
+                let ca = ca
+                    .as_ref()
+                    .and_then(|c| ca_file(ctx, obj, "jwks_ca", c, base));
                 keys = Some(JwtKeys::Remote(Remote {
                     url,
                     discovery,
@@ -562,20 +564,22 @@ fn secret(ctx: &mut Ctx<'_>, obj: &Obj<'_>, var: &Spanned<String>, hmac: bool) -
     }
 }
 
-fn ca_file(
+/// A PEM file of CA certificates (`jwks_ca`, a backend's `ca`), checked and kept as read.
+pub(super) fn ca_file(
     ctx: &mut Ctx<'_>,
     obj: &Obj<'_>,
+    key: &str,
     file: &Spanned<String>,
     base: &Path,
 ) -> Option<Arc<[u8]>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let pem = read(ctx, obj, "jwks_ca", file, base)?;
+    let pem = read(ctx, obj, key, file, base)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).collect();
     if certs.is_empty() || certs.iter().any(Result::is_err) {
         ctx.error(
             file.span.clone(),
-            obj.key_path("jwks_ca"),
+            obj.key_path(key),
             "not a PEM file of certificates",
         );
         return None;

@@ -19,7 +19,7 @@ use super::error::{ConfigErrors, Diagnostics};
 use super::path::{HostPattern, PathPattern, Template};
 use super::{
     Admin, Backend, Balance, Config, Cors, Endpoint, HeaderEdits, HealthCheck, LimitKey, Persist,
-    RateLimit, Route, Server, Target,
+    Protocol, RateLimit, Route, Server, Target,
 };
 
 /// Sections and keys of SPEC §2 that later releases implement. They are refused
@@ -54,7 +54,7 @@ pub(super) fn parse(
     let admin = admin(&mut ctx, admin_table);
     let mut backends = Vec::new();
     for (name, obj) in root.named_tables(&mut ctx, "backends") {
-        if let Some(b) = backend(&mut ctx, name, obj) {
+        if let Some(b) = backend(&mut ctx, name, obj, base) {
             backends.push(Arc::new(b));
         }
     }
@@ -424,7 +424,12 @@ fn check_name(ctx: &mut Ctx<'_>, name: &Spanned<String>, what: &str) -> bool {
     ok
 }
 
-fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option<Backend> {
+fn backend(
+    ctx: &mut Ctx<'_>,
+    name: Spanned<String>,
+    mut obj: Obj<'_>,
+    base: &Path,
+) -> Option<Backend> {
     let named = check_name(ctx, &name, obj.path());
     let mut endpoints = Vec::new();
     match obj.strings(ctx, "urls") {
@@ -468,20 +473,34 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
         .duration(ctx, "timeout")
         .unwrap_or(Duration::from_secs(10));
     let retries = obj.uint(ctx, "retries", 10).unwrap_or(1) as u32;
-    if let Some(p) = obj.string(ctx, "protocol") {
-        match p.value.as_str() {
-            "http1" => {}
-            "h2" => ctx.error(
-                p.span,
-                obj.key_path("protocol"),
-                format!("\"h2\" upstreams {NOT_YET}"),
-            ),
-            other => ctx.error(
-                p.span,
-                obj.key_path("protocol"),
-                format!("`{other}`: expected \"http1\" or \"h2\""),
-            ),
-        }
+    let protocol = match obj.string(ctx, "protocol") {
+        None => Protocol::Http1,
+        Some(p) => match p.value.as_str() {
+            "http1" => Protocol::Http1,
+            "h2" => Protocol::H2,
+            other => {
+                ctx.error(
+                    p.span,
+                    obj.key_path("protocol"),
+                    format!("`{other}`: expected \"http1\" or \"h2\""),
+                );
+                Protocol::Http1
+            }
+        },
+    };
+    let ca = obj
+        .string(ctx, "ca")
+        .and_then(|f| auth::ca_file(ctx, &obj, "ca", &f, base));
+    if ca.is_some()
+        && !endpoints
+            .iter()
+            .any(|e: &Endpoint| e.scheme == Scheme::HTTPS)
+    {
+        ctx.error(
+            obj.key_span("ca"),
+            obj.key_path("ca"),
+            "only applies to https:// urls",
+        );
     }
     let max_in_flight = obj
         .uint(ctx, "max_in_flight", u64::from(u32::MAX))
@@ -501,7 +520,6 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
     let retry_budget_percent = obj.uint(ctx, "retry_budget_percent", 1000).unwrap_or(20) as u32;
     let retry_min_per_second = obj.uint(ctx, "retry_min_per_second", 100_000).unwrap_or(10) as u32;
     let health = obj.table(ctx, "health").map(|h| health_check(ctx, h));
-    not_yet(ctx, &mut obj, &["ca"]);
     obj.finish(ctx);
     if !named || endpoints.is_empty() {
         return None;
@@ -521,6 +539,8 @@ fn backend(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option
         health: health.flatten(),
         retry_budget_percent,
         retry_min_per_second,
+        protocol,
+        ca,
     })
 }
 
@@ -580,11 +600,8 @@ fn endpoint(url: &str) -> Result<Endpoint, String> {
         .scheme()
         .cloned()
         .ok_or_else(|| format!("`{url}` needs a scheme: http://host:port"))?;
-    if scheme == Scheme::HTTPS {
-        return Err(format!("`{url}`: https:// upstreams {NOT_YET}"));
-    }
-    if scheme != Scheme::HTTP {
-        return Err(format!("`{url}`: the scheme must be http"));
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(format!("`{url}`: the scheme must be http or https"));
     }
     let authority: Authority = uri
         .authority()

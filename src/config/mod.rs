@@ -143,6 +143,17 @@ pub struct Backend {
     pub retry_budget_percent: u32,
     /// ...plus this many per second, so a quiet backend can still retry.
     pub retry_min_per_second: u32,
+    pub protocol: Protocol,
+    /// PEM CA certificates trusted for `https://` endpoints instead of the system roots.
+    pub ca: Option<Arc<[u8]>>,
+}
+
+/// What a backend speaks: HTTP/1.1, or HTTP/2 (ALPN over TLS, prior knowledge over
+/// plain TCP), which gRPC needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,12 +17,13 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use crate::config::{Backend, Endpoint, Target};
+use crate::config::{Backend, Endpoint, Protocol, Target};
 use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
 use crate::error::{self, Body, BoxError};
 use crate::metrics::Metrics;
@@ -61,7 +62,7 @@ pub enum ProxyError {
 /// change; its health-check tasks stop when it is dropped.
 pub struct Upstream {
     pub backend: Arc<Backend>,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     pool: Pool,
     _checks: tokio_util::sync::DropGuard,
 }
@@ -80,10 +81,29 @@ impl Upstream {
         http.set_connect_timeout(Some(backend.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
+        http.enforce_http(false);
+        // https:// endpoints verify against `ca` or the system roots; ALPN
+        // offers only the protocol the backend is configured for.
+        let tls = crate::tls::client_config(
+            backend.ca.as_deref(),
+            &format!("backends.{}.ca", backend.name),
+        );
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let https = match backend.protocol {
+            Protocol::Http1 => https.enable_http1().wrap_connector(http),
+            Protocol::H2 => https.enable_http2().wrap_connector(http),
+        };
+        let mut client = Client::builder(TokioExecutor::new());
+        client
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(http);
+            .pool_idle_timeout(Duration::from_secs(60));
+        if backend.protocol == Protocol::H2 {
+            // Prior knowledge over plain TCP (h2c); over TLS, ALPN agreed on h2.
+            client.http2_only(true).timer(TokioTimer::new());
+        }
+        let client = client.build(https);
         let stop = tokio_util::sync::CancellationToken::new();
         let upstream = Arc::new(Self {
             pool: Pool::new(backend.clone(), metrics),

@@ -56,14 +56,16 @@ impl TestCa {
 
     pub fn server_config(&self, names: &[&str]) -> rustls::ServerConfig {
         let (certs, key) = self.leaf(names);
-        rustls::ServerConfig::builder_with_provider(Arc::new(
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .unwrap()
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
     }
 }
 
@@ -98,9 +100,12 @@ impl HttpsServer {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    // HTTP/1.1 or HTTP/2, whichever ALPN agreed on.
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
                 });
                 tasks2.lock().unwrap().push(conn);
             }
