@@ -222,6 +222,7 @@ impl Task {
                         max_body: 0,
                         log: None,
                         response_edits: &NO_EDITS,
+                        upgrade: false,
                     },
                     &self.metrics,
                 )

@@ -241,6 +241,8 @@ fn server_defaults() -> Server {
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(30),
         drain_delay: Duration::ZERO,
+        websocket_idle_timeout: Duration::from_secs(600),
+        websocket_max_lifetime: Duration::from_secs(24 * 3600),
         watch: true,
         trusted_proxies: Vec::new(),
     }
@@ -291,6 +293,18 @@ fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Server {
     );
     positive(ctx, &mut obj, "idle_timeout", &mut s.idle_timeout);
     positive(ctx, &mut obj, "request_timeout", &mut s.request_timeout);
+    positive(
+        ctx,
+        &mut obj,
+        "websocket_idle_timeout",
+        &mut s.websocket_idle_timeout,
+    );
+    positive(
+        ctx,
+        &mut obj,
+        "websocket_max_lifetime",
+        &mut s.websocket_max_lifetime,
+    );
     if let Some(d) = obj.duration(ctx, "shutdown_grace") {
         s.shutdown_grace = d;
     }

@@ -89,6 +89,10 @@ pub struct Server {
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub drain_delay: Duration,
+    /// An upgraded connection (WebSocket) with no bytes moving this long is closed.
+    pub websocket_idle_timeout: Duration,
+    /// ...and one open this long, whatever it does.
+    pub websocket_max_lifetime: Duration,
     pub watch: bool,
     pub trusted_proxies: Vec<IpNet>,
 }

@@ -4,6 +4,7 @@
 mod body;
 mod headers;
 mod pool;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -250,6 +251,9 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     let started = Instant::now();
     let deadline = started + route.timeout.unwrap_or(server.request_timeout);
 
+    // An HTTP/1.1 Upgrade (WebSocket): the client's side of the tunnel, for after the 101.
+    let upgrade = upgrade_of(&req);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let params: Vec<&str> = match route.target {
         Target::Rewrite(_) => ctx.params().collect(),
@@ -265,6 +269,15 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         &route.request_headers,
         &backend.headers,
     );
+    if let Some(protocol) = &upgrade {
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        parts
+            .headers
+            .insert(http::header::UPGRADE, protocol.clone());
+    }
     let client_host = if route.preserve_host {
         ctx.host.clone()
     } else {
@@ -272,7 +285,7 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     };
 
     let prepared = prepare(body, server.max_body, log.as_ref()).await?;
-    upstream
+    let mut res = upstream
         .send(
             Outgoing {
                 method: parts.method,
@@ -286,10 +299,40 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
                 max_body: server.max_body,
                 log,
                 response_edits: &route.response_headers,
+                upgrade: upgrade.is_some(),
             },
             metrics,
         )
-        .await
+        .await?;
+    if let Some(client) = client_upgrade {
+        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut res);
+            tokio::spawn(tunnel::run(
+                client,
+                upstream,
+                server.websocket_idle_timeout,
+                server.websocket_max_lifetime,
+            ));
+        }
+    }
+    Ok(res)
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade`
+/// and `Upgrade: X`), if any.
+fn upgrade_of(req: &Request<Body>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(http::header::UPGRADE).cloned())
+        .flatten()
 }
 
 /// One request for an upstream, ready to send (a proxied request or one call of an aggregate).
@@ -307,6 +350,8 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) max_body: u64,
     pub(crate) log: Option<Arc<RequestLog>>,
     pub(crate) response_edits: &'a crate::config::HeaderEdits,
+    /// A 101 answer keeps its `Connection` and `Upgrade`.
+    pub(crate) upgrade: bool,
 }
 
 impl Upstream {
@@ -338,6 +383,7 @@ async fn send(
         max_body,
         log,
         response_edits,
+        upgrade,
     } = out;
     let mut parts_headers = headers;
     let backend = &upstream.backend;
@@ -453,7 +499,7 @@ async fn send(
                     }
                     continue;
                 }
-                return Ok(response(res, response_edits, admitted));
+                return Ok(response(res, response_edits, admitted, upgrade));
             }
             Ok(Err(e)) => {
                 if let Some(b) = body::body_error(&e) {
@@ -574,9 +620,21 @@ fn response(
     res: Response<hyper::body::Incoming>,
     edits: &crate::config::HeaderEdits,
     in_flight: InFlight,
+    upgrade: bool,
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
+    let switching = upgrade && parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let protocol = switching
+        .then(|| parts.headers.get(http::header::UPGRADE).cloned())
+        .flatten();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = protocol {
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        parts.headers.insert(http::header::UPGRADE, p);
+    }
     headers::apply(&mut parts.headers, edits);
     // The request counts as in flight until its answer's body is done.
     let body = Counted {

@@ -292,7 +292,9 @@ async fn connection<S>(
                 .max_header_size(server.max_header_size)
                 .max_buf_size((server.max_header_size + 8192).max(400 << 10))
                 .keep_alive(true)
-                .serve_connection(io, svc);
+                .serve_connection(io, svc)
+                // WebSocket: after a 101 the socket goes to the proxy's tunnel.
+                .with_upgrades();
             drive(
                 conn,
                 &draining.token,
@@ -320,6 +322,18 @@ trait Graceful: Future<Output = hyper::Result<()>> {
 impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, S>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<BoxError>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming>,
     S::ResBody: http_body::Body + 'static,
     <S::ResBody as http_body::Body>::Error: Into<BoxError>,

@@ -1,0 +1,151 @@
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+//! Long-lived exchanges: WebSocket upgrades and server-sent events pass
+//! through without buffering; idle tunnels are closed.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket echo function.
+async fn ws_echo() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn ws_config(backend: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "[server]\n{extra}\n[backends.ws]\nurls = [\"http://{backend}\"]\n\
+         [[routes]]\nname = \"chat\"\npath = \"/chat\"\nbackend = \"ws\"\n"
+    )
+}
+
+#[tokio::test]
+async fn a_websocket_echo_passes_through_the_gateway() {
+    let gw = Gw::start(&ws_config(ws_echo().await, "")).await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut ws, res) = tokio_tungstenite::client_async(format!("ws://{}/chat", gw.addr), tcp)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 101);
+    assert!(
+        res.headers().get("x-request-id").is_some(),
+        "the 101 went through the stack"
+    );
+    for text in ["hello", "through", "fngate"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2])).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        &[0u8, 1, 2]
+    );
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_websocket_is_closed() {
+    let gw = Gw::start(&ws_config(
+        ws_echo().await,
+        "websocket_idle_timeout = \"200ms\"",
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/chat", gw.addr), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "one"
+    );
+    // Nothing moves: the gateway closes the tunnel (the stream ends or errors).
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the idle tunnel is closed");
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_before_the_stream_ends() {
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let release = std::sync::Arc::new(std::sync::Mutex::new(Some(release_rx)));
+    let backend = Backend::with(move |_| {
+        let release = release.clone();
+        async move {
+            let rx = release.lock().unwrap().take().unwrap();
+            // The first event now; the second only when the test has seen the first.
+            let stream = futures_util::stream::unfold((0, Some(rx)), |(n, rx)| async move {
+                match n {
+                    0 => Some((Ok(Frame::data(Bytes::from("data: first\n\n"))), (1, rx))),
+                    1 => {
+                        rx.unwrap().await.ok()?;
+                        Some((Ok(Frame::data(Bytes::from("data: second\n\n"))), (2, None)))
+                    }
+                    _ => None,
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap()
+        }
+    })
+    .await;
+    let gw = Gw::start(&config(&backend.url(), ANY)).await;
+    let client: hyper_util::client::legacy::Client<_, BoxBody> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let res = client
+        .request(Request::get(gw.url("/events")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first event arrives while the function still runs")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
+    release_tx.send(()).unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "data: second\n\n");
+}
