@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub authenticators: Vec<Arc<Authenticator>>,
     /// Parallel to `config.routes`.
     pub routes: Vec<ActiveRoute>,
+    /// The HTTPS listener's config; new connections take the current one.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug)]
@@ -231,8 +233,22 @@ impl Snapshot {
                 }
             })
             .collect();
+        // Unchanged certificates keep their compiled config; a new one that
+        // fails to build (checked at load, so rarely) leaves the old one serving.
+        let tls = match (&config.server.tls, previous) {
+            (None, _) => None,
+            (Some(t), Some(p)) if p.config.server.tls.as_ref() == Some(t) => p.tls.clone(),
+            (Some(t), p) => match crate::tls::server_config(t) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!("server.tls: {e}; keeping the previous certificates");
+                    p.and_then(|p| p.tls.clone())
+                }
+            },
+        };
         Self {
             version,
+            tls,
             table: RouteTable::build(&config.routes),
             config: Arc::new(config),
             upstreams,
@@ -289,7 +305,11 @@ impl State {
             .unwrap_or_else(|e| Err(join_error(e)));
         match result {
             // The watcher sees our own write-backs too: same text, nothing to do.
-            Ok(config) if config.text == current.config.text && source == Source::File => {
+            Ok(config)
+                if config.text == current.config.text
+                    && config.server.tls == current.config.server.tls
+                    && source == Source::File =>
+            {
                 Ok(Reloaded::Unchanged(current.version))
             }
             Ok(config) => {

@@ -17,6 +17,7 @@ use super::auth::{self, AuthKind, AuthPolicy};
 use super::decode::{Ctx, EnvLookup, Obj, Spanned};
 use super::error::{ConfigErrors, Diagnostics};
 use super::path::{HostPattern, PathPattern, Template};
+use super::tls;
 use super::{
     Admin, Backend, Balance, Config, Cors, Endpoint, HeaderEdits, HealthCheck, LimitKey, Persist,
     Protocol, RateLimit, Route, Server, Target,
@@ -47,7 +48,7 @@ pub(super) fn parse(
     };
 
     let server = match root.table(&mut ctx, "server") {
-        Some(obj) => server(&mut ctx, obj),
+        Some(obj) => server(&mut ctx, obj, base),
         None => server_defaults(),
     };
     let admin_table = root.table(&mut ctx, "admin");
@@ -243,12 +244,13 @@ fn server_defaults() -> Server {
         drain_delay: Duration::ZERO,
         websocket_idle_timeout: Duration::from_secs(600),
         websocket_max_lifetime: Duration::from_secs(24 * 3600),
+        tls: None,
         watch: true,
         trusted_proxies: Vec::new(),
     }
 }
 
-fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Server {
+fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Server {
     let mut s = server_defaults();
     if let Some(addr) = address(ctx, &mut obj, "listen") {
         s.listen = addr;
@@ -331,14 +333,9 @@ fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Server {
             ),
         }
     }
-    if obj.has("tls") {
-        ctx.error(
-            obj.key_span("tls"),
-            obj.key_path("tls"),
-            format!("`[server.tls]` {NOT_YET}"),
-        );
-        obj.mark("tls");
-    }
+    s.tls = obj
+        .table(ctx, "tls")
+        .and_then(|t| tls::server_tls(ctx, t, base));
     obj.finish(ctx);
     s
 }

@@ -11,6 +11,7 @@ mod decode;
 mod error;
 mod load;
 pub mod path;
+mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub use auth::{
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use path::{HostPattern, Param, PathPattern, Template};
+pub use tls::{PemFile, ServerTls, TlsCert};
 
 /// The validated contents of one routes.toml.
 #[derive(Debug, Clone)]
@@ -93,6 +95,8 @@ pub struct Server {
     pub websocket_idle_timeout: Duration,
     /// ...and one open this long, whatever it does.
     pub websocket_max_lifetime: Duration,
+    /// The HTTPS listener, when configured.
+    pub tls: Option<ServerTls>,
     pub watch: bool,
     pub trusted_proxies: Vec<IpNet>,
 }

@@ -57,6 +57,8 @@ pub enum StartError {
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTPS listener's address, when `[server.tls]` is configured.
+    pub tls_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     shutdown: CancellationToken,
     done: JoinHandle<()>,
@@ -99,8 +101,23 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
                 addr: admin_listen,
                 source,
             })?;
+    let tls_listener = match &config.server.tls {
+        Some(tls) => {
+            Some(
+                TcpListener::bind(tls.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        key: "server.tls.listen",
+                        addr: tls.listen,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let addr = listener.local_addr().unwrap_or(listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_listen);
+    let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let watch = config.server.watch.then(|| config.path.clone()).flatten();
     let metrics = Arc::new(Metrics::new());
@@ -132,16 +149,28 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     // Read per answer, so a flag rather than a token (cloning a token locks).
     let draining_flag = Arc::new(AtomicBool::new(false));
     let tracker = TaskTracker::new();
+    let drain = Drain {
+        token: draining.clone(),
+        flag: draining_flag.clone(),
+    };
     let accept = tokio::spawn(accept_loop(
         listener,
+        false,
         state.clone(),
         stop_accepting.clone(),
-        Drain {
-            token: draining.clone(),
-            flag: draining_flag.clone(),
-        },
+        drain.clone(),
         tracker.clone(),
     ));
+    let accept_tls = tls_listener.map(|l| {
+        tokio::spawn(accept_loop(
+            l,
+            true,
+            state.clone(),
+            stop_accepting.clone(),
+            drain,
+            tracker.clone(),
+        ))
+    });
 
     let done = tokio::spawn({
         let state = state.clone();
@@ -154,6 +183,9 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             tokio::time::sleep(server.drain_delay).await;
             stop_accepting.cancel();
             let _ = accept.await;
+            if let Some(a) = accept_tls {
+                let _ = a.await;
+            }
             draining_flag.store(true, Ordering::SeqCst);
             draining.cancel();
             tracker.close();
@@ -169,10 +201,14 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
         }
     });
 
-    tracing::info!(%addr, %admin_addr, "fngate listening");
+    match tls_addr {
+        Some(tls_addr) => tracing::info!(%addr, %admin_addr, %tls_addr, "fngate listening"),
+        None => tracing::info!(%addr, %admin_addr, "fngate listening"),
+    }
     Ok(Gateway {
         addr,
         admin_addr,
+        tls_addr,
         state,
         shutdown,
         done,
@@ -220,6 +256,7 @@ struct Drain {
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: bool,
     state: Arc<State>,
     stop: CancellationToken,
     draining: Drain,
@@ -236,6 +273,7 @@ async fn accept_loop(
                 tracker.spawn(connection(
                     stream,
                     peer,
+                    tls,
                     service.clone(),
                     state.clone(),
                     draining.clone(),
@@ -253,6 +291,7 @@ async fn accept_loop(
 async fn connection<S>(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: bool,
     service: S,
     state: Arc<State>,
     draining: Drain,
@@ -273,17 +312,73 @@ async fn connection<S>(
     let server = state.load().config.server.clone();
     let activity = Arc::new(Activity::new());
     let mut io = ConnIo::new(stream, activity.clone());
-    let protocol = match tokio::time::timeout(server.header_read_timeout, io.sniff()).await {
-        Ok(Ok(p)) => p,
-        _ => return,
-    };
     let svc = HyperService {
         inner: service,
-        conn: ConnInfo::new(peer, false),
+        conn: ConnInfo::new(peer, tls),
         activity: activity.clone(),
         draining: draining.flag.clone(),
     };
-    let io = TokioIo::new(io);
+    if !tls {
+        let protocol = match tokio::time::timeout(server.header_read_timeout, io.sniff()).await {
+            Ok(Ok(p)) => p,
+            _ => return,
+        };
+        serve_io(
+            TokioIo::new(io),
+            protocol,
+            svc,
+            &server,
+            &draining,
+            &activity,
+        )
+        .await;
+        return;
+    }
+    // The certificates of the snapshot current at accept time: a rotation
+    // serves new connections and leaves open ones alone.
+    let Some(config) = state.load().tls.clone() else {
+        return;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
+    let stream = match tokio::time::timeout(server.header_read_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    serve_io(
+        TokioIo::new(stream),
+        protocol,
+        svc,
+        &server,
+        &draining,
+        &activity,
+    )
+    .await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on a connection, plain or TLS.
+async fn serve_io<I, S>(
+    io: TokioIo<I>,
+    protocol: Protocol,
+    svc: HyperService<S>,
+    server: &crate::config::Server,
+    draining: &Drain,
+    activity: &Arc<Activity>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     match protocol {
         Protocol::Http1 => {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -298,7 +393,7 @@ async fn connection<S>(
             drive(
                 conn,
                 &draining.token,
-                &activity,
+                activity,
                 server.idle_timeout,
                 Some(server.header_read_timeout),
             )
@@ -309,7 +404,7 @@ async fn connection<S>(
                 .timer(TokioTimer::new())
                 .max_header_list_size(server.max_header_size.min(u32::MAX as usize) as u32)
                 .serve_connection(io, svc);
-            drive(conn, &draining.token, &activity, server.idle_timeout, None).await;
+            drive(conn, &draining.token, activity, server.idle_timeout, None).await;
         }
     }
 }

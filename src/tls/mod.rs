@@ -1,11 +1,15 @@
 //! rustls configurations: clients of upstreams and identity providers, and
 //! (see `server`) the HTTPS listener.
 
+mod server;
+
 use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
+
+pub use server::server_config;
 
 /// The crypto provider of every config: ring, shared with jsonwebtoken.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

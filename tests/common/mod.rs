@@ -198,6 +198,8 @@ pub async fn dead_addr() -> SocketAddr {
 pub struct Gw {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when the config has `[server.tls]`.
+    pub tls: Option<SocketAddr>,
     pub gateway: Option<fngate::Gateway>,
 }
 
@@ -226,6 +228,7 @@ impl Gw {
         Self {
             addr: gateway.addr,
             admin: gateway.admin_addr,
+            tls: gateway.tls_addr,
             gateway: Some(gateway),
         }
     }
