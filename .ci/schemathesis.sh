@@ -16,8 +16,10 @@ cargo build --quiet
 bin="${CARGO_TARGET_DIR:-target}/debug/fngate"
 work=$(mktemp -d)
 cp routes.toml "$work/routes.toml"
-# The demo JWKS, which the shipped config names relative to itself.
-mkdir -p "$work/certs" && cp certs/demo-jwks.json "$work/certs/"
+# The certificates and JWKS the shipped config names relative to itself; the
+# HTTPS listener on a free port.
+cp -r certs "$work/"
+sed -i 's/127.0.0.1:8443/127.0.0.1:0/' "$work/routes.toml"
 FNGATE_ADMIN_TOKEN=schemathesis-token "$bin" --config "$work/routes.toml" \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"$work/log" 2>&1 &
 pid=$!

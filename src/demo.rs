@@ -50,8 +50,14 @@ pub async fn run(config: Config, opts: ServeOptions) -> Result<(), StartError> {
     }
     let gateway = crate::server::start(config, opts).await?;
     let base = format!("http://{}", gateway.addr);
+    let https = gateway.tls_addr.map_or(String::new(), |a| {
+        format!(
+            "  curl -i --cacert certs/ca.pem https://localhost:{}/users/42   # HTTPS (dev certificate)\n",
+            a.port()
+        )
+    });
     println!(
-        "\nfngate demo is running. Try:\n\n  curl -i {base}/users/42\n  curl -i {base}/orders\n  curl -i -X POST {base}/orders -d '{{\"item\":\"book\"}}'\n  curl -i {base}/v1/orders/7/files/invoices/2026.pdf?dl=1\n  curl -i {base}/legacy/users/1\n  curl -i {base}/me/orders -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice --scope orders:read)\"\n  curl -i {base}/partner/orders -H 'x-api-key: demo-key-acme'\n  curl -i {base}/dashboard/42 -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice)\"\n  curl -i -X OPTIONS {base}/users/42 -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'\n  curl -i {base}/nope\n  curl -s http://{}/metrics | grep fngate_requests\n\nCtrl-C stops it.\n",
+        "\nfngate demo is running. Try:\n\n  curl -i {base}/users/42\n  curl -i {base}/orders\n  curl -i -X POST {base}/orders -d '{{\"item\":\"book\"}}'\n  curl -i {base}/v1/orders/7/files/invoices/2026.pdf?dl=1\n  curl -i {base}/legacy/users/1\n  curl -i {base}/me/orders -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice --scope orders:read)\"\n  curl -i {base}/partner/orders -H 'x-api-key: demo-key-acme'\n  curl -i {base}/dashboard/42 -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice)\"\n  curl -i -X OPTIONS {base}/users/42 -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'\n  curl -i {base}/nope\n{https}  curl -s http://{}/metrics | grep fngate_requests\n\nCtrl-C stops it.\n",
         gateway.admin_addr
     );
     crate::server::run_until_signalled(gateway).await;

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod context;
 pub mod demo;
+pub mod devcert;
 pub mod error;
 pub mod explain;
 pub mod metrics;

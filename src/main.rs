@@ -77,6 +77,19 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Make a development CA and a certificate signed by it (dev only: the CA
+    /// key is written next to it). Writes ca.pem, ca-key.pem, NAME.pem, NAME-key.pem.
+    Cert {
+        /// Where to write.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// A DNS name or IP the certificate covers (repeatable; the first names the files).
+        #[arg(long = "name", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        names: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +117,20 @@ fn main() -> ExitCode {
         }) => explain(config::resolve_path(config), &method, &path, &headers),
         Some(Command::Serve(args)) => serve(args, cli.log_format, false),
         Some(Command::Demo(args)) => serve(args, cli.log_format, true),
+        Some(Command::Cert { dir, names, force }) => {
+            match fngate::devcert::make(&dir, &names, force) {
+                Ok(w) => {
+                    for f in w.files {
+                        println!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::Token { sub, scope, ttl }) => {
             match fngate::demo::token(&sub, scope.as_deref(), ttl) {
                 Ok(t) => {

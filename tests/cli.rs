@@ -80,6 +80,7 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml")).unwrap();
     let mut text = shipped.clone();
+    text = text.replace("127.0.0.1:8443", "127.0.0.1:0");
     for port in ["9101", "9102", "9103", "9104"] {
         let free = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -94,11 +95,13 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
     std::fs::write(&cfg, text).unwrap();
     // Key files are found relative to the config file.
     std::fs::create_dir(dir.path().join("certs")).unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/certs/demo-jwks.json"),
-        dir.path().join("certs/demo-jwks.json"),
-    )
-    .unwrap();
+    for file in ["demo-jwks.json", "localhost.pem", "localhost-key.pem"] {
+        std::fs::copy(
+            format!("{}/certs/{file}", env!("CARGO_MANIFEST_DIR")),
+            dir.path().join("certs").join(file),
+        )
+        .unwrap();
+    }
     let cfg = cfg.display().to_string();
     let mut p = Proc::spawn(&[
         "demo",

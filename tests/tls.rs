@@ -337,3 +337,51 @@ async fn plain_http_to_the_tls_port_fails_and_harms_nothing() {
     assert_eq!(get(tls, "/x").await.1, 200);
     assert_eq!(backend.count(), 1);
 }
+
+#[tokio::test]
+async fn fngate_cert_makes_a_ca_and_a_certificate_the_listener_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fngate()
+        .args([
+            "cert",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--name",
+            "localhost",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second run keeps the files unless --force.
+    let again = fngate()
+        .args(["cert", "--dir", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let backend = Backend::echo("b").await;
+    let gw = start(
+        &tls_config(&backend, dir.path(), &["localhost"], ""),
+        dir.path(),
+    )
+    .await;
+    let mut roots = RootCertStore::empty();
+    let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = connect(gw.tls.unwrap(), "localhost", config).await.unwrap();
+    assert_eq!(get(tls, "/x").await.1, 200);
+}
