@@ -137,7 +137,6 @@ impl Jwks {
             move |req: Request<hyper::body::Incoming>| {
                 let (k, h) = (k.clone(), h.clone());
                 async move {
-                    let port = req.uri().port_u16();
                     let body = match req.uri().path() {
                         "/jwks" => {
                             h.fetch_add(1, Ordering::SeqCst);
@@ -146,7 +145,6 @@ impl Jwks {
                         // The OpenID configuration of an issuer (discovery_url).
                         "/.well-known/openid-configuration" => {
                             let host = req.headers()["host"].to_str().unwrap().to_owned();
-                            let _ = port;
                             json!({ "issuer": ISSUER, "jwks_uri": format!("https://{host}/jwks") })
                         }
                         _ => {
