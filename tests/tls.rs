@@ -23,8 +23,13 @@ use tokio::net::TcpStream;
 type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 fn client_config(ca: &TestCa, alpn: &[&[u8]], identity: Option<Identity>) -> rustls::ClientConfig {
+    trusting(ca.pem().as_bytes(), alpn, identity)
+}
+
+/// A client trusting the CA certificates in `ca_pem`.
+fn trusting(ca_pem: &[u8], alpn: &[&[u8]], identity: Option<Identity>) -> rustls::ClientConfig {
     let mut roots = RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().as_bytes()) {
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(c.unwrap()).unwrap();
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -370,18 +375,8 @@ async fn fngate_cert_makes_a_ca_and_a_certificate_the_listener_serves() {
         dir.path(),
     )
     .await;
-    let mut roots = RootCertStore::empty();
     let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
-    for c in CertificateDer::pem_slice_iter(&ca) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = trusting(&ca, &[], None);
     let tls = connect(gw.tls.unwrap(), "localhost", config).await.unwrap();
     assert_eq!(get(tls, "/x").await.1, 200);
 }

@@ -416,15 +416,16 @@ where
             report.fields(policy).write(res.headers_mut(), true);
             return Either::Right(Either::Left(std::future::ready(Ok(res))));
         }
-        let fields = report.clone().fields(policy);
         // The first phase's fields stand unless the second phase ran (an
-        // answer refused by authentication carries them too).
-        let overwrite = match self.phase {
+        // answer refused by authentication carries them too). Only then is
+        // the report copied, for the second phase to continue.
+        let (fields, overwrite) = match self.phase {
             Phase::BeforeAuth if !active.limits_after.is_empty() => {
+                let fields = report.clone().fields(policy);
                 req.extensions_mut().insert(report);
-                false
+                (fields, false)
             }
-            _ => true,
+            _ => (report.fields(policy), true),
         };
         Either::Right(Either::Right(Headed {
             inner: self.inner.call(req),
