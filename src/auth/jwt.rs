@@ -147,11 +147,10 @@ fn validation(config: &Jwt, alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = config.leeway.as_secs();
     v.validate_nbf = true;
+    // exp is checked whenever present; required unless `require_exp = false`.
     let mut required = Vec::new();
     if config.require_exp {
         required.push("exp");
-    } else {
-        v.validate_exp = true;
     }
     match &config.issuer {
         Some(iss) => {
