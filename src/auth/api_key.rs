@@ -14,15 +14,23 @@ use subtle::ConstantTimeEq;
 use super::{Reason, Verified};
 use crate::config::ApiKeys;
 
-/// A policy's keys by hash.
-pub(super) type Index = HashMap<[u8; 32], usize>;
+/// A policy's keys by hash, each with the identity it grants, built once
+/// per policy so a request allocates nothing to be identified.
+pub(super) type Index = HashMap<[u8; 32], ([u8; 32], Arc<Verified>)>;
 
 pub(super) fn index(policy: &ApiKeys) -> Index {
     policy
         .keys
         .iter()
-        .enumerate()
-        .map(|(i, k)| (k.sha256, i))
+        .map(|k| {
+            let verified = Arc::new(Verified {
+                consumer: Some(k.id.clone()),
+                consumer_value: Some(k.id_value.clone()),
+                claims: serde_json::Map::new(),
+                scopes: Vec::new(),
+            });
+            (k.sha256, (k.sha256, verified))
+        })
         .collect()
 }
 
@@ -45,17 +53,8 @@ pub(super) fn check(
     let digest = ring::digest::digest(&ring::digest::SHA256, value.as_bytes());
     let mut hash = [0u8; 32];
     hash.copy_from_slice(digest.as_ref());
-    let found = index
-        .get(&hash)
-        .and_then(|&i| policy.keys.get(i))
-        .filter(|k| bool::from(k.sha256.ct_eq(&hash)));
-    match found {
-        Some(key) => Ok(Some(Arc::new(Verified {
-            consumer: Some(key.id.clone()),
-            consumer_value: Some(key.id_value.clone()),
-            claims: serde_json::Map::new(),
-            scopes: Vec::new(),
-        }))),
-        None => Err(Reason::UnknownApiKey),
+    match index.get(&hash) {
+        Some((stored, verified)) if bool::from(stored.ct_eq(&hash)) => Ok(Some(verified.clone())),
+        _ => Err(Reason::UnknownApiKey),
     }
 }

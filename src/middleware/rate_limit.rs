@@ -8,7 +8,6 @@
 //! keeps std's SipHash: header keys are client-chosen, so no hash flooding.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -87,6 +86,8 @@ pub struct Limiter {
     near_cap: std::sync::atomic::AtomicBool,
     /// `RateLimit-Policy` item, computed once.
     policy_item: String,
+    /// The start of its `RateLimit` item: `"name";r=`.
+    state_prefix: String,
     /// `RateLimit-Limit`: the burst.
     burst_value: HeaderValue,
 }
@@ -118,6 +119,7 @@ impl Limiter {
         let keyed = RateLimiter::dashmap_with_clock(quota, clock.clone())
             .with_middleware::<StateInformationMiddleware>();
         let policy_item = policy_item(&policy);
+        let state_prefix = format!("\"{}\";r=", policy.name);
         let small_cap = policy.max_keys <= COUNT_EVERY as usize;
         let limiter = Arc::new(Self {
             policy,
@@ -127,6 +129,7 @@ impl Limiter {
             over_cap: std::sync::atomic::AtomicBool::new(false),
             near_cap: std::sync::atomic::AtomicBool::new(small_cap),
             burst_value: HeaderValue::from(burst.get()),
+            state_prefix,
             policy_item,
         });
         Self::spawn_sweep(&limiter);
@@ -349,14 +352,17 @@ impl Report {
         req: &Request<Body>,
     ) -> Option<RateLimited> {
         let v = l.check(l.key(ctx, req));
-        if !self.state.is_empty() {
+        // `"name";r=R;t=T`, without the formatting machinery: this runs per request.
+        let mut n = itoa::Buffer::new();
+        if self.state.is_empty() {
+            self.state.reserve(l.state_prefix.len() + 24);
+        } else {
             self.state.push_str(", ");
         }
-        let _ = write!(
-            self.state,
-            "\"{}\";r={};t={}",
-            l.policy.name, v.remaining, v.reset
-        );
+        self.state.push_str(&l.state_prefix);
+        self.state.push_str(n.format(v.remaining));
+        self.state.push_str(";t=");
+        self.state.push_str(n.format(v.reset));
         if self.least.as_ref().is_none_or(|(_, r, _)| v.remaining < *r) {
             self.least = Some((l.clone(), v.remaining, v.reset));
         }
@@ -447,6 +453,8 @@ impl Fields {
         if !overwrite && headers.contains_key(&RATELIMIT_POLICY) {
             return;
         }
+        // Room for all five at once: one growth of the map, not several.
+        headers.reserve(5);
         headers.insert(RATELIMIT_POLICY.clone(), self.policy);
         if let Some(state) = self.state.filter(|s| !s.is_empty()) {
             headers.insert(RATELIMIT.clone(), state);
