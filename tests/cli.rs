@@ -216,3 +216,29 @@ fn explain_shows_the_auth_policy_and_limits_in_the_order_they_run() {
     assert!(ip < consumer, "ip limits run before authentication:\n{out}");
     assert!(out.contains("by consumer"), "{out}");
 }
+
+#[test]
+fn explain_shows_an_aggregates_calls_and_what_each_waits_for() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml");
+    let out = fngate()
+        .args(["explain", "--config", shipped, "GET", "/dashboard/42"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("aggregate 3 calls, 800ms deadline, merge object"),
+        "{out}"
+    );
+    assert!(
+        out.contains("call      user: GET /users/{id} on users\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("call      recommendations: GET /recs/{user.segment} on recs, after user"),
+        "{out}"
+    );
+    assert!(
+        out.contains("orders?user={id} on orders, optional"),
+        "{out}"
+    );
+}

@@ -190,3 +190,26 @@ fn routes_name_known_auth_policies_and_scopes_need_jwt() {
     has(&e, 21, "routes[c].scopes", "need a JWT `auth` policy");
     assert_eq!(e.len(), 3);
 }
+
+#[test]
+fn tls_and_upstream_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).unwrap(),
+        rcgen::generate_simple_self_signed(vec!["b.test".to_owned()]).unwrap(),
+    );
+    let cert = dir.path().join("a.pem");
+    let key = dir.path().join("b-key.pem");
+    std::fs::write(&cert, a.cert.pem()).unwrap();
+    std::fs::write(&key, b.signing_key.serialize_pem()).unwrap();
+    let e = errors(&format!(
+        "[server.tls]\nlisten = \"127.0.0.1:8443\"\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+         [backends.b]\nurls = [\"http://127.0.0.1:9\"]\nprotocol = \"h3\"\nca = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        cert.display()
+    ));
+    has(&e, 3, "server.tls.certs[0]", "b-key.pem");
+    has(&e, 6, "backends.b.protocol", "expected \"http1\" or \"h2\"");
+    has(&e, 7, "backends.b.ca", "only applies to https:// urls");
+}

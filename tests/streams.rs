@@ -149,3 +149,30 @@ async fn server_sent_events_arrive_before_the_stream_ends() {
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "data: second\n\n");
 }
+
+#[tokio::test]
+async fn a_websocket_is_closed_at_its_maximum_lifetime_even_while_busy() {
+    let gw = Gw::start(&ws_config(
+        ws_echo().await,
+        "websocket_max_lifetime = \"300ms\"",
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/chat", gw.addr), tcp)
+        .await
+        .unwrap();
+    // Keep it busy: ping-pong until the gateway ends the tunnel.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if ws.send(Message::text("busy")).await.is_err() {
+                return;
+            }
+            match ws.next().await {
+                Some(Ok(Message::Text(_))) => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the tunnel outlived websocket_max_lifetime");
+}
