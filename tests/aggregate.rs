@@ -310,16 +310,17 @@ async fn a_required_call_past_the_deadline_is_504_and_is_cancelled() {
     let gw = Gw::start(&format!(
         "[backends.slow]\nurls = [\"http://{addr}\"]\nretries = 0\ntimeout = \"60s\"\n\
          [backends.fine]\nurls = [\"{}\"]\n\
-         [[routes]]\nname = \"r\"\npath = \"/r\"\n[routes.aggregate]\ntimeout = \"300ms\"\n\
-         [[routes.aggregate.calls]]\nname = \"fast\"\nbackend = \"fine\"\npath = \"/\"\n\
-         [[routes.aggregate.calls]]\nname = \"slow\"\nbackend = \"slow\"\npath = \"/\"\n",
+         [[routes]]\nname = \"r\"\npath = \"/r\"\n[routes.aggregate]\ntimeout = \"500ms\"\n\
+         [[routes.aggregate.calls]]\nname = \"slow\"\nbackend = \"slow\"\npath = \"/\"\n\
+         [[routes.aggregate.calls]]\nname = \"fast\"\nbackend = \"fine\"\npath = \"/\"\n",
         fine.url()
     ))
     .await;
     let r = gw.get("/r").await;
     let p = r.problem(504);
+    // Named first in config order, so named whatever a loaded machine does to `fast`.
     assert!(p["detail"].as_str().unwrap().contains("`slow`"), "{p}");
-    assert_eq!(r.header("x-fngate-failed"), Some("slow"));
+    assert!(r.header("x-fngate-failed").unwrap().starts_with("slow"));
     // The abandoned call's connection is closed, not left in the pool.
     tokio::time::timeout(Duration::from_secs(10), closed)
         .await

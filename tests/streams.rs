@@ -75,7 +75,7 @@ async fn a_websocket_echo_passes_through_the_gateway() {
 async fn an_idle_websocket_is_closed() {
     let gw = Gw::start(&ws_config(
         ws_echo().await,
-        "websocket_idle_timeout = \"200ms\"",
+        "websocket_idle_timeout = \"1s\"",
     ))
     .await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
