@@ -176,3 +176,41 @@ async fn a_websocket_is_closed_at_its_maximum_lifetime_even_while_busy() {
     .await;
     assert!(closed.is_ok(), "the tunnel outlived websocket_max_lifetime");
 }
+
+#[tokio::test]
+async fn a_websocket_over_http2_reaches_an_http11_function() {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let gw = Gw::start(&ws_config(ws_echo().await, "")).await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // One exchange first, so the server's SETTINGS (extended CONNECT allowed) have arrived.
+    let warm = Request::get(format!("http://{}/nothing-here", gw.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(h2.send_request(warm).await.unwrap().status(), 404);
+
+    let mut req = Request::connect(format!("http://{}/chat", gw.addr))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let res = h2.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200, "RFC 8441 answers 200, not 101");
+    assert!(res.headers().get("sec-websocket-accept").is_none());
+    let upgraded = hyper::upgrade::on(res).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("over h2")).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "over h2");
+}

@@ -96,6 +96,10 @@ impl<S> RouteService<S> {
                 Ok(m) if snapshot.routes[m.route].cors.is_some() => m,
                 _ => snapshot.table.find(host_name, req.method(), &path)?,
             },
+            // A WebSocket over HTTP/2 (extended CONNECT) goes where its HTTP/1.1 GET would.
+            None if crate::proxy::is_h2_websocket(req) => {
+                snapshot.table.find(host_name, &Method::GET, &path)?
+            }
             None => snapshot.table.find(host_name, req.method(), &path)?,
         };
         let peer = req

@@ -252,8 +252,8 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     let deadline = started + route.timeout.unwrap_or(server.request_timeout);
 
     // An HTTP/1.1 Upgrade (WebSocket): the client's side of the tunnel, for after the 101.
-    let upgrade = upgrade_of(&req);
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let tunnel = tunnel_of(&req);
+    let client_upgrade = tunnel.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let params: Vec<&str> = match route.target {
         Target::Rewrite(_) => ctx.params().collect(),
@@ -269,6 +269,25 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         &route.request_headers,
         &backend.headers,
     );
+    let upgrade = match &tunnel {
+        Some(Tunnel::Upgrade(protocol)) => Some(protocol.clone()),
+        Some(Tunnel::H2WebSocket) => {
+            // The backend gets the HTTP/1.1 handshake the client did not send.
+            parts.method = Method::GET;
+            let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::STANDARD.encode(key);
+            if let Ok(key) = HeaderValue::from_str(&key) {
+                parts.headers.insert(http::header::SEC_WEBSOCKET_KEY, key);
+            }
+            parts
+                .headers
+                .entry(http::header::SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+            Some(HeaderValue::from_static("websocket"))
+        }
+        None => None,
+    };
     if let Some(protocol) = &upgrade {
         parts.headers.insert(
             http::header::CONNECTION,
@@ -307,6 +326,18 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     if let Some(client) = client_upgrade {
         if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut res);
+            if matches!(tunnel, Some(Tunnel::H2WebSocket)) {
+                // RFC 8441: the HTTP/2 client gets a 200 and no handshake fields.
+                *res.status_mut() = http::StatusCode::OK;
+                let h = res.headers_mut();
+                for name in [
+                    http::header::CONNECTION,
+                    http::header::UPGRADE,
+                    http::header::SEC_WEBSOCKET_ACCEPT,
+                ] {
+                    h.remove(name);
+                }
+            }
             tokio::spawn(tunnel::run(
                 client,
                 upstream,
@@ -318,9 +349,19 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
     Ok(res)
 }
 
-/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade`
-/// and `Upgrade: X`), if any.
-fn upgrade_of(req: &Request<Body>) -> Option<HeaderValue> {
+/// A request that asks for a tunnel.
+enum Tunnel {
+    /// HTTP/1.1 `Connection: upgrade` with `Upgrade: X`.
+    Upgrade(HeaderValue),
+    /// An HTTP/2 extended CONNECT for `websocket` (RFC 8441), sent to the
+    /// backend as an HTTP/1.1 WebSocket upgrade.
+    H2WebSocket,
+}
+
+fn tunnel_of(req: &Request<Body>) -> Option<Tunnel> {
+    if is_h2_websocket(req) {
+        return Some(Tunnel::H2WebSocket);
+    }
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -333,6 +374,16 @@ fn upgrade_of(req: &Request<Body>) -> Option<HeaderValue> {
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     asks.then(|| req.headers().get(http::header::UPGRADE).cloned())
         .flatten()
+        .map(Tunnel::Upgrade)
+}
+
+/// RFC 8441: `CONNECT` with `:protocol = websocket`. Routed as the GET it stands for.
+pub(crate) fn is_h2_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
 /// One request for an upstream, ready to send (a proxied request or one call of an aggregate).

@@ -403,6 +403,8 @@ async fn serve_io<I, S>(
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(server.max_header_size.min(u32::MAX as usize) as u32)
+                // RFC 8441: WebSockets over HTTP/2.
+                .enable_connect_protocol()
                 .serve_connection(io, svc);
             drive(conn, &draining.token, activity, server.idle_timeout, None).await;
         }
