@@ -142,7 +142,7 @@ impl Metrics {
         let config_reloads = Family::default();
         registry.register(
             "config_reloads",
-            "Config reloads by result (ok, error)",
+            "Config reloads by result (ok, error; unchanged: the file was read and nothing had changed)",
             config_reloads.clone(),
         );
         let config_version = Gauge::default();
@@ -261,7 +261,10 @@ impl Metrics {
     }
 
     pub fn reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
+        self.reload_result(if ok { "ok" } else { "error" });
+    }
+
+    pub fn reload_result(&self, result: &'static str) {
         self.config_reloads
             .get_or_create(&ResultLabel { result })
             .inc();

@@ -310,6 +310,7 @@ impl State {
                     && config.server.tls == current.config.server.tls
                     && source == Source::File =>
             {
+                self.metrics.reload_result("unchanged");
                 Ok(Reloaded::Unchanged(current.version))
             }
             Ok(config) => {

@@ -4,7 +4,7 @@
 //! Directories are watched, not files, so editors (and cert managers) that
 //! write a new file and rename it over the old one are followed. Events are
 //! debounced; a config whose text and certificates equal the running ones is
-//! ignored. The files watched are those named at start.
+//! ignored. The set of files follows the running config within seconds.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,13 @@ use crate::state::{Source, State};
 
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
-pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> Result<(), notify::Error> {
+/// How often the set of watched files is brought up to date with the
+/// running config (a reload may name certificates elsewhere).
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// The config file and the certificate files the running config names, and
+/// the directories that hold them.
+fn wanted(path: &Path, state: &State) -> (Vec<OsString>, Vec<PathBuf>) {
     let mut files: Vec<PathBuf> = vec![path.to_owned()];
     if let Some(tls) = &state.load().config.server.tls {
         for c in &tls.certs {
@@ -27,7 +33,7 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> Result<
         }
         files.extend(tls.client_ca.as_ref().map(|ca| ca.path.clone()));
     }
-    let names: Vec<OsString> = files
+    let names = files
         .iter()
         .filter_map(|f| f.file_name())
         .map(ToOwned::to_owned)
@@ -41,14 +47,33 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> Result<
         .collect();
     dirs.sort();
     dirs.dedup();
+    (names, dirs)
+}
+
+pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> Result<(), notify::Error> {
+    let (names, mut dirs) = wanted(path, &state);
+    let names = Arc::new(std::sync::Mutex::new(names));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let ours = names.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            let ours = event
+            // Opening and reading a file are events too, and every reload reads
+            // the files: reacting to them would reload forever.
+            if matches!(
+                event.kind,
+                notify::EventKind::Access(_)
+                    | notify::EventKind::Modify(notify::event::ModifyKind::Metadata(
+                        notify::event::MetadataKind::AccessTime
+                    ))
+            ) {
+                return;
+            }
+            let Ok(names) = ours.lock() else { return };
+            let hit = event
                 .paths
                 .iter()
                 .any(|p| p.file_name().is_some_and(|n| names.iter().any(|x| x == n)));
-            if ours {
+            if hit {
                 // A full channel already holds a pending reload.
                 let _ = tx.try_send(());
             }
@@ -57,11 +82,25 @@ pub fn spawn(state: Arc<State>, path: &Path, stop: CancellationToken) -> Result<
     for dir in &dirs {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
+    let path = path.to_owned();
     tokio::spawn(async move {
-        let _watcher = watcher;
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + REFRESH, REFRESH);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = refresh.tick() => {
+                    // Follow certificates a reload (from any source) moved elsewhere.
+                    let (now_names, now_dirs) = wanted(&path, &state);
+                    for dir in now_dirs.iter().filter(|d| !dirs.contains(d)) {
+                        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                            tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
+                        }
+                    }
+                    dirs = now_dirs;
+                    if let Ok(mut n) = names.lock() {
+                        *n = now_names;
+                    }
+                }
                 got = rx.recv() => {
                     if got.is_none() {
                         return;

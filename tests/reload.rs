@@ -170,3 +170,35 @@ async fn the_watcher_ignores_the_admins_own_write_back() {
         "no second reload from the file watcher"
     );
 }
+
+#[tokio::test]
+async fn a_reload_reading_the_files_does_not_trigger_another() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, config(&b.url(), ANY)).unwrap();
+    let gw = Gw::start_config(Config::load(&path).unwrap()).await;
+    replace(&path, &format!("# edited\n{}", config(&b.url(), ANY)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw
+        .metrics()
+        .await
+        .contains("fngate_config_reloads_total{result=\"ok\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the edit was never reloaded");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Every reload opens the file, and opening is an inotify event too. Over a few
+    // debounce periods, reads must not have set off reloads of their own.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let m = gw.metrics().await;
+    let unchanged = m
+        .lines()
+        .find(|l| l.starts_with("fngate_config_reloads_total{result=\"unchanged\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(
+        unchanged <= 1,
+        "{unchanged} reloads followed the edit:\n{m}"
+    );
+}

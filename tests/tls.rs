@@ -380,3 +380,49 @@ async fn fngate_cert_makes_a_ca_and_a_certificate_the_listener_serves() {
     let tls = connect(gw.tls.unwrap(), "localhost", config).await.unwrap();
     assert_eq!(get(tls, "/x").await.1, 200);
 }
+
+#[tokio::test]
+async fn certificates_moved_by_a_reload_are_watched_too() {
+    let (first_ca, second_ca) = (TestCa::new(), TestCa::new());
+    let dir = tempfile::tempdir().unwrap();
+    // Outside the config's directory, so only a new watch can see changes there.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().to_owned();
+    write_leaf(&first_ca, dir.path(), "localhost", &["localhost"]);
+    write_leaf(&first_ca, &moved, "localhost", &["localhost"]);
+    let backend = Backend::echo("b").await;
+    let gw = start(
+        &tls_config(&backend, dir.path(), &["localhost"], ""),
+        dir.path(),
+    )
+    .await;
+    let state = gw.gateway.as_ref().unwrap().state.clone();
+    // The config now names certificates in another directory.
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        tls_config(&backend, &moved, &["localhost"], ""),
+    )
+    .unwrap();
+    wait_for_version(&state, 2).await;
+    // Rotating them there is picked up (the watcher follows within seconds).
+    write_leaf(&second_ca, &moved, "localhost", &["localhost"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let tls = connect(
+            gw.tls.unwrap(),
+            "localhost",
+            client_config(&second_ca, &[], None),
+        )
+        .await;
+        if tls.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the moved certificate was never reloaded"
+        );
+        // Rewrite, so the watcher sees a change once it watches the new directory.
+        write_leaf(&second_ca, &moved, "localhost", &["localhost"]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
