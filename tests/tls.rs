@@ -144,8 +144,8 @@ async fn start(text: &str, dir: &Path) -> Gw {
     Gw::start_config(fngate::Config::load(&path).unwrap()).await
 }
 
-#[tokio::test]
-async fn https_speaks_h2_and_http11_as_alpn_agrees() {
+/// A gateway serving a `localhost` certificate of a fresh CA over HTTPS.
+async fn localhost_gateway() -> (TestCa, tempfile::TempDir, Backend, Gw) {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     write_leaf(&ca, dir.path(), "localhost", &["localhost"]);
@@ -155,6 +155,12 @@ async fn https_speaks_h2_and_http11_as_alpn_agrees() {
         dir.path(),
     )
     .await;
+    (ca, dir, backend, gw)
+}
+
+#[tokio::test]
+async fn https_speaks_h2_and_http11_as_alpn_agrees() {
+    let (ca, _dir, _backend, gw) = localhost_gateway().await;
     let addr = gw.tls.unwrap();
     for (alpn, version) in [
         (b"h2".as_slice(), Version::HTTP_2),
@@ -324,15 +330,7 @@ async fn wait_for_version(state: &fngate::state::State, version: u64) {
 
 #[tokio::test]
 async fn plain_http_to_the_tls_port_fails_and_harms_nothing() {
-    let ca = TestCa::new();
-    let dir = tempfile::tempdir().unwrap();
-    write_leaf(&ca, dir.path(), "localhost", &["localhost"]);
-    let backend = Backend::echo("b").await;
-    let gw = start(
-        &tls_config(&backend, dir.path(), &["localhost"], ""),
-        dir.path(),
-    )
-    .await;
+    let (ca, _dir, backend, gw) = localhost_gateway().await;
     let addr = gw.tls.unwrap();
     let answer = raw(addr, b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
     assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
