@@ -9,6 +9,7 @@ use serde_json::Value;
 use toml_edit::Item;
 
 use super::decode::{Ctx, Obj};
+use super::path::{pieces, Piece};
 use super::{Backend, Param};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -293,15 +294,14 @@ fn parse_path(raw: &str, params: &[Param], calls: &[String]) -> Result<CallPath,
         return Err("must start with `/`".into());
     }
     let mut parts = Vec::new();
-    let mut rest = raw;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else {
-            return Err("unclosed `{`".into());
+    for piece in pieces(raw)? {
+        let inner = match piece {
+            Piece::Literal(l) => {
+                parts.push(CallPart::Literal(l.to_owned()));
+                continue;
+            }
+            Piece::Placeholder(inner) => inner,
         };
-        if open > 0 {
-            parts.push(CallPart::Literal(rest[..open].to_owned()));
-        }
-        let inner = &rest[open + 1..open + close];
         let mut segments = inner.split('.');
         let root = segments.next().unwrap_or_default();
         let fields: Vec<String> = segments.map(str::to_owned).collect();
@@ -340,13 +340,6 @@ fn parse_path(raw: &str, params: &[Param], calls: &[String]) -> Result<CallPath,
             ));
         };
         parts.push(part);
-        rest = &rest[open + close + 1..];
-    }
-    if rest.contains('}') {
-        return Err("unmatched `}`".into());
-    }
-    if !rest.is_empty() {
-        parts.push(CallPart::Literal(rest.to_owned()));
     }
     Ok(CallPath {
         raw: raw.to_owned(),

@@ -161,6 +161,36 @@ pub enum Part {
     Param(usize),
 }
 
+/// A piece of a template: literal text, or the inside of a `{...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Piece<'a> {
+    Literal(&'a str),
+    Placeholder(&'a str),
+}
+
+/// Splits a template at its `{...}` placeholders (rewrites, aggregate calls).
+pub(crate) fn pieces(raw: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return Err("unclosed `{`".into());
+        };
+        if open > 0 {
+            out.push(Piece::Literal(&rest[..open]));
+        }
+        out.push(Piece::Placeholder(&rest[open + 1..open + close]));
+        rest = &rest[open + close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("unmatched `}`".into());
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Literal(rest));
+    }
+    Ok(out)
+}
+
 impl Template {
     /// Parses `raw`, resolving each `{name}` against the route's params.
     pub fn parse(raw: &str, params: &[Param]) -> Result<Self, String> {
@@ -168,15 +198,14 @@ impl Template {
             return Err("a rewrite must start with `/`".into());
         }
         let mut parts = Vec::new();
-        let mut rest = raw;
-        while let Some(open) = rest.find('{') {
-            let Some(close) = rest[open..].find('}') else {
-                return Err("unclosed `{`".into());
+        for piece in pieces(raw)? {
+            let name = match piece {
+                Piece::Literal(l) => {
+                    parts.push(Part::Literal(l.to_owned()));
+                    continue;
+                }
+                Piece::Placeholder(name) => name,
             };
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_owned()));
-            }
-            let name = &rest[open + 1..open + close];
             let name = name.strip_prefix('*').unwrap_or(name);
             let Some(index) = params.iter().position(|p| p.name == name) else {
                 let known: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
@@ -190,13 +219,6 @@ impl Template {
                 ));
             };
             parts.push(Part::Param(index));
-            rest = &rest[open + close + 1..];
-        }
-        if rest.contains('}') {
-            return Err("unmatched `}`".into());
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
         }
         Ok(Self {
             raw: raw.to_owned(),
@@ -217,6 +239,21 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_split_at_placeholders_and_refuse_stray_braces() {
+        assert_eq!(
+            pieces("/a/{id}?x={user.seg}").unwrap(),
+            [
+                Piece::Literal("/a/"),
+                Piece::Placeholder("id"),
+                Piece::Literal("?x="),
+                Piece::Placeholder("user.seg"),
+            ]
+        );
+        assert_eq!(pieces("/a/{id").unwrap_err(), "unclosed `{`");
+        assert_eq!(pieces("/a/id}").unwrap_err(), "unmatched `}`");
+    }
 
     #[test]
     fn shapes_rename_params_by_position() {
