@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use subtle::ConstantTimeEq;
 
 use super::{Reason, Verified};
@@ -36,11 +36,11 @@ pub(super) fn index(policy: &ApiKeys) -> Index {
 
 /// The consumer of the key in `headers`; `Ok(None)` when there is none.
 pub(super) fn check(
-    policy: &ApiKeys,
+    header: &HeaderName,
     index: &Index,
     headers: &HeaderMap,
 ) -> Result<Option<Arc<Verified>>, Reason> {
-    let mut values = headers.get_all(&policy.header).iter();
+    let mut values = headers.get_all(header).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };

@@ -10,7 +10,7 @@ mod keys;
 use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::config::{AuthKind, AuthPolicy};
@@ -143,8 +143,14 @@ impl AuthError {
 /// One policy, ready to check requests.
 pub struct Authenticator {
     pub policy: Arc<AuthPolicy>,
-    jwt: Option<jwt::JwtVerifier>,
-    api_keys: api_key::Index,
+    kind: Kind,
+}
+
+/// What each kind of policy keeps at run time.
+enum Kind {
+    Jwt(Box<jwt::JwtVerifier>),
+    /// The policy's keys, with the header they come in.
+    ApiKey(HeaderName, api_key::Index),
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -164,24 +170,19 @@ pub enum Check {
 
 impl Authenticator {
     pub fn new(policy: Arc<AuthPolicy>) -> Arc<Self> {
-        let (jwt, api_keys) = match &policy.kind {
-            AuthKind::Jwt(config) => (
-                Some(jwt::JwtVerifier::new(policy.name.clone(), config)),
-                api_key::Index::new(),
-            ),
-            AuthKind::ApiKey(keys) => (None, api_key::index(keys)),
+        let kind = match &policy.kind {
+            AuthKind::Jwt(config) => {
+                Kind::Jwt(Box::new(jwt::JwtVerifier::new(policy.name.clone(), config)))
+            }
+            AuthKind::ApiKey(keys) => Kind::ApiKey(keys.header.clone(), api_key::index(keys)),
         };
-        Arc::new(Self {
-            policy,
-            jwt,
-            api_keys,
-        })
+        Arc::new(Self { policy, kind })
     }
 
     pub fn challenge(&self) -> Challenge {
-        match self.policy.kind {
-            AuthKind::Jwt(_) => Challenge::Bearer,
-            AuthKind::ApiKey(_) => Challenge::Key,
+        match self.kind {
+            Kind::Jwt(_) => Challenge::Bearer,
+            Kind::ApiKey(..) => Challenge::Key,
         }
     }
 
@@ -190,13 +191,13 @@ impl Authenticator {
         let challenge = self.challenge();
         let invalid = |reason| Check::Done(Err(AuthError::Invalid { challenge, reason }));
         let missing = Check::Done(Err(AuthError::Missing { challenge }));
-        match (&self.policy.kind, &self.jwt) {
-            (AuthKind::ApiKey(keys), _) => match api_key::check(keys, &self.api_keys, headers) {
+        match &self.kind {
+            Kind::ApiKey(header, index) => match api_key::check(header, index, headers) {
                 Ok(Some(v)) => Check::Done(Ok(v)),
                 Ok(None) => missing,
                 Err(reason) => invalid(reason),
             },
-            (AuthKind::Jwt(_), Some(verifier)) => match bearer(headers) {
+            Kind::Jwt(verifier) => match bearer(headers) {
                 Ok(None) => missing,
                 Err(reason) => invalid(reason),
                 Ok(Some(token)) => match verifier.verify(token, fetched) {
@@ -205,12 +206,11 @@ impl Authenticator {
                     jwt::Verify::FetchKeys(seen) => Check::FetchKeys(seen),
                 },
             },
-            (AuthKind::Jwt(_), None) => invalid(Reason::UnknownKey),
         }
     }
 
     pub async fn fetch_keys(&self, seen: u64) {
-        if let Some(verifier) = &self.jwt {
+        if let Kind::Jwt(verifier) = &self.kind {
             verifier.fetch_keys(seen).await;
         }
     }
