@@ -1,8 +1,7 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Backends that refuse, fail, hang or flap: ejection, health checks,
 //! balancing, the concurrency cap and the retry budget.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,8 +1,7 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Rate limits: 429 with Retry-After, the IETF draft and legacy headers,
 //! buckets per key and per policy, refill on an injected clock, bounded memory.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

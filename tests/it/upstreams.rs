@@ -1,8 +1,7 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Upstreams over TLS with a private CA, HTTP/2 upstreams, and a gRPC unary
 //! call whose trailers travel end to end.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 

@@ -1,5 +1,4 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Per-route CORS: preflights answered by fngate, headers on actual answers.
 
-mod common;
+use crate::common;
 
 use common::*;
 use fngate::Config;

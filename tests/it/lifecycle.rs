@@ -1,7 +1,6 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! The binary's life: start-up failures, signals, reloads and its logs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Live config: file-watch reloads, and metrics of what was served.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

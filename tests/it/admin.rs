@@ -1,7 +1,6 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! The admin API of SPEC §5 against a real gateway with a config file.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

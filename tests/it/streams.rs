@@ -1,8 +1,7 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Long-lived exchanges: WebSocket upgrades and server-sent events pass
 //! through without buffering; idle tunnels are closed.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

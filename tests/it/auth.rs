@@ -1,9 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Authentication: JWT policies against keys generated here and served over
 //! HTTPS by a real JWKS server with a private CA, and API keys. Every refusal
 //! asserts its status and `WWW-Authenticate`.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

@@ -1,9 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! The HTTPS listener: ALPN, SNI, client certificates, rotation without
 //! dropping connections, and plain HTTP sent to it. Certificates are made
 //! here by a test CA; clients verify them for real.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,9 +1,8 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Aggregate routes against real backends that wait, fail and answer on
 //! demand. Parallelism is proven with barriers (a backend answers only once
 //! its siblings' requests have all arrived), never with timings.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,6 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Bad input: malformed heads, smuggling attempts, slow and idle clients.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

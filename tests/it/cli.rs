@@ -1,7 +1,6 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! `fngate explain` and `fngate demo`, through the real binary.
 
-mod common;
+use crate::common;
 
 use common::*;
 use http::Request;

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
 //! Every kind of config error is reported with its key and line:col, all at once.
 
 use fngate::config::{Config, ConfigError};

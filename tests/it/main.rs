@@ -1,0 +1,22 @@
+//! fngate's integration tests, one binary: each module starts real backends and the real
+//! gateway on loopback ports. One binary links once, which keeps CI's build small and fast.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+mod admin;
+mod aggregate;
+mod auth;
+mod cli;
+mod config;
+mod cors;
+mod hostile;
+mod lifecycle;
+mod proxy;
+mod rate_limit;
+mod reload;
+mod resilience;
+mod routing;
+mod streams;
+mod tls;
+mod upstreams;
