@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request, counted by valgrind's callgrind.
+
+Wall-clock figures on this shared 2-core machine move by 10% between runs; an
+instruction count does not. Each proxy (fngate, hyper alone from
+examples/bare_proxy.rs, nginx) runs under callgrind in front of one nginx
+backend; after a warm-up its counters are zeroed, a fixed number of
+keep-alive requests is sent with h2load, and the counters are dumped. The
+figure is user-space instructions per request: it leaves out the kernel's
+share, which is the same for every proxy making the same system calls.
+
+    python3 bench/instructions.py                 # 5,000 requests, 16 connections
+    python3 bench/instructions.py --requests 2000 --route-config extra.toml
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402
+
+
+def ensure_valgrind():
+    if shutil.which("valgrind") and shutil.which("h2load"):
+        return
+    if os.geteuid() != 0:
+        sys.exit("missing valgrind or h2load: apt-get install valgrind nghttp2-client")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind", "nghttp2-client"], check=True, env=env)
+
+
+def h2load(port, n, conns):
+    out = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", str(conns), "-t", "1",
+                          f"http://127.0.0.1:{port}/bench"], capture_output=True, text=True, check=True).stdout
+    ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
+    if ok != n:
+        sys.exit(f"port {port}: {ok} of {n} requests answered 2xx\n{out}")
+
+
+def counted(name, argv, port, work, n, conns):
+    """Runs argv under callgrind; returns instructions per request."""
+    out = os.path.join(work, f"{name}.cg")
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, RUST_LOG="warn"))
+    try:
+        run.wait_port(port, timeout=60)
+        h2load(port, 500, conns)  # warm: connections pooled, caches filled
+        subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
+        h2load(port, n, conns)
+        subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, capture_output=True)
+    finally:
+        run.stop([p])
+    # The dump after zeroing is the newest numbered file.
+    dumps = sorted(glob.glob(out + ".*"), key=os.path.getmtime)
+    with open(dumps[-1]) as f:
+        total = int(re.search(r"^summary: (\d+)", f.read(), re.M).group(1))
+    return total / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--conns", type=int, default=16)
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    run.ensure_tools()
+    ensure_valgrind()
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "fngate", "--example", "bare_proxy"],
+                       cwd=run.ROOT, check=True)
+
+    work = tempfile.mkdtemp(prefix="fngate-instr-")
+    backend, nginx_port, port, admin, bare = (run.free_port() for _ in range(5))
+    procs = []
+    try:
+        procs.append(run.start_nginx(work, "backend",
+                                     "  server { listen 127.0.0.1:%d; location / { return 200 'hello from the function\\n'; } }" % backend))
+        run.wait_port(backend)
+        config = os.path.join(work, "routes.toml")
+        with open(config, "w") as f:
+            f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n'
+                    '[admin]\nlisten = "127.0.0.1:%d"\n'
+                    '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
+                    '[[routes]]\nname = "fn"\npath = "/{*rest}"\nbackend = "fn"\n' % (port, admin, backend))
+        os.makedirs(f"{work}/proxy/logs", exist_ok=True)
+        nginx_conf = f"{work}/proxy/nginx.conf"
+        with open(nginx_conf, "w") as f:
+            # One process (no master) so callgrind sees the worker's work.
+            f.write("master_process off;\ndaemon off;\nerror_log stderr warn;\npid %s/proxy/nginx.pid;\n"
+                    "events { worker_connections 1024; }\nhttp {\n  access_log off;\n"
+                    "  client_body_temp_path %s/proxy; proxy_temp_path %s/proxy;\n"
+                    "  fastcgi_temp_path %s/proxy; uwsgi_temp_path %s/proxy; scgi_temp_path %s/proxy;\n"
+                    "  upstream fn { server 127.0.0.1:%d; keepalive 64; }\n"
+                    "  server { listen 127.0.0.1:%d; location / { proxy_pass http://fn; proxy_http_version 1.1;"
+                    " proxy_set_header Connection \"\"; } }\n}\n" % ((work,) * 6 + (backend, nginx_port)))
+        targets = [
+            ("nginx", [run.nginx_bin(), "-p", f"{work}/proxy", "-c", nginx_conf], nginx_port),
+            ("hyper", [os.path.join(run.ROOT, "target/release/examples/bare_proxy"),
+                       f"127.0.0.1:{bare}", f"127.0.0.1:{backend}"], bare),
+            ("fngate", [os.path.join(run.ROOT, "target/release/fngate"), "--config", config], port),
+        ]
+        results = {}
+        for name, argv, p in targets:
+            results[name] = counted(name, argv, p, work, args.requests, args.conns)
+            print(f"{name:<7} {results[name]:>9,.0f} instructions/request", file=sys.stderr, flush=True)
+    finally:
+        run.stop(procs)
+        time.sleep(0.2)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\ncallgrind, user-space instructions per request; {args.requests} keep-alive requests over "
+          f"{args.conns} connections (h2load --h1) after 500 to warm up\n")
+    print("| proxy | instructions/request | vs nginx | vs hyper alone |")
+    print("|---|---:|---:|---:|")
+    for name in ("nginx", "hyper", "fngate"):
+        v = results[name]
+        print(f"| {name} | {v:,.0f} | {v / results['nginx']:.2f}× | {v / results['hyper']:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
