@@ -17,44 +17,44 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers and every header named in `Connection`.
 /// `te: trailers` survives (gRPC needs it); other `te` values do not.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than eight removals.
-    if !headers.keys().any(is_hop_by_hop) {
+    // Most requests carry none, and most answers only `connection: keep-alive`:
+    // one pass over the names finds what is there, and only that is removed
+    // (a removal hashes the name even when it is absent).
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    if doomed.is_empty() {
         return;
     }
     if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+        for v in headers.get_all(CONNECTION) {
+            for token in v.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                // `keep-alive` and `close` are the usual tokens: the first is on the
+                // list already, the second names no header.
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    if headers.contains_key(&name) {
+                        doomed.push(name);
+                    }
+                }
+            }
         }
-        headers.remove(CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
-        headers.remove(name);
-    }
-    for name in [
-        TRANSFER_ENCODING,
-        UPGRADE,
-        TRAILER,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    if let Some(te) = headers.get(TE) {
-        let trailers = te.to_str().is_ok_and(|v| {
+    let trailers = headers.get(TE).is_some_and(|te| {
+        te.to_str().is_ok_and(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-        headers.remove(TE);
-        if trailers {
-            headers.insert(TE, HeaderValue::from_static("trailers"));
-        }
+        })
+    });
+    for name in doomed {
+        headers.remove(name);
+    }
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -143,6 +143,20 @@ mod tests {
         assert!(!h.contains_key("keep-alive"));
         assert!(!h.contains_key(UPGRADE));
         assert_eq!(h.get(TE), Some(&HeaderValue::from_static("trailers")));
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_connection_line_counts_and_names_are_case_blind() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("close"));
+        h.append(CONNECTION, HeaderValue::from_static(" X-Secret ,,x-other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert(TE, HeaderValue::from_static("gzip"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
 }
