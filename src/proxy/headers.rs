@@ -20,7 +20,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most requests carry none, and most answers only `connection: keep-alive`:
     // one pass over the names finds what is there, and only that is removed
     // (a removal hashes the name even when it is absent).
-    let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
     if doomed.is_empty() {
         return;
     }
