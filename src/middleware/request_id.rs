@@ -102,30 +102,26 @@ fn is_sane_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
 }
 
-fn hex(out: &mut Vec<u8>, mut n: u128, digits: usize) {
+/// Writes `n` as lowercase hex into all of `out` (its low digits last).
+fn hex(out: &mut [u8], mut n: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let start = out.len();
-    out.resize(start + digits, b'0');
-    for i in (0..digits).rev() {
-        out[start + i] = HEX[(n & 0xf) as usize];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
         n >>= 4;
     }
 }
 
 fn new_id() -> HeaderValue {
-    let mut buf = Vec::with_capacity(32);
-    hex(&mut buf, fastrand::u128(..), 32);
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)).unwrap_or(HeaderValue::from_static("-"))
+    let mut buf = [0u8; 32];
+    hex(&mut buf, fastrand::u128(..));
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
 }
 
 fn new_traceparent() -> HeaderValue {
-    let mut buf = Vec::with_capacity(55);
-    buf.extend_from_slice(b"00-");
-    hex(&mut buf, fastrand::u128(1..), 32);
-    buf.push(b'-');
-    hex(&mut buf, u128::from(fastrand::u64(1..)), 16);
-    buf.extend_from_slice(b"-01");
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)).unwrap_or(HeaderValue::from_static("-"))
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    hex(&mut buf[3..35], fastrand::u128(1..));
+    hex(&mut buf[36..52], u128::from(fastrand::u64(1..)));
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
 }
 
 /// `00-<32 hex trace id, not all zero>-<16 hex parent id, not all zero>-<2 hex flags>`.
@@ -159,6 +155,11 @@ mod tests {
         assert!(is_sane_id(id.as_bytes()));
         let tp = new_traceparent();
         assert!(is_valid_traceparent(tp.as_bytes()), "{tp:?}");
+        assert_ne!(new_id(), new_id());
+        assert_ne!(new_traceparent(), new_traceparent());
+        let mut four = [0u8; 4];
+        hex(&mut four, 0x1abcd);
+        assert_eq!(&four, b"abcd");
     }
 
     #[test]
