@@ -28,23 +28,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if doomed.is_empty() {
         return;
     }
-    if headers.contains_key(CONNECTION) {
-        for v in headers.get_all(CONNECTION) {
-            for token in v.to_str().unwrap_or_default().split(',') {
-                let token = token.trim();
-                // `keep-alive` and `close` are the usual tokens: the first is on the
-                // list already, the second names no header.
-                if token.is_empty()
-                    || token.eq_ignore_ascii_case("close")
-                    || token.eq_ignore_ascii_case("keep-alive")
-                {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    if headers.contains_key(&name) {
-                        doomed.push(name);
-                    }
-                }
+    for token in connection_tokens(headers) {
+        // `keep-alive` and `close` are the usual tokens: the first is on the
+        // list already, the second names no header.
+        if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if headers.contains_key(&name) {
+                doomed.push(name);
             }
         }
     }
@@ -60,6 +52,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The tokens of every `Connection` line, trimmed, empty ones skipped.
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {

@@ -365,13 +365,7 @@ fn tunnel_of(req: &Request<Body>) -> Option<Tunnel> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let asks = req
-        .headers()
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = headers::connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"));
     asks.then(|| req.headers().get(http::header::UPGRADE).cloned())
         .flatten()
         .map(Tunnel::Upgrade)
@@ -413,201 +407,197 @@ impl Upstream {
         out: Outgoing<'_>,
         metrics: &Metrics,
     ) -> Result<Response<Body>, ProxyError> {
-        send(self, out, metrics).await
-    }
-}
-
-async fn send(
-    upstream: &Upstream,
-    out: Outgoing<'_>,
-    metrics: &Metrics,
-) -> Result<Response<Body>, ProxyError> {
-    let Outgoing {
-        method,
-        path: suffix,
-        query,
-        headers,
-        body: mut prepared,
-        host: client_host,
-        started,
-        deadline,
-        max_body,
-        log,
-        response_edits,
-        upgrade,
-    } = out;
-    let mut parts_headers = headers;
-    let backend = &upstream.backend;
-    let idempotent = is_idempotent(&method);
-    let pool = &upstream.pool;
-    let unavailable = |reason| ProxyError::Unavailable {
-        backend: backend.name.clone(),
-        reason,
-    };
-    let mut admitted = pool
-        .admit()
-        .ok_or_else(|| unavailable("max_in_flight reached"))?;
-    pool.deposit();
-    // Endpoints already tried, on the stack (retries are at most 10).
-    let mut tried = [0usize; 11];
-    let mut last = ProxyError::Timeout {
-        backend: backend.name.clone(),
-    };
-    for attempt in 0..=backend.retries as usize {
-        // The first attempt starts now; later ones read the clock again.
-        let sent = if attempt == 0 {
-            started
-        } else {
-            Instant::now()
+        let Outgoing {
+            method,
+            path: suffix,
+            query,
+            headers,
+            body: mut prepared,
+            host: client_host,
+            started,
+            deadline,
+            max_body,
+            log,
+            response_edits,
+            upgrade,
+        } = out;
+        let mut parts_headers = headers;
+        let backend = &self.backend;
+        let idempotent = is_idempotent(&method);
+        let pool = &self.pool;
+        let unavailable = |reason| ProxyError::Unavailable {
+            backend: backend.name.clone(),
+            reason,
         };
-        let remaining = deadline.saturating_duration_since(sent);
-        if remaining.is_zero() {
-            last = ProxyError::Timeout {
-                backend: backend.name.clone(),
+        let mut admitted = pool
+            .admit()
+            .ok_or_else(|| unavailable("max_in_flight reached"))?;
+        pool.deposit();
+        // Endpoints already tried, on the stack (retries are at most 10).
+        let mut tried = [0usize; 11];
+        let mut last = ProxyError::Timeout {
+            backend: backend.name.clone(),
+        };
+        for attempt in 0..=backend.retries as usize {
+            // The first attempt starts now; later ones read the clock again.
+            let sent = if attempt == 0 {
+                started
+            } else {
+                Instant::now()
             };
-            break;
-        }
-        let Some(i) = pool.pick(&tried[..attempt]) else {
-            if attempt == 0 {
-                return Err(unavailable("no healthy endpoint"));
-            }
-            break;
-        };
-        tried[attempt] = i;
-        pool.attempt(&mut admitted, i);
-        let endpoint = &backend.endpoints[i];
-        // Buffered bodies are cloned for each attempt; a stream goes once
-        // (it comes back only if a connect failure left it unread).
-        let (body, slot) = match std::mem::replace(&mut prepared, Prepared::Empty) {
-            Prepared::Empty => (ProxyBody::empty(), None),
-            Prepared::Full(bytes) => {
-                prepared = Prepared::Full(bytes.clone());
-                (ProxyBody::full(bytes), None)
-            }
-            Prepared::Stream(b) => {
-                let (body, slot) = ProxyBody::stream(b, max_body, log.clone());
-                (body, Some(slot))
-            }
-        };
-        let replayable = slot.is_none();
-        let mut up = Request::new(body);
-        *up.method_mut() = method.clone();
-        *up.uri_mut() = upstream_uri(endpoint, suffix, query)?;
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = if attempt == backend.retries as usize {
-            std::mem::take(&mut parts_headers)
-        } else {
-            parts_headers.clone()
-        };
-        let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
-        up.headers_mut().insert(http::header::HOST, host);
-        if let Some(log) = &log {
-            let url = endpoint.url.clone();
-            log.update(|f| f.upstream = Some(url));
-        }
-
-        let result =
-            tokio::time::timeout(backend.timeout.min(remaining), upstream.client.request(up)).await;
-        let elapsed = sent.elapsed();
-        let retries_left = attempt < backend.retries as usize;
-        match result {
-            Ok(Ok(res)) => {
-                let status = res.status().as_u16();
-                let retry_after = res.headers().get(http::header::RETRY_AFTER);
-                let overload = status == 429 || (status == 503 && retry_after.is_some());
-                let failure = !overload && matches!(status, 502..=504);
-                pool.report(
-                    i,
-                    if failure {
-                        Outcome::Failure
-                    } else if overload {
-                        Outcome::Overload
-                    } else {
-                        Outcome::Ok
-                    },
-                );
-                metrics.upstream(
-                    &backend.name,
-                    if status >= 500 { "http_5xx" } else { "ok" },
-                    elapsed,
-                );
-                // A busy function asked for a short pause: wait it out only
-                // within the deadline, and only when a retry is allowed anyway.
-                let pause = if overload {
-                    retry_after
-                        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                        .filter(|s| *s <= 1)
-                        .map(Duration::from_secs)
-                } else {
-                    None
-                };
-                let worth_retrying = failure
-                    || pause
-                        .is_some_and(|p| p < deadline.saturating_duration_since(Instant::now()));
-                if worth_retrying && idempotent && replayable && retries_left && pool.withdraw() {
-                    if let Some(p) = pause {
-                        tokio::time::sleep(p).await;
-                    }
-                    continue;
-                }
-                return Ok(response(res, response_edits, admitted, upgrade));
-            }
-            Ok(Err(e)) => {
-                if let Some(b) = body::body_error(&e) {
-                    return Err(match b {
-                        BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit: *limit },
-                        BodyError::Client(inner) => {
-                            ProxyError::ClientBody(inner.to_string().into())
-                        }
-                    });
-                }
-                let connect = e.is_connect();
-                pool.report(i, Outcome::Failure);
-                metrics.upstream(
-                    &backend.name,
-                    if connect { "connect_error" } else { "error" },
-                    elapsed,
-                );
-                let detail = format!("{}: {}", endpoint.url, error_chain(&e));
-                tracing::debug!(backend = %backend.name, attempt, "upstream attempt failed: {detail}");
-                // A streamed body that was never polled can go to the next endpoint.
-                let reclaimed = slot.and_then(|s| s.lock().ok().and_then(|mut s| s.take()));
-                let can_retry = if connect {
-                    replayable || reclaimed.is_some()
-                } else {
-                    idempotent && replayable
-                };
-                if let Some(b) = reclaimed {
-                    prepared = Prepared::Stream(b);
-                }
-                last = if connect {
-                    ProxyError::Connect {
-                        backend: backend.name.clone(),
-                        detail,
-                    }
-                } else {
-                    ProxyError::Upstream {
-                        backend: backend.name.clone(),
-                        detail,
-                    }
-                };
-                if !(can_retry && retries_left && pool.withdraw()) {
-                    break;
-                }
-            }
-            Err(_) => {
-                pool.report(i, Outcome::Failure);
-                metrics.upstream(&backend.name, "timeout", elapsed);
+            let remaining = deadline.saturating_duration_since(sent);
+            if remaining.is_zero() {
                 last = ProxyError::Timeout {
                     backend: backend.name.clone(),
                 };
-                if !(idempotent && replayable && retries_left && pool.withdraw()) {
-                    break;
+                break;
+            }
+            let Some(i) = pool.pick(&tried[..attempt]) else {
+                if attempt == 0 {
+                    return Err(unavailable("no healthy endpoint"));
+                }
+                break;
+            };
+            tried[attempt] = i;
+            pool.attempt(&mut admitted, i);
+            let endpoint = &backend.endpoints[i];
+            // Buffered bodies are cloned for each attempt; a stream goes once
+            // (it comes back only if a connect failure left it unread).
+            let (body, slot) = match std::mem::replace(&mut prepared, Prepared::Empty) {
+                Prepared::Empty => (ProxyBody::empty(), None),
+                Prepared::Full(bytes) => {
+                    prepared = Prepared::Full(bytes.clone());
+                    (ProxyBody::full(bytes), None)
+                }
+                Prepared::Stream(b) => {
+                    let (body, slot) = ProxyBody::stream(b, max_body, log.clone());
+                    (body, Some(slot))
+                }
+            };
+            let replayable = slot.is_none();
+            let mut up = Request::new(body);
+            *up.method_mut() = method.clone();
+            *up.uri_mut() = upstream_uri(endpoint, suffix, query)?;
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = if attempt == backend.retries as usize {
+                std::mem::take(&mut parts_headers)
+            } else {
+                parts_headers.clone()
+            };
+            let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
+            up.headers_mut().insert(http::header::HOST, host);
+            if let Some(log) = &log {
+                let url = endpoint.url.clone();
+                log.update(|f| f.upstream = Some(url));
+            }
+
+            let result =
+                tokio::time::timeout(backend.timeout.min(remaining), self.client.request(up)).await;
+            let elapsed = sent.elapsed();
+            let retries_left = attempt < backend.retries as usize;
+            match result {
+                Ok(Ok(res)) => {
+                    let status = res.status().as_u16();
+                    let retry_after = res.headers().get(http::header::RETRY_AFTER);
+                    let overload = status == 429 || (status == 503 && retry_after.is_some());
+                    let failure = !overload && matches!(status, 502..=504);
+                    pool.report(
+                        i,
+                        if failure {
+                            Outcome::Failure
+                        } else if overload {
+                            Outcome::Overload
+                        } else {
+                            Outcome::Ok
+                        },
+                    );
+                    metrics.upstream(
+                        &backend.name,
+                        if status >= 500 { "http_5xx" } else { "ok" },
+                        elapsed,
+                    );
+                    // A busy function asked for a short pause: wait it out only
+                    // within the deadline, and only when a retry is allowed anyway.
+                    let pause = if overload {
+                        retry_after
+                            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                            .filter(|s| *s <= 1)
+                            .map(Duration::from_secs)
+                    } else {
+                        None
+                    };
+                    let worth_retrying = failure
+                        || pause.is_some_and(|p| {
+                            p < deadline.saturating_duration_since(Instant::now())
+                        });
+                    if worth_retrying && idempotent && replayable && retries_left && pool.withdraw()
+                    {
+                        if let Some(p) = pause {
+                            tokio::time::sleep(p).await;
+                        }
+                        continue;
+                    }
+                    return Ok(response(res, response_edits, admitted, upgrade));
+                }
+                Ok(Err(e)) => {
+                    if let Some(b) = body::body_error(&e) {
+                        return Err(match b {
+                            BodyError::TooLarge(limit) => {
+                                ProxyError::BodyTooLarge { limit: *limit }
+                            }
+                            BodyError::Client(inner) => {
+                                ProxyError::ClientBody(inner.to_string().into())
+                            }
+                        });
+                    }
+                    let connect = e.is_connect();
+                    pool.report(i, Outcome::Failure);
+                    metrics.upstream(
+                        &backend.name,
+                        if connect { "connect_error" } else { "error" },
+                        elapsed,
+                    );
+                    let detail = format!("{}: {}", endpoint.url, error_chain(&e));
+                    tracing::debug!(backend = %backend.name, attempt, "upstream attempt failed: {detail}");
+                    // A streamed body that was never polled can go to the next endpoint.
+                    let reclaimed = slot.and_then(|s| s.lock().ok().and_then(|mut s| s.take()));
+                    let can_retry = if connect {
+                        replayable || reclaimed.is_some()
+                    } else {
+                        idempotent && replayable
+                    };
+                    if let Some(b) = reclaimed {
+                        prepared = Prepared::Stream(b);
+                    }
+                    last = if connect {
+                        ProxyError::Connect {
+                            backend: backend.name.clone(),
+                            detail,
+                        }
+                    } else {
+                        ProxyError::Upstream {
+                            backend: backend.name.clone(),
+                            detail,
+                        }
+                    };
+                    if !(can_retry && retries_left && pool.withdraw()) {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    pool.report(i, Outcome::Failure);
+                    metrics.upstream(&backend.name, "timeout", elapsed);
+                    last = ProxyError::Timeout {
+                        backend: backend.name.clone(),
+                    };
+                    if !(idempotent && replayable && retries_left && pool.withdraw()) {
+                        break;
+                    }
                 }
             }
         }
+        Err(last)
     }
-    Err(last)
 }
 
 pub(crate) fn upstream_uri(
