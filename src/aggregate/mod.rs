@@ -106,6 +106,12 @@ pub async fn run(req: Request<Body>, plan: &Plan, metrics: &Arc<Metrics>) -> Res
     let params: Vec<String> = ctx.params().map(str::to_owned).collect();
     let query = query_pairs(req.uri().query());
     let deadline = Instant::now() + agg.timeout;
+    let (peer, tls) = req
+        .extensions()
+        .get::<ConnInfo>()
+        .map_or((HeaderValue::from_static("unknown"), false), |c| {
+            (c.peer_value.clone(), c.tls)
+        });
 
     let n = agg.calls.len();
     let mut done: Vec<Option<Result<Value, Outcome>>> = vec![None; n];
@@ -135,8 +141,8 @@ pub async fn run(req: Request<Body>, plan: &Plan, metrics: &Arc<Metrics>) -> Res
                 let mut headers = base.clone();
                 crate::proxy::upstream_request(
                     &mut headers,
-                    peer(&req),
-                    tls(&req),
+                    peer.clone(),
+                    tls,
                     ctx.host.as_ref(),
                     &route.request_headers,
                     &call.backend.headers,
@@ -334,8 +340,8 @@ fn answer(
         X_FNGATE_COMPLETED.clone(),
         HeaderValue::from_static(if failed.is_empty() { "true" } else { "false" }),
     );
-    if let Ok(v) = HeaderValue::from_str(&failed.join(", ")) {
-        if !failed.is_empty() {
+    if !failed.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&failed.join(", ")) {
             headers.insert(X_FNGATE_FAILED.clone(), v);
         }
     }
@@ -360,33 +366,10 @@ fn call_headers(req: &Request<Body>, ctx: &RouteContext) -> HeaderMap {
     out
 }
 
-fn peer(req: &Request<Body>) -> HeaderValue {
-    req.extensions()
-        .get::<ConnInfo>()
-        .map_or(HeaderValue::from_static("unknown"), |c| {
-            c.peer_value.clone()
-        })
-}
-
-fn tls(req: &Request<Body>) -> bool {
-    req.extensions().get::<ConnInfo>().is_some_and(|c| c.tls)
-}
-
-/// The request's query, decoded (`+` is a space).
+/// The request's query, form-decoded (`+` is a space).
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
-        })
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
         .collect()
 }
 

@@ -131,13 +131,14 @@ async fn a_chain_feeds_a_field_of_one_answer_into_the_next_path() {
         "#,
     ))
     .await;
-    let r = gw.get("/dash/42?n=5%206").await;
+    // Form-decoded (`+` is a space, `%2B` a plus), then encoded again.
+    let r = gw.get("/dash/42?n=5+6%2B").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["user"]["path"], "/users/42");
     // The field is one path segment: its slash is escaped; `select` kept only `items`.
     assert_eq!(v["recommendations"], json!({"items": [1, 2]}));
-    assert_eq!(recs.seen()[0].uri, "/recs/gold%2Fvip?n=5%206&user=42");
+    assert_eq!(recs.seen()[0].uri, "/recs/gold%2Fvip?n=5%206%2B&user=42");
 }
 
 #[tokio::test]
