@@ -127,7 +127,8 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
 
 #[tokio::test]
 async fn bodies_stream_both_ways_without_buffering() {
-    // The backend sends its first event, then waits for a signal before the next.
+    // Server-sent events: the backend sends its first event, then waits for a
+    // signal before the next; the first must reach the client meanwhile.
     let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
     let b = Backend::with(move |_seen| {
@@ -154,6 +155,7 @@ async fn bodies_stream_both_ways_without_buffering() {
         .request(Request::get(gw.url("/events")).body(empty()).unwrap())
         .await
         .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
     let mut body = res.into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await

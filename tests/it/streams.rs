@@ -1,5 +1,6 @@
-//! Long-lived exchanges: WebSocket upgrades and server-sent events pass
-//! through without buffering; idle tunnels are closed.
+//! Long-lived exchanges: WebSocket upgrades pass through, over HTTP/1.1 and
+//! HTTP/2; idle and overlong tunnels are closed. (Server-sent events stream
+//! unbuffered: `proxy::bodies_stream_both_ways_without_buffering`.)
 
 use crate::common;
 
@@ -8,9 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use http::Request;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -100,53 +99,6 @@ async fn an_idle_websocket_is_closed() {
         matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
         "{end:?}"
     );
-}
-
-#[tokio::test]
-async fn server_sent_events_arrive_before_the_stream_ends() {
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let release = std::sync::Arc::new(std::sync::Mutex::new(Some(release_rx)));
-    let backend = Backend::with(move |_| {
-        let release = release.clone();
-        async move {
-            let rx = release.lock().unwrap().take().unwrap();
-            // The first event now; the second only when the test has seen the first.
-            let stream = futures_util::stream::unfold((0, Some(rx)), |(n, rx)| async move {
-                match n {
-                    0 => Some((Ok(Frame::data(Bytes::from("data: first\n\n"))), (1, rx))),
-                    1 => {
-                        rx.unwrap().await.ok()?;
-                        Some((Ok(Frame::data(Bytes::from("data: second\n\n"))), (2, None)))
-                    }
-                    _ => None,
-                }
-            });
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(BodyExt::boxed(StreamBody::new(stream)))
-                .unwrap()
-        }
-    })
-    .await;
-    let gw = Gw::start(&config(&backend.url(), ANY)).await;
-    let client: hyper_util::client::legacy::Client<_, BoxBody> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let res = client
-        .request(Request::get(gw.url("/events")).body(empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(res.headers()["content-type"], "text/event-stream");
-    let mut body = res.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
-        .await
-        .expect("the first event arrives while the function still runs")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), "data: first\n\n");
-    release_tx.send(()).unwrap();
-    let rest = body.collect().await.unwrap().to_bytes();
-    assert_eq!(rest, "data: second\n\n");
 }
 
 #[tokio::test]
