@@ -27,16 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
 
-def ensure_valgrind():
-    if shutil.which("valgrind") and shutil.which("h2load"):
-        return
-    if os.geteuid() != 0:
-        sys.exit("missing valgrind or h2load: apt-get install valgrind nghttp2-client")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind", "nghttp2-client"], check=True, env=env)
-
-
 def h2load(port, n, conns):
     out = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", str(conns), "-t", "1",
                           f"http://127.0.0.1:{port}/bench"], capture_output=True, text=True, check=True).stdout
@@ -72,8 +62,7 @@ def main():
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    run.ensure_tools()
-    ensure_valgrind()
+    run.ensure_tools({"valgrind": "valgrind", "callgrind_control": "valgrind", "h2load": "nghttp2-client"})
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "fngate", "--example", "bare_proxy"],
                        cwd=run.ROOT, check=True)

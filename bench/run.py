@@ -30,15 +30,18 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def ensure_tools():
-    missing = [t for t in ("wrk", "nginx") if not shutil.which(t) and not os.path.exists(f"/usr/sbin/{t}")]
+def ensure_tools(extra=None):
+    """wrk and nginx, and any `extra` {command: Debian package}, installed when missing (as root)."""
+    wanted = {"wrk": "wrk", "nginx": "nginx-light", **(extra or {})}
+    missing = list(dict.fromkeys(pkg for cmd, pkg in wanted.items()
+                                 if not shutil.which(cmd) and not os.path.exists(f"/usr/sbin/{cmd}")))
     if not missing:
         return
     if os.geteuid() != 0:
-        sys.exit(f"missing {missing}: install wrk and nginx (Debian: apt-get install wrk nginx-light)")
+        sys.exit(f"missing tools: apt-get install {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk", "nginx-light"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
 
 
 def nginx_bin():

@@ -20,16 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
 
-def ensure_h2load():
-    if shutil.which("h2load"):
-        return
-    if os.geteuid() != 0:
-        sys.exit("missing h2load: apt-get install nghttp2-client")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nghttp2-client"], check=True, env=env)
-
-
 def h2load(url, conns, duration):
     # -m: concurrent streams per connection; a fixed total time like wrk's.
     out = subprocess.run(["h2load", "-c", str(conns), "-m", "10", "-t", "1", "-D", str(duration), url],
@@ -47,8 +37,7 @@ def main():
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    run.ensure_tools()
-    ensure_h2load()
+    run.ensure_tools({"h2load": "nghttp2-client"})
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=run.ROOT, check=True)
     cert, key = (os.path.join(run.ROOT, "certs", f) for f in ("localhost.pem", "localhost-key.pem"))
