@@ -326,16 +326,28 @@ pub async fn send(req: Request<BoxBody>) -> Answer {
     }
 }
 
-/// Writes raw bytes and reads until the peer closes (or 10 s pass).
+/// Writes raw bytes and reads until the peer closes (failing after 10 s).
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     read_to_close(&mut s).await
 }
 
+/// Reads until the peer closes; a peer that keeps the connection open for 10 s fails the test
+/// (the "…and closes" tests rely on it). A reset after the answer counts as a close.
 pub async fn read_to_close(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the peer did not close within 10 s; read so far: {}",
+                String::from_utf8_lossy(&out)
+            )
+        });
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
     String::from_utf8_lossy(&out).into_owned()
 }
 
