@@ -65,6 +65,16 @@ pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &st
         .filter(|t| !t.is_empty())
 }
 
+/// True when an `Upgrade` line names the `websocket` protocol (any case).
+pub(crate) fn offers_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == CONNECTION
         || *name == TRANSFER_ENCODING
@@ -165,5 +175,14 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_the_websocket_token_counts_as_a_websocket_offer() {
+        let mut h = HeaderMap::new();
+        h.append(UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!offers_websocket(&h));
+        h.append(UPGRADE, HeaderValue::from_static("foo, WebSocket"));
+        assert!(offers_websocket(&h));
     }
 }

@@ -270,7 +270,7 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         &backend.headers,
     );
     let upgrade = match &tunnel {
-        Some(Tunnel::Upgrade(protocol)) => Some(protocol.clone()),
+        Some(Tunnel::Upgrade) => Some(HeaderValue::from_static("websocket")),
         Some(Tunnel::H2WebSocket) => {
             // The backend gets the HTTP/1.1 handshake the client did not send.
             parts.method = Method::GET;
@@ -351,13 +351,16 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
 
 /// A request that asks for a tunnel.
 enum Tunnel {
-    /// HTTP/1.1 `Connection: upgrade` with `Upgrade: X`.
-    Upgrade(HeaderValue),
+    /// HTTP/1.1 `Connection: upgrade` with `Upgrade: websocket`.
+    Upgrade,
     /// An HTTP/2 extended CONNECT for `websocket` (RFC 8441), sent to the
     /// backend as an HTTP/1.1 WebSocket upgrade.
     H2WebSocket,
 }
 
+/// Only WebSocket upgrades are tunnelled. Any other token (`h2c` above all) is
+/// dropped with the hop-by-hop headers: a backend that switched protocols for it
+/// would open a raw tunnel past routing, authentication and rate limits.
 fn tunnel_of(req: &Request<Body>) -> Option<Tunnel> {
     if is_h2_websocket(req) {
         return Some(Tunnel::H2WebSocket);
@@ -366,9 +369,7 @@ fn tunnel_of(req: &Request<Body>) -> Option<Tunnel> {
         return None;
     }
     let asks = headers::connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    asks.then(|| req.headers().get(http::header::UPGRADE).cloned())
-        .flatten()
-        .map(Tunnel::Upgrade)
+    (asks && headers::offers_websocket(req.headers())).then_some(Tunnel::Upgrade)
 }
 
 /// RFC 8441: `CONNECT` with `:protocol = websocket`. Routed as the GET it stands for.
@@ -497,6 +498,21 @@ impl Upstream {
             let retries_left = attempt < backend.retries as usize;
             match result {
                 Ok(Ok(res)) => {
+                    // A switch of protocols we did not forward would be a tunnel
+                    // nobody routed or authenticated.
+                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                        && !(upgrade && headers::offers_websocket(res.headers()))
+                    {
+                        pool.report(i, Outcome::Failure);
+                        metrics.upstream(&backend.name, "error", elapsed);
+                        return Err(ProxyError::Upstream {
+                            backend: backend.name.clone(),
+                            detail: format!(
+                                "{}: answered 101 to a request that was no WebSocket upgrade",
+                                endpoint.url
+                            ),
+                        });
+                    }
                     let status = res.status().as_u16();
                     let retry_after = res.headers().get(http::header::RETRY_AFTER);
                     let overload = status == 429 || (status == 503 && retry_after.is_some());

@@ -165,3 +165,108 @@ async fn a_websocket_over_http2_reaches_an_http11_function() {
     let echoed = ws.next().await.unwrap().unwrap();
     assert_eq!(echoed.into_text().unwrap().as_str(), "over h2");
 }
+
+/// A function that answers every request with a switch to h2c and then records
+/// whatever bytes arrive on the switched connection: the smuggling target.
+async fn switches_to_h2c() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
+                if tcp.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Everything after the switch is what a smuggled request would look like.
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends `head` on a fresh connection and returns the first answer's text and the stream.
+async fn first_answer(gw: &Gw, head: &[u8]) -> (String, TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(head).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    (String::from_utf8_lossy(&answer[..n]).to_lowercase(), tcp)
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_forwarded_and_opens_no_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (backend, mut seen) = switches_to_h2c().await;
+    let gw = Gw::start(&ws_config(backend, "")).await;
+    let (answer, mut tcp) = first_answer(
+        &gw,
+        b"GET /chat HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade, HTTP2-Settings\r\n\
+          upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 502"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    let head = seen.recv().await.unwrap().to_lowercase();
+    assert!(!head.contains("h2c"), "h2c was forwarded: {head}");
+    assert!(!head.contains("http2-settings"), "{head}");
+    // The next bytes are a new request to the gateway (no route: 404), not tunnel data.
+    tcp.write_all(b"GET /internal/secret HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut next = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut next))
+        .await
+        .unwrap()
+        .unwrap();
+    let next = String::from_utf8_lossy(&next[..n]).to_lowercase();
+    assert!(next.starts_with("http/1.1 404"), "{next}");
+    while let Ok(more) = seen.try_recv() {
+        assert!(!more.contains("/internal/secret"), "tunnelled: {more}");
+    }
+}
+
+#[tokio::test]
+async fn a_101_to_anything_but_the_forwarded_websocket_upgrade_is_a_502() {
+    let (backend, mut seen) = switches_to_h2c().await;
+    let gw = Gw::start(&ws_config(backend, "")).await;
+    // No upgrade asked at all.
+    let (answer, _) = first_answer(&gw, b"GET /chat HTTP/1.1\r\nhost: gw\r\n\r\n").await;
+    assert!(answer.starts_with("http/1.1 502"), "{answer}");
+    // A WebSocket upgrade asked for, another protocol switched to.
+    let (answer, _) = first_answer(
+        &gw,
+        b"GET /chat HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: WebSocket\r\n\
+          sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 502"), "{answer}");
+    seen.recv().await.unwrap();
+    let head = seen.recv().await.unwrap().to_lowercase();
+    assert!(head.contains("upgrade: websocket"), "{head}");
+}
