@@ -98,15 +98,23 @@ pub struct Version {
 /// How many versions `GET /versions` and rollback can reach.
 pub const HISTORY: usize = 20;
 
-/// A change asked for through the admin API.
+/// A change asked for through the admin API. The edit itself is a function of
+/// the running snapshot, applied under the write lock (see [`State::change`]).
 #[derive(Debug)]
 pub struct Change {
-    pub text: String,
     pub source: Source,
-    pub summary: String,
     /// The version the client based its change on (`If-Match`).
     pub if_match: Option<u64>,
     pub client: Option<std::net::SocketAddr>,
+}
+
+/// What an edit made of the running config: the whole new text, a line for the
+/// history, and whatever the caller wants back.
+#[derive(Debug)]
+pub struct Edit<T> {
+    pub text: String,
+    pub summary: String,
+    pub value: T,
 }
 
 /// Why a change was not applied; the running config is then untouched.
@@ -334,9 +342,16 @@ impl State {
         }
     }
 
-    /// Validates `change.text` as a whole config, writes it back to the file
-    /// (unless `admin.persist = "memory"`), and only then serves it.
-    pub async fn change(&self, change: Change) -> Result<u64, ChangeError> {
+    /// Applies `edit` to the running snapshot, validates the text it returns as a
+    /// whole config, writes it back to the file (unless `admin.persist =
+    /// "memory"`), and only then serves it. The edit runs under the same lock as
+    /// the validation, write and swap, so concurrent changes never overwrite each
+    /// other: each one edits the text the previous one left.
+    pub async fn change<T, E: From<ChangeError>>(
+        &self,
+        change: Change,
+        edit: impl FnOnce(&Snapshot) -> Result<Edit<T>, E>,
+    ) -> Result<(u64, T), E> {
         let _serial = self.write_lock.lock().await;
         let current = self.load();
         if let Some(expected) = change.if_match {
@@ -344,19 +359,25 @@ impl State {
                 return Err(ChangeError::Stale {
                     expected,
                     current: current.version,
-                });
+                }
+                .into());
             }
         }
+        let Edit {
+            text,
+            summary,
+            value,
+        } = edit(&current)?;
         let path = current.config.path.clone();
         let file = path
             .as_ref()
             .map_or("routes.toml".to_owned(), |p| p.display().to_string());
-        let mut config = Config::parse(&change.text, &file, &|name| std::env::var(name).ok())
+        let mut config = Config::parse(&text, &file, &|name| std::env::var(name).ok())
             .map_err(ChangeError::Invalid)?;
         config.path = path.clone();
         let persisted = match (&path, config.admin.persist) {
             (Some(path), crate::config::Persist::File) => {
-                let (p, text) = (path.clone(), change.text.clone());
+                let (p, text) = (path.clone(), text.clone());
                 tokio::task::spawn_blocking(move || write_back(&p, &text))
                     .await
                     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -368,23 +389,16 @@ impl State {
             }
             _ => false,
         };
-        let version = self.swap(
-            config,
-            &current,
-            change.source,
-            change.summary.clone(),
-            persisted,
-        );
+        let version = self.swap(config, &current, change.source, summary.clone(), persisted);
         tracing::info!(
             target: "fngate::audit",
             version,
             source = change.source.as_str(),
             client = %change.client.map_or("-".into(), |c| c.to_string()),
             persisted,
-            "config changed: {}",
-            change.summary
+            "config changed: {summary}"
         );
-        Ok(version)
+        Ok((version, value))
     }
 
     /// The text of an earlier version, for rollback.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::config::{Config, ConfigErrors};
-use crate::state::{Change, ChangeError, Reloaded, Source, State};
+use crate::state::{Change, ChangeError, Edit, Reloaded, Snapshot, Source, State};
 use doc::{Doc, EditError, Kind};
 
 #[derive(Debug, Clone)]
@@ -282,8 +282,11 @@ async fn openapi() -> impl IntoResponse {
 }
 
 fn running_doc(admin: &AdminState) -> Result<Doc> {
-    let text = admin.state.load().config.text.clone();
-    Doc::parse(&text)
+    doc_of(&admin.state.load())
+}
+
+fn doc_of(running: &Snapshot) -> Result<Doc> {
+    Doc::parse(&running.config.text)
         .ok_or_else(|| AdminError::Unprocessable("the running config text does not parse".into()))
 }
 
@@ -394,23 +397,24 @@ async fn put_one(
     let body: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| AdminError::BadRequest(format!("the body is not JSON: {e}")))?;
     let if_match = if_match(&headers)?;
-    let mut doc = running_doc(&admin)?;
-    let created = doc.put(kind, &name, body)?;
-    let summary = format!(
-        "{} {collection}/{name}",
-        if created { "created" } else { "replaced" }
-    );
-    let version = admin
+    let change = Change {
+        source: Source::Admin,
+        if_match,
+        client: Some(client),
+    };
+    let (version, (created, entity)) = admin
         .state
-        .change(Change {
-            text: doc.text(),
-            source: Source::Admin,
-            summary,
-            if_match,
-            client: Some(client),
+        .change(change, |running| {
+            let mut doc = doc_of(running)?;
+            let created = doc.put(kind, &name, body)?;
+            let verb = if created { "created" } else { "replaced" };
+            Ok::<_, AdminError>(Edit {
+                text: doc.text(),
+                summary: format!("{verb} {collection}/{name}"),
+                value: (created, doc.get(kind, &name)),
+            })
         })
         .await?;
-    let entity = running_doc(&admin)?.get(kind, &name);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -437,46 +441,54 @@ async fn delete_one(
 ) -> Result<StatusCode> {
     let kind = kind(&collection)?;
     let if_match = if_match(&headers)?;
-    // A policy or backend a route names cannot go before the route does.
-    let running = admin.state.load();
-    let users: Vec<&str> = running
+    let change = Change {
+        source: Source::Admin,
+        if_match,
+        client: Some(client),
+    };
+    admin
+        .state
+        .change(change, |running| {
+            // A policy or backend a route names cannot go before the route does.
+            let users = users_of(running, kind, &name);
+            if !users.is_empty() {
+                return Err(AdminError::Conflict(format!(
+                    "{} `{name}` is used by routes: {}",
+                    kind.key(),
+                    users.join(", ")
+                )));
+            }
+            let mut doc = doc_of(running)?;
+            doc.delete(kind, &name)?;
+            Ok(Edit {
+                text: doc.text(),
+                summary: format!("deleted {collection}/{name}"),
+                value: (),
+            })
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The routes that name the backend or policy `name`.
+fn users_of<'a>(running: &'a Snapshot, kind: Kind, name: &str) -> Vec<&'a str> {
+    running
         .config
         .routes
         .iter()
         .filter(|r| match kind {
             Kind::Backends => {
-                r.backend.as_ref().is_some_and(|b| *b.name == name)
+                r.backend.as_ref().is_some_and(|b| &*b.name == name)
                     || r.aggregate
                         .as_ref()
-                        .is_some_and(|a| a.calls.iter().any(|c| *c.backend.name == name))
+                        .is_some_and(|a| a.calls.iter().any(|c| &*c.backend.name == name))
             }
-            Kind::Auth => r.auth.as_ref().is_some_and(|p| *p.name == name),
-            Kind::RateLimits => r.rate_limits.iter().any(|p| *p.name == name),
+            Kind::Auth => r.auth.as_ref().is_some_and(|p| &*p.name == name),
+            Kind::RateLimits => r.rate_limits.iter().any(|p| &*p.name == name),
             Kind::Routes => false,
         })
         .map(|r| &*r.name)
-        .collect();
-    if !users.is_empty() {
-        return Err(AdminError::Conflict(format!(
-            "{} `{name}` is used by routes: {}",
-            kind.key(),
-            users.join(", ")
-        )));
-    }
-    drop(running);
-    let mut doc = running_doc(&admin)?;
-    doc.delete(kind, &name)?;
-    admin
-        .state
-        .change(Change {
-            text: doc.text(),
-            source: Source::Admin,
-            summary: format!("deleted {collection}/{name}"),
-            if_match,
-            client: Some(client),
-        })
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+        .collect()
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -583,14 +595,19 @@ async fn rollback(
         .parse()
         .map_err(|_| AdminError::NotFound(format!("`{version}` is not a config version")))?;
     let text = admin.state.version_text(version)?;
-    let new = admin
+    let change = Change {
+        source: Source::Rollback,
+        if_match: None,
+        client: Some(client),
+    };
+    let (new, ()) = admin
         .state
-        .change(Change {
-            text: text.to_string(),
-            source: Source::Rollback,
-            summary: format!("rolled back to version {version}"),
-            if_match: None,
-            client: Some(client),
+        .change(change, |_| {
+            Ok::<_, AdminError>(Edit {
+                text: text.to_string(),
+                summary: format!("rolled back to version {version}"),
+                value: (),
+            })
         })
         .await?;
     Ok(Json(Changed {

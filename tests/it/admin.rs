@@ -505,3 +505,34 @@ async fn an_aggregate_route_can_be_put_and_read_back_as_json() {
         .unwrap()
         .contains("/more/{user.method}"));
 }
+
+#[tokio::test]
+async fn concurrent_puts_of_different_routes_all_survive() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (gw, path) = gateway(dir.path(), "", &b).await;
+    let gw = std::sync::Arc::new(gw);
+    let puts: Vec<_> = (0..16)
+        .map(|i| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let body = format!(r#"{{"path": "/c{i}", "backend": "b"}}"#);
+                admin(&gw, Method::PUT, &format!("/routes/c{i}"), Some(&body), &[]).await
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for put in puts {
+        let a = put.await.unwrap();
+        assert_eq!(a.status, 201, "{}", a.text());
+        versions.push(a.json()["version"].as_u64().unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (2..18).collect::<Vec<_>>(), "one version per change");
+    let file = Config::load(&path).unwrap();
+    for i in 0..16 {
+        let name = format!("c{i}");
+        assert!(file.route(&name).is_some(), "{name} missing from the file");
+        assert_eq!(gw.get(&format!("/c{i}")).await.status, 200, "{name} serves");
+    }
+}
