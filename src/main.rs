@@ -21,7 +21,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "An API gateway for serverless function endpoints"
 )]
-#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Log format: one JSON object per line, or human-readable text.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -105,8 +104,26 @@ struct ServeArgs {
     admin_listen: Option<SocketAddr>,
 }
 
+impl ServeArgs {
+    fn is_set(&self) -> bool {
+        self.config.is_some() || self.listen.is_some() || self.admin_listen.is_some()
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The serve flags before a subcommand would be ignored by it; say so rather
+    // than run on another config than the one named. (clap's
+    // `args_conflicts_with_subcommands` would refuse the global `--log-format` too.)
+    if cli.command.is_some() && cli.serve.is_set() {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--config, --listen and --admin-listen go after the subcommand",
+            )
+            .exit();
+    }
     match cli.command {
         Some(Command::Validate { config }) => validate(config::resolve_path(config)),
         Some(Command::Explain {

@@ -241,3 +241,37 @@ fn explain_shows_an_aggregates_calls_and_what_each_waits_for() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn log_format_is_a_global_flag_before_or_after_the_subcommand() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.toml");
+    std::fs::write(&cfg, config(&b.url(), ANY)).unwrap();
+    let cfg = cfg.display().to_string();
+    let local = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let before = [&["--log-format", "json", "serve", "--config", &cfg][..], &local].concat();
+    let after = [&["serve", "--config", &cfg, "--log-format", "json"][..], &local].concat();
+    for args in [before, after] {
+        let p = Proc::spawn(&args);
+        let a = send(
+            Request::get(format!("http://{}/x", p.addr))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        // The access-log line of that request, as one JSON object.
+        let line = p.line_with("\"status\":200");
+        let json: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{args:?} logs JSON: {e}: {line}"));
+        assert_eq!(json["path"], "/x", "{json}");
+    }
+    // Serve flags before a subcommand would be silently ignored by it: refused instead.
+    let out = fngate()
+        .args(["--config", &cfg, "validate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("go after the subcommand"));
+}
