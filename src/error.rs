@@ -49,6 +49,8 @@ struct Problem {
     retry_after: Option<u64>,
     challenge: Option<String>,
     close: bool,
+    /// The aggregate call that failed (SPEC §3: the body's `call` member).
+    call: Option<Arc<str>>,
 }
 
 impl Problem {
@@ -60,21 +62,27 @@ impl Problem {
             retry_after: None,
             challenge: None,
             close: false,
+            call: None,
         }
     }
 }
 
 fn problem_of(err: &Error) -> Problem {
     match err {
-        Error::Aggregate(e) => match e.outcome {
-            Outcome::Timeout => Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("the required call `{}` did not answer in time", e.call),
-            ),
-            Outcome::Error | Outcome::Skipped | Outcome::Ok | Outcome::Fallback => Problem::new(
-                StatusCode::BAD_GATEWAY,
-                format!("the required call `{}` failed", e.call),
-            ),
+        Error::Aggregate(e) => Problem {
+            call: Some(e.call.clone()),
+            ..match e.outcome {
+                Outcome::Timeout => Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("the required call `{}` did not answer in time", e.call),
+                ),
+                Outcome::Error | Outcome::Skipped | Outcome::Ok | Outcome::Fallback => {
+                    Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the required call `{}` failed", e.call),
+                    )
+                }
+            }
         },
         // RFC 6750 §3; API-key policies challenge with their own scheme.
         Error::Auth(e) => match e {
@@ -187,6 +195,9 @@ pub fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Respo
     });
     if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
         body["request_id"] = serde_json::Value::from(id);
+    }
+    if let Some(call) = &p.call {
+        body["call"] = serde_json::Value::from(&**call);
     }
     let mut res = Response::new(
         Full::new(Bytes::from(body.to_string()))

@@ -113,73 +113,35 @@ pub async fn run(req: Request<Body>, plan: &Plan, metrics: &Arc<Metrics>) -> Res
             (c.peer_value.clone(), c.tls)
         });
 
-    let n = agg.calls.len();
-    let mut done: Vec<Option<Result<Value, Outcome>>> = vec![None; n];
-    let mut started = vec![false; n];
-    let mut set = JoinSet::new();
-    loop {
-        // Start every call whose inputs are all in; skip those that cannot be made.
-        let mut progress = true;
-        while progress {
-            progress = false;
-            for i in 0..n {
-                let call = &agg.calls[i];
-                if started[i] || call.needs.iter().any(|&j| done[j].is_none()) {
-                    continue;
-                }
-                started[i] = true;
-                progress = true;
-                let path = if call.needs.iter().all(|&j| matches!(done[j], Some(Ok(_)))) {
-                    render(&call.path.parts, &params, &query, &done)
-                } else {
-                    None
-                };
-                let Some(path) = path else {
-                    done[i] = Some(Err(Outcome::Skipped));
-                    continue;
-                };
-                let mut headers = base.clone();
-                crate::proxy::upstream_request(
-                    &mut headers,
-                    peer.clone(),
-                    tls,
-                    ctx.host.as_ref(),
-                    &route.request_headers,
-                    &call.backend.headers,
-                );
-                let task = Task {
-                    upstream: plan.upstreams[i].clone(),
-                    agg: agg.clone(),
-                    index: i,
-                    path,
-                    headers,
-                    deadline,
-                    metrics: metrics.clone(),
-                };
-                set.spawn(async move { (i, task.run().await) });
-            }
-        }
-        if set.is_empty() {
-            break;
-        }
-        match tokio::time::timeout_at(deadline, set.join_next()).await {
-            Ok(Some(Ok((i, result)))) => done[i] = Some(result),
-            // A call task cannot panic short of a bug; its call stays unanswered.
-            Ok(Some(Err(_))) | Ok(None) => break,
-            Err(_) => break,
-        }
-    }
-    // Whatever still runs at the deadline is cancelled (the set aborts it on drop).
-    drop(set);
-    let outcomes: Vec<Result<Value, Outcome>> = done
-        .into_iter()
-        .zip(&started)
-        .map(|(d, &s)| match d {
-            Some(r) => r,
-            None if s => Err(Outcome::Timeout),
-            None => Err(Outcome::Skipped),
-        })
-        .collect();
+    let outcomes = execute(
+        agg.calls.len(),
+        |i| &agg.calls[i].needs,
+        deadline,
+        |i, done| {
+            let call = &agg.calls[i];
+            let path = render(&call.path.parts, &params, &query, done)?;
+            let mut headers = base.clone();
+            crate::proxy::upstream_request(
+                &mut headers,
+                peer.clone(),
+                tls,
+                ctx.host.as_ref(),
+                &route.request_headers,
+                &call.backend.headers,
+            );
+            let task = Task {
+                upstream: plan.upstreams[i].clone(),
+                agg: agg.clone(),
+                index: i,
+                path,
+                headers,
+                deadline,
+                metrics: metrics.clone(),
+            };
+            Some(task.run())
+        },
+    )
+    .await;
     answer(
         &route.name,
         agg,
@@ -189,6 +151,71 @@ pub async fn run(req: Request<Body>, plan: &Plan, metrics: &Arc<Metrics>) -> Res
         log.as_ref(),
         metrics,
     )
+}
+
+/// What is known of each call while the plan runs: `None` until it ends.
+type Done = [Option<Result<Value, Outcome>>];
+
+/// Starts every call whose inputs have all answered, as a task in one
+/// `JoinSet`, and repeats as calls end, until none is left or `deadline`
+/// passes. `start` makes call `i` from the answers so far, or `None` when its
+/// path cannot be rendered (it is then `Skipped`, as is a call whose input
+/// failed). A call that panicked is an `Error`; the others keep their outcomes.
+async fn execute<'a, Fut>(
+    n: usize,
+    needs: impl Fn(usize) -> &'a [usize],
+    deadline: Instant,
+    mut start: impl FnMut(usize, &Done) -> Option<Fut>,
+) -> Vec<Result<Value, Outcome>>
+where
+    Fut: std::future::Future<Output = Result<Value, Outcome>> + Send + 'static,
+{
+    let mut done: Vec<Option<Result<Value, Outcome>>> = vec![None; n];
+    let mut started = vec![false; n];
+    let mut tasks: Vec<(tokio::task::Id, usize)> = Vec::new();
+    let mut set = JoinSet::new();
+    loop {
+        let mut progress = true;
+        while progress {
+            progress = false;
+            for i in 0..n {
+                if started[i] || needs(i).iter().any(|&j| done[j].is_none()) {
+                    continue;
+                }
+                started[i] = true;
+                progress = true;
+                let ready = needs(i).iter().all(|&j| matches!(done[j], Some(Ok(_))));
+                match ready.then(|| start(i, &done)).flatten() {
+                    Some(call) => tasks.push((set.spawn(call).id(), i)),
+                    None => done[i] = Some(Err(Outcome::Skipped)),
+                }
+            }
+        }
+        if set.is_empty() {
+            break;
+        }
+        let (id, result) = match tokio::time::timeout_at(deadline, set.join_next_with_id()).await {
+            Ok(Some(Ok((id, result)))) => (id, result),
+            Ok(Some(Err(e))) => {
+                tracing::error!("an aggregate call task failed: {e}");
+                (e.id(), Err(Outcome::Error))
+            }
+            Ok(None) | Err(_) => break,
+        };
+        if let Some(&(_, i)) = tasks.iter().find(|(t, _)| *t == id) {
+            done[i] = Some(result);
+        }
+    }
+    // Whatever still runs at the deadline is cancelled (the set aborts it on drop).
+    drop(set);
+    done.into_iter()
+        .zip(&started)
+        .map(|(d, &s)| match d {
+            Some(r) => r,
+            None if s => Err(Outcome::Timeout),
+            None => Err(Outcome::Skipped),
+        })
+        .collect()
 }
 
 struct Task {
@@ -379,7 +406,7 @@ fn render(
     parts: &[CallPart],
     params: &[String],
     query: &[(String, String)],
-    done: &[Option<Result<Value, Outcome>>],
+    done: &Done,
 ) -> Option<String> {
     let mut out = String::new();
     let mut in_query = false;
@@ -417,4 +444,51 @@ fn render(
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(v: i64) -> Result<Value, Outcome> {
+        Ok(Value::from(v))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_is_an_error_and_the_others_keep_their_outcomes() {
+        let needs: [Vec<usize>; 4] = [vec![], vec![], vec![0], vec![1]];
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let outcomes = execute(4, |i| &needs[i], deadline, |i, _| {
+            Some(async move {
+                if i == 1 {
+                    panic!("call 1 has a bug");
+                }
+                ok(i as i64)
+            })
+        })
+        .await;
+        assert_eq!(
+            outcomes,
+            vec![ok(0), Err(Outcome::Error), ok(2), Err(Outcome::Skipped)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_still_running_at_the_deadline_time_out_and_unrenderable_ones_are_skipped() {
+        let needs: [Vec<usize>; 3] = [vec![], vec![], vec![]];
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        let outcomes = execute(3, |i| &needs[i], deadline, |i, _| {
+            (i != 2).then_some(async move {
+                if i == 1 {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+                ok(i as i64)
+            })
+        })
+        .await;
+        assert_eq!(
+            outcomes,
+            vec![ok(0), Err(Outcome::Timeout), Err(Outcome::Skipped)]
+        );
+    }
 }

@@ -248,6 +248,7 @@ async fn a_required_failure_is_502_naming_the_call() {
     let r = gw.get("/page").await;
     let p = r.problem(502);
     assert!(p["detail"].as_str().unwrap().contains("`user`"), "{p}");
+    assert_eq!(p["call"], "user", "the problem's `call` member names it: {p}");
     // `history` is skipped too: the answer of `ads` has no `id`.
     assert_eq!(r.header("x-fngate-failed"), Some("user, history"));
     // Non-JSON and oversized answers are failures too.
@@ -320,6 +321,7 @@ async fn a_required_call_past_the_deadline_is_504_and_is_cancelled() {
     let p = r.problem(504);
     // Named first in config order, so named whatever a loaded machine does to `fast`.
     assert!(p["detail"].as_str().unwrap().contains("`slow`"), "{p}");
+    assert_eq!(p["call"], "slow", "{p}");
     assert!(r.header("x-fngate-failed").unwrap().starts_with("slow"));
     // The abandoned call's connection is closed, not left in the pool.
     tokio::time::timeout(Duration::from_secs(10), closed)
