@@ -864,6 +864,12 @@ fn route(
             "must be longer than zero",
         );
     }
+    // 0 lifts the limit for this route (long gRPC or WebSocket-over-HTTP/2 streams).
+    let max_body = match obj.size(ctx, "max_body") {
+        Some(0) => u64::MAX,
+        Some(n) => n,
+        None => server.max_body,
+    };
     let cors = obj
         .table(ctx, "cors")
         .and_then(|c| cors(ctx, c, methods.as_deref()));
@@ -936,6 +942,7 @@ fn route(
         request_headers,
         response_headers,
         timeout,
+        max_body,
         cors,
         auth: policy,
         scopes,

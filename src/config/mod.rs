@@ -213,6 +213,9 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     /// Overrides `server.request_timeout`.
     pub timeout: Option<Duration>,
+    /// The request body limit: the route's `max_body`, else `server.max_body`;
+    /// `u64::MAX` when the route sets 0 (unlimited).
+    pub max_body: u64,
     pub cors: Option<Cors>,
     pub auth: Option<Arc<AuthPolicy>>,
     /// Required on top of the policy's own.

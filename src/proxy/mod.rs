@@ -303,7 +303,7 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
         None
     };
 
-    let prepared = prepare(body, server.max_body, log.as_ref()).await?;
+    let prepared = prepare(body, route.max_body, log.as_ref()).await?;
     let mut res = upstream
         .send(
             Outgoing {
@@ -315,7 +315,7 @@ async fn forward(mut req: Request<Body>, metrics: &Metrics) -> Result<Response<B
                 host: client_host,
                 started,
                 deadline,
-                max_body: server.max_body,
+                max_body: route.max_body,
                 log,
                 response_edits: &route.response_headers,
                 upgrade: upgrade.is_some(),

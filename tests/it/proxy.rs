@@ -485,3 +485,35 @@ async fn h2_streams_in_flight_finish_when_the_gateway_drains() {
     );
     assert_eq!(slow.heads(), 1);
 }
+
+/// A chunked body of `mib` MiB in 64 KiB frames, never held whole by the client.
+fn streamed_mib(mib: usize) -> BoxBody {
+    let frames = (0..mib * 16).map(|_| Ok(Frame::data(Bytes::from(vec![b's'; 64 << 10]))));
+    BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
+#[tokio::test]
+async fn a_route_max_body_overrides_the_server_limit_and_zero_lifts_it() {
+    // The backend answers with the length it received, so nothing big is echoed back.
+    let b = Backend::with(|seen: Seen| async move {
+        Response::new(full(format!("{} {}", seen.body_complete, seen.body.len())))
+    })
+    .await;
+    let gw = Gw::start(&format!(
+        "[server]\nmax_body = \"16MiB\"\n[backends.b]\nurls = [\"{}\"]\n\
+         [[routes]]\nname = \"stream\"\npath = \"/stream\"\nbackend = \"b\"\nmax_body = 0\n\
+         [[routes]]\nname = \"small\"\npath = \"/small\"\nbackend = \"b\"\nmax_body = \"1KiB\"\n\
+         [[routes]]\nname = \"default\"\npath = \"/default\"\nbackend = \"b\"\n",
+        b.url()
+    ))
+    .await;
+    let post = |path: &str, body: BoxBody| {
+        send(Request::post(gw.url(path)).body(body).unwrap())
+    };
+    let a = post("/stream", streamed_mib(24)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.text(), format!("true {}", 24 << 20));
+    post("/default", streamed_mib(24)).await.problem(413);
+    post("/small", full(vec![b'a'; 2048])).await.problem(413);
+    assert_eq!(post("/small", full(vec![b'a'; 1024])).await.status, 200);
+}
