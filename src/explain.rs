@@ -9,7 +9,7 @@ use http::Method;
 use crate::config::{Config, HostPattern, Route};
 use crate::normalize::normalize_path;
 use crate::proxy::upstream_uri;
-use crate::router::{host_only, RouteError, RouteTable};
+use crate::router::{host_only, Lookup, RouteError, RouteTable};
 
 /// The outcome: printed as text; `matched` decides the exit status.
 #[derive(Debug)]
@@ -64,23 +64,26 @@ pub fn explain(
         let _ = writeln!(out, "normalised path: {normal}");
     }
     let table = RouteTable::build(&config.routes);
-    let asked = crate::router::preflight_method(
+    let lookup = Lookup {
+        host: host.as_deref(),
         method,
-        header("origin").is_some(),
-        header("access-control-request-method").map(str::as_bytes),
-    );
-    let mut found = table.find(host.as_deref(), method, &normal);
-    if let Some(asked) = &asked {
-        if let Ok(m) = table.find(host.as_deref(), asked, &normal) {
-            if config.routes[m.route].cors.is_some() {
-                let _ = writeln!(
-                    out,
-                    "CORS preflight for {asked}: answered by fngate, never forwarded"
-                );
-                found = Ok(m);
-            }
+        path: &normal,
+        preflight: crate::router::preflight_method(
+            method,
+            header("origin").is_some(),
+            header("access-control-request-method").map(str::as_bytes),
+        ),
+    };
+    let found = table.resolve(&lookup).map(|r| {
+        if r.preflight {
+            let asked = lookup.preflight.as_ref().map_or("?", Method::as_str);
+            let _ = writeln!(
+                out,
+                "CORS preflight for {asked}: answered by fngate, never forwarded"
+            );
         }
-    }
+        r.found
+    });
     let winner = found.as_ref().ok().map(|m| m.route);
     match &found {
         Ok(m) => {
@@ -124,8 +127,9 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
     if let Some(b) = &route.backend {
         let _ = writeln!(
             out,
-            "  backend   {} (round robin over {} endpoint{}, {} retr{}, {:?} per attempt)",
+            "  backend   {} ({} over {} endpoint{}, {} retr{}, {:?} per attempt)",
             b.name,
+            b.balance.as_str(),
             b.endpoints.len(),
             if b.endpoints.len() == 1 { "" } else { "s" },
             b.retries,

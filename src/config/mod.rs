@@ -172,6 +172,17 @@ pub enum Balance {
     Random,
 }
 
+impl Balance {
+    /// As `explain` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round robin",
+            Self::LeastRequests => "least requests",
+            Self::Random => "random",
+        }
+    }
+}
+
 /// Active health checks of every endpoint of a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
 use crate::error::{self, Body};
 use crate::normalize::normalize_path;
-use crate::router::{host_only, RouteError};
+use crate::router::{host_only, Lookup, RouteError};
 use crate::state::State;
 
 #[derive(Debug, Clone)]
@@ -88,20 +88,18 @@ impl<S> RouteService<S> {
         let snapshot = self.state.load();
         let host = request_host(req)?;
         let path = normalize_path(req.uri().path())?.into_owned();
-        let host_name = host.as_ref().map(|h| h.1.as_str());
-        let found = match preflight_method(req) {
-            // A preflight is routed by the method it asks about, to a route with CORS;
-            // such a route answers it even when its methods lack OPTIONS.
-            Some(asked) => match snapshot.table.find(host_name, &asked, &path) {
-                Ok(m) if snapshot.routes[m.route].cors.is_some() => m,
-                _ => snapshot.table.find(host_name, req.method(), &path)?,
-            },
+        let lookup = Lookup {
+            host: host.as_ref().map(|h| h.1.as_str()),
             // A WebSocket over HTTP/2 (extended CONNECT) goes where its HTTP/1.1 GET would.
-            None if crate::proxy::is_h2_websocket(req) => {
-                snapshot.table.find(host_name, &Method::GET, &path)?
-            }
-            None => snapshot.table.find(host_name, req.method(), &path)?,
+            method: if crate::proxy::is_h2_websocket(req) {
+                &Method::GET
+            } else {
+                req.method()
+            },
+            path: &path,
+            preflight: preflight_method(req),
         };
+        let found = snapshot.table.resolve(&lookup)?.found;
         let peer = req
             .extensions()
             .get::<ConnInfo>()

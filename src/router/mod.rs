@@ -52,12 +52,36 @@ struct HostTable {
     entries: Vec<Entry>,
 }
 
+/// A request as the router sees it. The data path and `fngate explain` both
+/// build one and call [`RouteTable::resolve`], so they cannot disagree.
+#[derive(Debug)]
+pub struct Lookup<'a> {
+    /// Lower-case, without port.
+    pub host: Option<&'a str>,
+    /// The method routed by (a WebSocket over HTTP/2 is routed as GET).
+    pub method: &'a Method,
+    /// Normalised.
+    pub path: &'a str,
+    /// For a CORS preflight, the method it asks about.
+    pub preflight: Option<Method>,
+}
+
+/// A routed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub found: Match,
+    /// A CORS preflight that fngate answers itself (never forwarded).
+    pub preflight: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct RouteTable {
     exact: HashMap<Box<str>, HostTable>,
     /// Longest suffix first, so `*.eu.example.com` beats `*.example.com`.
     wildcard: Vec<(HostPattern, HostTable)>,
     any: HostTable,
+    /// Parallel to the routes: which ones answer CORS preflights.
+    cors: Vec<bool>,
 }
 
 impl HostTable {
@@ -98,7 +122,10 @@ impl HostTable {
 impl RouteTable {
     /// Compiles validated routes. Index `i` in a [`Match`] is `routes[i]`.
     pub fn build(routes: &[Arc<Route>]) -> Self {
-        let mut table = Self::default();
+        let mut table = Self {
+            cors: routes.iter().map(|r| r.cors.is_some()).collect(),
+            ..Self::default()
+        };
         // Group identical shapes first so each shape is inserted once per host.
         let mut shapes: HashMap<(Option<&HostPattern>, &str), Vec<usize>> = HashMap::new();
         let mut order = Vec::new();
@@ -144,6 +171,26 @@ impl RouteTable {
             .wildcard
             .sort_by_key(|(p, _)| std::cmp::Reverse(p.to_string().len()));
         table
+    }
+
+    /// Routes a request. A preflight goes by the method it asks about to a
+    /// route with CORS, which answers it even when its methods lack OPTIONS;
+    /// any other request by its own method.
+    pub fn resolve(&self, l: &Lookup<'_>) -> Result<Resolved, RouteError> {
+        if let Some(asked) = &l.preflight {
+            if let Ok(found) = self.find(l.host, asked, l.path) {
+                if self.cors[found.route] {
+                    return Ok(Resolved {
+                        found,
+                        preflight: true,
+                    });
+                }
+            }
+        }
+        self.find(l.host, l.method, l.path).map(|found| Resolved {
+            found,
+            preflight: false,
+        })
     }
 
     /// Finds the route for a request. `host` is lower-case without port.

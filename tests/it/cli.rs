@@ -275,3 +275,106 @@ async fn log_format_is_a_global_flag_before_or_after_the_subcommand() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("go after the subcommand"));
 }
+
+#[tokio::test]
+async fn explain_and_the_data_path_resolve_every_request_alike() {
+    let (read, write, tenant) = (
+        Backend::echo("read").await,
+        Backend::echo("write").await,
+        Backend::echo("tenant").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+            [backends.read]
+            urls = ["{}"]
+            balance = "least_requests"
+            [backends.write]
+            urls = ["{}"]
+            balance = "random"
+            [backends.tenant]
+            urls = ["{}"]
+            [[routes]]
+            name = "read"
+            path = "/orders/{{id}}"
+            methods = ["GET"]
+            backend = "read"
+            [[routes]]
+            name = "write"
+            path = "/orders/{{id}}"
+            methods = ["PUT"]
+            backend = "write"
+            cors = {{ origins = ["https://app.example"] }}
+            [[routes]]
+            name = "tenant"
+            path = "/orders/{{id}}"
+            methods = ["GET"]
+            host = "*.tenant.example"
+            backend = "tenant"
+            "#,
+            read.url(),
+            write.url(),
+            tenant.url()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let p = Proc::start(&cfg, &[]);
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "PUT"),
+    ];
+    let cases: [(&str, &str, &[(&str, &str)]); 6] = [
+        ("GET", "/orders/1", &[]),
+        ("PUT", "/orders/1", &[]),
+        ("GET", "/orders/1", &[("host", "eu.tenant.example")]),
+        ("OPTIONS", "/orders/1", &preflight),
+        ("DELETE", "/orders/1", &[]),
+        ("GET", "/nothing", &[]),
+    ];
+    for (method, path, headers) in cases {
+        let mut args = vec!["explain", "--config", &cfg, method, path];
+        let flat: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        for h in &flat {
+            args.extend(["-H", h]);
+        }
+        let out = fngate().args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", p.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let a = send(req.body(empty()).unwrap()).await;
+        let said = text
+            .lines()
+            .find_map(|l| l.strip_prefix("matched route `"))
+            .map(|l| l.trim_end_matches('`').to_owned());
+        let case = format!("{method} {path} {headers:?}");
+        match a.header("x-backend") {
+            Some(served) => assert_eq!(said.as_deref(), Some(served), "{case}\n{text}"),
+            None if text.contains("CORS preflight for PUT") => {
+                assert!(a.status.is_success(), "{case}: {}", a.status);
+                assert_eq!(said.as_deref(), Some("write"), "{case}\n{text}");
+            }
+            None => {
+                assert_eq!(out.status.code(), Some(1), "{case}\n{text}");
+                assert!(
+                    text.contains(&format!("=> {}", a.status.as_u16())),
+                    "{case}: the gateway said {}\n{text}",
+                    a.status
+                );
+            }
+        }
+    }
+    let out = fngate()
+        .args(["explain", "--config", &cfg, "GET", "/orders/1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("backend   read (least requests over 1 endpoint"), "{text}");
+}
