@@ -80,7 +80,7 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml")).unwrap();
     let mut text = shipped.clone();
     text = text.replace("127.0.0.1:8443", "127.0.0.1:0");
-    for port in ["9101", "9102", "9103", "9104"] {
+    for port in ["9101", "9102", "9103", "9104", "9105"] {
         let free = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -129,6 +129,15 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
     .await;
     assert_eq!(a.json()["path"], "/api/orders");
     assert_eq!(a.json()["body"], "{\"item\":\"book\"}");
+    // CQRS: the write went to its own function, the read goes to another.
+    assert_eq!(a.json()["function"], "orders-write");
+    let a = send(
+        Request::get(format!("http://{}/orders", p.addr))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.json()["function"], "orders");
 
     // The protected route, end to end with a token from `fngate token`.
     let me = format!("http://{}/me/orders", p.addr);
