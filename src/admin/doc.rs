@@ -22,16 +22,6 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "routes" => Some(Self::Routes),
-            "backends" => Some(Self::Backends),
-            "auth" => Some(Self::Auth),
-            "rate_limits" => Some(Self::RateLimits),
-            _ => None,
-        }
-    }
-
     pub(crate) fn key(self) -> &'static str {
         match self {
             Self::Routes => "routes",

@@ -3,6 +3,7 @@
 //! a whole config, written back, then swapped in.
 
 mod doc;
+mod schema;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,7 @@ use axum::extract::{ConnectInfo, Path, Request, State as AxumState};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
@@ -57,17 +58,6 @@ enum AdminError {
     Unprocessable(String),
     #[error("the change could not be saved: {0}")]
     Write(String),
-}
-
-/// The named collections of routes.toml (the OpenAPI enum for `{collection}`).
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code)] // exists for the schema; paths are parsed by `Kind::parse`
-enum Collection {
-    Routes,
-    Backends,
-    Auth,
-    RateLimits,
 }
 
 /// One config error in a 422 answer.
@@ -165,8 +155,12 @@ type Result<T, E = AdminError> = std::result::Result<T, E>;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "fngate admin API", description = "Live configuration, health and metrics of an fngate gateway."),
-    paths(healthz, readyz, metrics, config, list, get_one, put_one, delete_one, validate, reload, versions, rollback),
-    components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated, Collection)),
+    paths(healthz, readyz, metrics, config, validate, reload, versions, rollback,
+        routes::list, routes::get_one, routes::put_one, routes::delete_one,
+        backends::list, backends::get_one, backends::put_one, backends::delete_one,
+        auth::list, auth::get_one, auth::put_one, auth::delete_one,
+        rate_limits::list, rate_limits::get_one, rate_limits::put_one, rate_limits::delete_one),
+    components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -195,11 +189,12 @@ pub fn router(admin: AdminState) -> Router {
         .route("/validate", post(validate))
         .route("/reload", post(reload))
         .route("/rollback/{version}", post(rollback))
-        .route("/{collection}", get(list))
-        .route(
-            "/{collection}/{name}",
-            get(get_one).put(put_one).delete(delete_one),
-        )
+        .merge(routes::routes())
+        .merge(backends::routes())
+        .merge(auth::routes())
+        .merge(rate_limits::routes())
+        .route("/{collection}", any(unknown_collection))
+        .route("/{collection}/{name}", any(unknown_entity))
         .layer(middleware::from_fn_with_state(admin.clone(), guard))
         .with_state(admin)
 }
@@ -290,11 +285,6 @@ fn doc_of(running: &Snapshot) -> Result<Doc> {
         .ok_or_else(|| AdminError::Unprocessable("the running config text does not parse".into()))
 }
 
-fn kind(collection: &str) -> Result<Kind> {
-    Kind::parse(collection)
-        .ok_or_else(|| AdminError::NotFound(format!("no collection `{collection}`")))
-}
-
 #[utoipa::path(get, path = "/config", security(("bearer" = [])), responses(
     (status = 200, description = "The running config as JSON; secrets are hidden", body = Object),
     (status = 401, body = Problem, content_type = "application/problem+json")))]
@@ -302,20 +292,19 @@ async fn config(AxumState(admin): AxumState<AdminState>) -> Result<Json<serde_js
     Ok(Json(running_doc(&admin)?.to_json()))
 }
 
-#[utoipa::path(get, path = "/{collection}", security(("bearer" = [])),
-    params(("collection" = Collection, Path)),
-    responses(
-        (status = 200, description = "Every entity of the collection, as its routes.toml table", body = [Object]),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn list(
-    AxumState(admin): AxumState<AdminState>,
-    Path(collection): Path<String>,
-) -> Result<Json<Vec<serde_json::Value>>> {
-    let kind = kind(&collection)?;
-    let mut items = running_doc(&admin)?.list(kind);
+/// `GET /{collection}` for a name that is no collection: a problem, like every refusal.
+async fn unknown_collection(Path(collection): Path<String>) -> AdminError {
+    AdminError::NotFound(format!("no collection `{collection}`"))
+}
+
+async fn unknown_entity(Path((collection, _)): Path<(String, String)>) -> AdminError {
+    AdminError::NotFound(format!("no collection `{collection}`"))
+}
+
+async fn list(admin: &AdminState, kind: Kind) -> Result<Json<Vec<serde_json::Value>>> {
+    let mut items = running_doc(admin)?.list(kind);
     if kind == Kind::Backends {
-        items.iter_mut().for_each(|b| with_status(&admin, b));
+        items.iter_mut().for_each(|b| with_status(admin, b));
     }
     Ok(Json(items))
 }
@@ -331,22 +320,12 @@ fn with_status(admin: &AdminState, backend: &mut serde_json::Value) {
     }
 }
 
-#[utoipa::path(get, path = "/{collection}/{name}", security(("bearer" = [])),
-    params(("collection" = Collection, Path), ("name" = String, Path)),
-    responses(
-        (status = 200, description = "One entity", body = Object),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json")))]
-async fn get_one(
-    AxumState(admin): AxumState<AdminState>,
-    Path((collection, name)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>> {
-    let kind = kind(&collection)?;
-    let mut item = running_doc(&admin)?
-        .get(kind, &name)
-        .ok_or_else(|| AdminError::NotFound(format!("no {collection} named `{name}`")))?;
+async fn get_one(admin: &AdminState, kind: Kind, name: &str) -> Result<Json<serde_json::Value>> {
+    let mut item = running_doc(admin)?
+        .get(kind, name)
+        .ok_or_else(|| AdminError::NotFound(format!("no {} named `{name}`", kind.key())))?;
     if kind == Kind::Backends {
-        with_status(&admin, &mut item);
+        with_status(admin, &mut item);
     }
     Ok(Json(item))
 }
@@ -374,29 +353,18 @@ struct Changed {
     entity: Option<serde_json::Value>,
 }
 
-#[utoipa::path(put, path = "/{collection}/{name}", security(("bearer" = [])),
-    params(("collection" = Collection, Path), ("name" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "The config version the change is based on")),
-    request_body(content = Object, description = "The entity as its routes.toml table; `name` may be left out"),
-    responses(
-        (status = 200, description = "Replaced", body = Changed),
-        (status = 201, description = "Created", body = Changed),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 412, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn put_one(
-    AxumState(admin): AxumState<AdminState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path((collection, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    admin: &AdminState,
+    client: SocketAddr,
+    kind: Kind,
+    name: String,
+    headers: &HeaderMap,
+    body: &[u8],
 ) -> Result<Response> {
-    let kind = kind(&collection)?;
-    let body: serde_json::Value = serde_json::from_slice(&body)
+    let collection = kind.key();
+    let body: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| AdminError::BadRequest(format!("the body is not JSON: {e}")))?;
-    let if_match = if_match(&headers)?;
+    let if_match = if_match(headers)?;
     let change = Change {
         source: Source::Admin,
         if_match,
@@ -423,24 +391,15 @@ async fn put_one(
     Ok((status, Json(Changed { version, entity })).into_response())
 }
 
-#[utoipa::path(delete, path = "/{collection}/{name}", security(("bearer" = [])),
-    params(("collection" = Collection, Path), ("name" = String, Path),
-        ("If-Match" = Option<String>, Header, description = "The config version the change is based on")),
-    responses(
-        (status = 204, description = "Deleted"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A route still uses it", body = Problem, content_type = "application/problem+json"),
-        (status = 412, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn delete_one(
-    AxumState(admin): AxumState<AdminState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path((collection, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    admin: &AdminState,
+    client: SocketAddr,
+    kind: Kind,
+    name: String,
+    headers: &HeaderMap,
 ) -> Result<StatusCode> {
-    let kind = kind(&collection)?;
-    let if_match = if_match(&headers)?;
+    let collection = kind.key();
+    let if_match = if_match(headers)?;
     let change = Change {
         source: Source::Admin,
         if_match,
@@ -490,6 +449,112 @@ fn users_of<'a>(running: &'a Snapshot, kind: Kind, name: &str) -> Vec<&'a str> {
         .map(|r| &*r.name)
         .collect()
 }
+
+/// One collection's four handlers, each with its own OpenAPI path and typed
+/// body: generated clients get `Route`, `Backend`, ... instead of `Object`.
+macro_rules! collection {
+    ($module:ident, $kind:expr, $schema:ident, $list:literal, $one:literal, $tag:literal) => {
+        mod $module {
+            use super::*;
+
+            pub(super) fn routes() -> Router<AdminState> {
+                Router::new()
+                    .route($list, get(list))
+                    .route($one, get(get_one).put(put_one).delete(delete_one))
+            }
+
+            #[utoipa::path(get, path = $list, tag = $tag, security(("bearer" = [])),
+                responses(
+                    (status = 200, description = "Every entity, as its routes.toml table", body = [schema::$schema]),
+                    (status = 401, body = Problem, content_type = "application/problem+json")))]
+            pub(super) async fn list(
+                AxumState(admin): AxumState<AdminState>,
+            ) -> Result<Json<Vec<serde_json::Value>>> {
+                super::list(&admin, $kind).await
+            }
+
+            #[utoipa::path(get, path = $one, tag = $tag, security(("bearer" = [])),
+                params(("name" = String, Path)),
+                responses(
+                    (status = 200, description = "One entity", body = schema::$schema),
+                    (status = 401, body = Problem, content_type = "application/problem+json"),
+                    (status = 404, body = Problem, content_type = "application/problem+json")))]
+            pub(super) async fn get_one(
+                AxumState(admin): AxumState<AdminState>,
+                Path(name): Path<String>,
+            ) -> Result<Json<serde_json::Value>> {
+                super::get_one(&admin, $kind, &name).await
+            }
+
+            #[utoipa::path(put, path = $one, tag = $tag, security(("bearer" = [])),
+                params(("name" = String, Path),
+                    ("If-Match" = Option<String>, Header, description = "The config version the change is based on")),
+                request_body(content = schema::$schema, description = "The entity as its routes.toml table; `name` may be left out"),
+                responses(
+                    (status = 200, description = "Replaced", body = Changed),
+                    (status = 201, description = "Created", body = Changed),
+                    (status = 400, body = Problem, content_type = "application/problem+json"),
+                    (status = 401, body = Problem, content_type = "application/problem+json"),
+                    (status = 404, body = Problem, content_type = "application/problem+json"),
+                    (status = 412, body = Problem, content_type = "application/problem+json"),
+                    (status = 422, body = Problem, content_type = "application/problem+json")))]
+            pub(super) async fn put_one(
+                AxumState(admin): AxumState<AdminState>,
+                ConnectInfo(client): ConnectInfo<SocketAddr>,
+                Path(name): Path<String>,
+                headers: HeaderMap,
+                body: Bytes,
+            ) -> Result<Response> {
+                super::put_one(&admin, client, $kind, name, &headers, &body).await
+            }
+
+            #[utoipa::path(delete, path = $one, tag = $tag, security(("bearer" = [])),
+                params(("name" = String, Path),
+                    ("If-Match" = Option<String>, Header, description = "The config version the change is based on")),
+                responses(
+                    (status = 204, description = "Deleted"),
+                    (status = 401, body = Problem, content_type = "application/problem+json"),
+                    (status = 404, body = Problem, content_type = "application/problem+json"),
+                    (status = 409, description = "A route still uses it", body = Problem, content_type = "application/problem+json"),
+                    (status = 412, body = Problem, content_type = "application/problem+json"),
+                    (status = 422, body = Problem, content_type = "application/problem+json")))]
+            pub(super) async fn delete_one(
+                AxumState(admin): AxumState<AdminState>,
+                ConnectInfo(client): ConnectInfo<SocketAddr>,
+                Path(name): Path<String>,
+                headers: HeaderMap,
+            ) -> Result<StatusCode> {
+                super::delete_one(&admin, client, $kind, name, &headers).await
+            }
+        }
+    };
+}
+
+collection!(
+    routes,
+    Kind::Routes,
+    Route,
+    "/routes",
+    "/routes/{name}",
+    "routes"
+);
+collection!(
+    backends,
+    Kind::Backends,
+    Backend,
+    "/backends",
+    "/backends/{name}",
+    "backends"
+);
+collection!(auth, Kind::Auth, Auth, "/auth", "/auth/{name}", "auth");
+collection!(
+    rate_limits,
+    Kind::RateLimits,
+    RateLimit,
+    "/rate_limits",
+    "/rate_limits/{name}",
+    "rate_limits"
+);
 
 #[derive(Debug, Serialize, ToSchema)]
 struct Validated {
@@ -614,4 +679,89 @@ async fn rollback(
         version: new,
         entity: None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Every key of `value` is a property of `schema` (refs followed, nested
+    /// objects and arrays checked too); returns the dotted keys that are not.
+    fn undescribed(spec: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+        let schema = match schema["$ref"].as_str() {
+            Some(r) => {
+                &spec["components"]["schemas"][r.trim_start_matches("#/components/schemas/")]
+            }
+            None => schema,
+        };
+        // `Option<T>` is `oneOf: [null, T]`.
+        if let Some(alts) = schema["oneOf"].as_array() {
+            for alt in alts.iter().filter(|a| a["type"] != "null") {
+                undescribed(spec, alt, value, at, out);
+            }
+            return;
+        }
+        match value {
+            Value::Object(map) if schema["properties"].is_object() => {
+                for (k, v) in map {
+                    let key = format!("{at}.{k}");
+                    match schema["properties"].get(k) {
+                        Some(p) => undescribed(spec, p, v, &key, out),
+                        None => out.push(key),
+                    }
+                }
+            }
+            Value::Array(items) if schema["items"].is_object() => {
+                for v in items {
+                    undescribed(spec, &schema["items"], v, at, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_collection_schemas_describe_every_key_of_the_shipped_config() {
+        let spec = serde_json::to_value(ApiDoc::openapi()).expect("spec");
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml"))
+            .expect("routes.toml");
+        let doc = Doc::parse(&text).expect("parses");
+        let mut missing = Vec::new();
+        for (kind, schema) in [
+            (Kind::Routes, "Route"),
+            (Kind::Backends, "Backend"),
+            (Kind::Auth, "Auth"),
+            (Kind::RateLimits, "RateLimit"),
+        ] {
+            let items = doc.list(kind);
+            assert!(!items.is_empty(), "the shipped config has {}", kind.key());
+            let schema = serde_json::json!({ "$ref": format!("#/components/schemas/{schema}") });
+            for item in &items {
+                undescribed(&spec, &schema, item, kind.key(), &mut missing);
+            }
+        }
+        assert!(missing.is_empty(), "keys without a schema: {missing:?}");
+        // The check itself finds a key the schema lacks.
+        let mut found = Vec::new();
+        let route = serde_json::json!({"path": "/x", "cors": {"origins": [], "typo": 1}});
+        let schema = serde_json::json!({ "$ref": "#/components/schemas/Route" });
+        undescribed(&spec, &schema, &route, "r", &mut found);
+        assert_eq!(found, ["r.cors.typo"]);
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let spec = serde_json::to_value(ApiDoc::openapi()).expect("spec");
+        let text = spec.to_string();
+        let refs: Vec<&str> = text
+            .split("\"$ref\":\"#/components/schemas/")
+            .skip(1)
+            .filter_map(|r| r.split('"').next())
+            .collect();
+        assert!(refs.contains(&"Route"), "{refs:?}");
+        for name in refs {
+            assert!(spec["components"]["schemas"][name].is_object(), "dangling {name}");
+        }
+    }
 }

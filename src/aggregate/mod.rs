@@ -458,14 +458,19 @@ mod tests {
     async fn a_panicking_call_is_an_error_and_the_others_keep_their_outcomes() {
         let needs: [Vec<usize>; 4] = [vec![], vec![], vec![0], vec![1]];
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        let outcomes = execute(4, |i| &needs[i], deadline, |i, _| {
-            Some(async move {
-                if i == 1 {
-                    panic!("call 1 has a bug");
-                }
-                ok(i as i64)
-            })
-        })
+        let outcomes = execute(
+            4,
+            |i| &needs[i],
+            deadline,
+            |i, _| {
+                Some(async move {
+                    if i == 1 {
+                        panic!("call 1 has a bug");
+                    }
+                    ok(i as i64)
+                })
+            },
+        )
         .await;
         assert_eq!(
             outcomes,
@@ -477,14 +482,19 @@ mod tests {
     async fn calls_still_running_at_the_deadline_time_out_and_unrenderable_ones_are_skipped() {
         let needs: [Vec<usize>; 3] = [vec![], vec![], vec![]];
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
-        let outcomes = execute(3, |i| &needs[i], deadline, |i, _| {
-            (i != 2).then_some(async move {
-                if i == 1 {
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                }
-                ok(i as i64)
-            })
-        })
+        let outcomes = execute(
+            3,
+            |i| &needs[i],
+            deadline,
+            |i, _| {
+                (i != 2).then_some(async move {
+                    if i == 1 {
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    }
+                    ok(i as i64)
+                })
+            },
+        )
         .await;
         assert_eq!(
             outcomes,

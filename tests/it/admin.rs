@@ -90,7 +90,36 @@ async fn the_token_is_required_except_on_open_endpoints_and_every_answer_has_an_
         spec["openapi"].as_str().unwrap().starts_with("3.1"),
         "{spec}"
     );
-    assert!(spec["paths"]["/{collection}/{name}"]["put"].is_object());
+    // Each collection has its own paths with its own typed bodies (no `/{collection}`).
+    for (list, one, schema) in [
+        ("/routes", "/routes/{name}", "Route"),
+        ("/backends", "/backends/{name}", "Backend"),
+        ("/auth", "/auth/{name}", "Auth"),
+        ("/rate_limits", "/rate_limits/{name}", "RateLimit"),
+    ] {
+        let reference = format!("#/components/schemas/{schema}");
+        let paths = &spec["paths"];
+        let items = &paths[list]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["items"];
+        assert_eq!(items["$ref"], reference, "{list}: {items}");
+        let put = &paths[one]["put"]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(put["$ref"], reference, "{one}: {put}");
+        assert!(paths[one]["get"].is_object() && paths[one]["delete"].is_object());
+        let props = &spec["components"]["schemas"][schema]["properties"];
+        assert!(props.is_object(), "{schema} is typed: {props}");
+        assert_eq!(
+            spec["components"]["schemas"][schema]["additionalProperties"], false,
+            "{schema}: unknown keys are errors"
+        );
+    }
+    assert!(spec["paths"]["/{collection}/{name}"].is_null());
+    assert!(spec["components"]["schemas"]["Route"]["properties"]["max_body"].is_object());
+    // An unknown collection is still a problem answer.
+    admin_problem(&admin(&gw, Method::GET, "/nothing", None, &[]).await, 404);
+    admin_problem(
+        &admin(&gw, Method::PUT, "/nothing/x", Some("{}"), &[]).await,
+        404,
+    );
 }
 
 #[tokio::test]
@@ -528,7 +557,11 @@ async fn concurrent_puts_of_different_routes_all_survive() {
         versions.push(a.json()["version"].as_u64().unwrap());
     }
     versions.sort_unstable();
-    assert_eq!(versions, (2..18).collect::<Vec<_>>(), "one version per change");
+    assert_eq!(
+        versions,
+        (2..18).collect::<Vec<_>>(),
+        "one version per change"
+    );
     let file = Config::load(&path).unwrap();
     for i in 0..16 {
         let name = format!("c{i}");

@@ -248,7 +248,10 @@ async fn a_required_failure_is_502_naming_the_call() {
     let r = gw.get("/page").await;
     let p = r.problem(502);
     assert!(p["detail"].as_str().unwrap().contains("`user`"), "{p}");
-    assert_eq!(p["call"], "user", "the problem's `call` member names it: {p}");
+    assert_eq!(
+        p["call"], "user",
+        "the problem's `call` member names it: {p}"
+    );
     // `history` is skipped too: the answer of `ads` has no `id`.
     assert_eq!(r.header("x-fngate-failed"), Some("user, history"));
     // Non-JSON and oversized answers are failures too.

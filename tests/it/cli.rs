@@ -259,8 +259,16 @@ async fn log_format_is_a_global_flag_before_or_after_the_subcommand() {
     std::fs::write(&cfg, config(&b.url(), ANY)).unwrap();
     let cfg = cfg.display().to_string();
     let local = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
-    let before = [&["--log-format", "json", "serve", "--config", &cfg][..], &local].concat();
-    let after = [&["serve", "--config", &cfg, "--log-format", "json"][..], &local].concat();
+    let before = [
+        &["--log-format", "json", "serve", "--config", &cfg][..],
+        &local,
+    ]
+    .concat();
+    let after = [
+        &["serve", "--config", &cfg, "--log-format", "json"][..],
+        &local,
+    ]
+    .concat();
     for args in [before, after] {
         let p = Proc::spawn(&args);
         let a = send(
@@ -336,7 +344,8 @@ async fn explain_and_the_data_path_resolve_every_request_alike() {
         ("origin", "https://app.example"),
         ("access-control-request-method", "PUT"),
     ];
-    let cases: [(&str, &str, &[(&str, &str)]); 6] = [
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, &str, Headers); 6] = [
         ("GET", "/orders/1", &[]),
         ("PUT", "/orders/1", &[]),
         ("GET", "/orders/1", &[("host", "eu.tenant.example")]),
@@ -385,5 +394,8 @@ async fn explain_and_the_data_path_resolve_every_request_alike() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("backend   read (least requests over 1 endpoint"), "{text}");
+    assert!(
+        text.contains("backend   read (least requests over 1 endpoint"),
+        "{text}"
+    );
 }

@@ -507,9 +507,7 @@ async fn a_route_max_body_overrides_the_server_limit_and_zero_lifts_it() {
         b.url()
     ))
     .await;
-    let post = |path: &str, body: BoxBody| {
-        send(Request::post(gw.url(path)).body(body).unwrap())
-    };
+    let post = |path: &str, body: BoxBody| send(Request::post(gw.url(path)).body(body).unwrap());
     let a = post("/stream", streamed_mib(24)).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.text(), format!("true {}", 24 << 20));

@@ -1,0 +1,210 @@
+//! The OpenAPI schemas of the admin collections: each entity as its routes.toml
+//! table, key for key, so generated clients get typed bodies. These types
+//! exist for the description only; bodies are read as JSON and spliced into
+//! the document by `doc.rs`, then validated as a whole config. A test keeps
+//! them in step with what the config loader accepts. Durations are strings
+//! (`"250ms"`, `"5s"`, `"1m"`).
+
+#![allow(dead_code)] // fields are read by utoipa's derive, never by code
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A size: `"10MiB"` or a number of bytes.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum Size {
+    Text(String),
+    Bytes(u64),
+}
+
+/// One string, or a list of them.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[[routes]]`: a request path to a backend or an aggregate.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Route {
+    /// `[a-z0-9_-]+`; may be left out of a PUT (the URL names it).
+    name: Option<String>,
+    /// `{name}` one segment, `{*rest}` the rest.
+    path: String,
+    /// Default: every method.
+    methods: Option<Vec<String>>,
+    /// Exact, or `*.example.com`.
+    host: Option<String>,
+    /// The backend to forward to (not with `aggregate`).
+    backend: Option<String>,
+    rewrite: Option<String>,
+    strip_prefix: Option<String>,
+    preserve_host: Option<bool>,
+    request_headers: Option<HeaderEdits>,
+    response_headers: Option<HeaderEdits>,
+    /// A named auth policy.
+    auth: Option<String>,
+    /// Required on top of the policy's own.
+    scopes: Option<Vec<String>>,
+    /// Named rate-limit policies, all must pass.
+    rate_limit: Option<Vec<String>>,
+    timeout: Option<String>,
+    /// Overrides `server.max_body`; 0 = unlimited.
+    max_body: Option<Size>,
+    cors: Option<Cors>,
+    aggregate: Option<Aggregate>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HeaderEdits {
+    set: Option<BTreeMap<String, String>>,
+    remove: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Cors {
+    /// `["*"]` for any origin.
+    origins: Vec<String>,
+    methods: Option<Vec<String>>,
+    headers: Option<Vec<String>>,
+    expose_headers: Option<Vec<String>>,
+    credentials: Option<bool>,
+    max_age: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Aggregate {
+    /// The deadline of the whole fan-out.
+    timeout: Option<String>,
+    /// `object` or `flat`.
+    merge: Option<String>,
+    max_call_body: Option<Size>,
+    calls: Vec<Call>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Call {
+    name: String,
+    backend: String,
+    /// May use route params, `{query.NAME}` and fields of earlier calls.
+    path: String,
+    method: Option<String>,
+    optional: Option<bool>,
+    /// JSON used in the call's place when it fails.
+    fallback: Option<serde_json::Value>,
+    select: Option<Vec<String>>,
+    timeout: Option<String>,
+}
+
+/// `[backends.NAME]`: a pool of endpoints of one function.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Backend {
+    name: Option<String>,
+    urls: Vec<String>,
+    /// Added to every upstream request; literal values are shown as `<hidden>`.
+    headers: Option<BTreeMap<String, String>>,
+    /// `round_robin`, `least_requests` or `random`.
+    balance: Option<String>,
+    connect_timeout: Option<String>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+    retry_budget_percent: Option<u32>,
+    retry_min_per_second: Option<u32>,
+    /// `http1` or `h2`.
+    protocol: Option<String>,
+    max_in_flight: Option<u32>,
+    eject_after: Option<u32>,
+    eject_for: Option<String>,
+    max_ejection_percent: Option<u32>,
+    /// A CA file for `https://` endpoints.
+    ca: Option<String>,
+    health: Option<Health>,
+    /// Each endpoint's live state; read-only, ignored on PUT.
+    #[schema(read_only)]
+    status: Option<Vec<EndpointStatus>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Health {
+    path: String,
+    interval: Option<String>,
+    timeout: Option<String>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct EndpointStatus {
+    endpoint: String,
+    healthy: bool,
+    ejected_until: Option<String>,
+    failing_checks: bool,
+    consecutive_failures: u32,
+    in_flight: u32,
+}
+
+/// `[auth.NAME]`: a JWT or an API-key policy (`type` says which; each takes its own keys).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Auth {
+    name: Option<String>,
+    /// `jwt` or `api_key`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// jwt: required; `none` is refused.
+    algorithms: Option<Vec<String>>,
+    jwks_url: Option<String>,
+    jwks_file: Option<String>,
+    discovery_url: Option<String>,
+    jwks_ca: Option<String>,
+    jwks_refresh: Option<String>,
+    public_key_file: Option<String>,
+    /// The environment variable holding an HS* secret.
+    secret_env: Option<String>,
+    issuer: Option<String>,
+    audience: Option<OneOrMany>,
+    leeway: Option<String>,
+    scopes: Option<Vec<String>>,
+    /// Claim -> request header to the backend.
+    forward_claims: Option<BTreeMap<String, String>>,
+    require_exp: Option<bool>,
+    cache_size: Option<u64>,
+    cache_ttl: Option<String>,
+    /// api_key: the header carrying the key.
+    header: Option<String>,
+    keys: Option<Vec<ApiKey>>,
+    hide_credentials: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApiKey {
+    id: String,
+    /// Hex SHA-256 of the key; shown as `<hidden>`.
+    sha256: String,
+}
+
+/// `[rate_limits.NAME]`: a GCRA bucket per key.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RateLimit {
+    name: Option<String>,
+    requests: u32,
+    /// A duration: `"1m"`.
+    per: String,
+    burst: Option<u32>,
+    /// `ip`, `global`, `consumer`, `header:NAME` or `claim:NAME`.
+    key: Option<String>,
+    max_keys: Option<u64>,
+}
