@@ -13,15 +13,11 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::aggregate::{AggregateError, Outcome};
+use crate::body::Body;
 use crate::auth::{AuthError, Challenge};
 use crate::middleware::rate_limit::RateLimited;
 use crate::proxy::ProxyError;
 use crate::router::RouteError;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// The body type of every request and response on the data path.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// Why fngate itself answered with an error, for the access log.
 #[derive(Debug, Clone)]

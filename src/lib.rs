@@ -5,12 +5,11 @@
 pub mod admin;
 pub mod aggregate;
 pub mod auth;
+pub mod body;
+pub mod cli;
 pub mod config;
 pub mod context;
-pub mod demo;
-pub mod devcert;
 pub mod error;
-pub mod explain;
 pub mod metrics;
 pub mod middleware;
 pub mod normalize;
@@ -19,7 +18,6 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod tls;
-pub mod watch;
 
 pub use config::Config;
 pub use server::{serve, start, Gateway, ServeOptions, StartError};

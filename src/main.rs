@@ -135,7 +135,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args, cli.log_format, false),
         Some(Command::Demo(args)) => serve(args, cli.log_format, true),
         Some(Command::Cert { dir, names, force }) => {
-            match fngate::devcert::make(&dir, &names, force) {
+            match fngate::cli::cert::make(&dir, &names, force) {
                 Ok(w) => {
                     for f in w.files {
                         println!("wrote {}", f.display());
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Token { sub, scope, ttl }) => {
-            match fngate::demo::token(&sub, scope.as_deref(), ttl) {
+            match fngate::cli::demo::token(&sub, scope.as_deref(), ttl) {
                 Ok(t) => {
                     println!("{t}");
                     ExitCode::SUCCESS
@@ -193,7 +193,7 @@ fn explain(path: PathBuf, method: &str, target: &str, headers: &[String]) -> Exi
         };
         pairs.push((name.trim().to_owned(), value.trim().to_owned()));
     }
-    let e = fngate::explain::explain(&config, &method, target, &pairs);
+    let e = fngate::cli::explain::explain(&config, &method, target, &pairs);
     print!("{e}");
     if e.matched {
         ExitCode::SUCCESS
@@ -258,7 +258,7 @@ fn serve(args: ServeArgs, format: LogFormat, demo: bool) -> ExitCode {
     };
     let run = async {
         if demo {
-            fngate::demo::run(config, opts).await
+            fngate::cli::demo::run(config, opts).await
         } else {
             fngate::serve(config, opts).await
         }

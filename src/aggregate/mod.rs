@@ -23,7 +23,8 @@ use tokio::time::Instant;
 
 use crate::config::{Aggregate, AuthKind, CallPart, HeaderEdits};
 use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
-use crate::error::{self, Body};
+use crate::body::Body;
+use crate::error;
 use crate::metrics::Metrics;
 use crate::proxy::{Outgoing, Prepared, ProxyError, Upstream};
 

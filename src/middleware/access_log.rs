@@ -16,7 +16,8 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use crate::context::{ConnInfo, RequestId, RequestLog};
-use crate::error::{Body, BoxError, ErrorDetail};
+use crate::body::{Body, BoxError};
+use crate::error::ErrorDetail;
 use crate::metrics::Metrics;
 
 /// Requests that match no route are counted under this route label.

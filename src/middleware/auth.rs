@@ -20,7 +20,8 @@ use tower::{Layer, Service};
 use crate::auth::{self, AuthError, Authenticator, Check, Verified};
 use crate::config::AuthKind;
 use crate::context::{RequestId, RequestLog, RouteContext};
-use crate::error::{self, Body};
+use crate::body::Body;
+use crate::error;
 use crate::metrics::Metrics;
 
 static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");

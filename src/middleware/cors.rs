@@ -12,7 +12,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer as TowerCors, Expose
 
 use crate::config;
 use crate::context::RouteContext;
-use crate::error::Body;
+use crate::body::Body;
 
 /// Compiles a route's validated CORS settings once per snapshot.
 pub fn compile(cfg: &config::Cors) -> TowerCors {

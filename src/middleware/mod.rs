@@ -18,7 +18,7 @@ pub use auth::{AuthLayer, AuthService};
 pub use request_id::{RequestIdLayer, X_REQUEST_ID};
 pub use route::RouteLayer;
 
-use crate::error::Body;
+use crate::body::Body;
 use crate::middleware::rate_limit::Phase;
 use crate::proxy::Proxy;
 use crate::state::State;

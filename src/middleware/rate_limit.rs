@@ -26,7 +26,8 @@ use tower::{Layer, Service};
 use crate::auth::Verified;
 use crate::config::{LimitKey, RateLimit};
 use crate::context::{RequestId, RouteContext};
-use crate::error::{self, Body};
+use crate::body::Body;
+use crate::error;
 use crate::metrics::Metrics;
 
 /// Limit state is swept this often: buckets that are full again are dropped.

@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::context::RequestId;
-use crate::error::Body;
+use crate::body::Body;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

@@ -14,7 +14,8 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 
 use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
-use crate::error::{self, Body};
+use crate::body::Body;
+use crate::error;
 use crate::normalize::normalize_path;
 use crate::router::{host_only, Lookup, RouteError};
 use crate::state::State;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 
 use crate::context::RequestLog;
-use crate::error::{Body, BoxError};
+use crate::body::{Body, BoxError};
 
 /// Why the client's body could not be forwarded.
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,8 @@ use tokio::time::Instant;
 
 use crate::config::{Backend, Endpoint, Protocol, Target};
 use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
-use crate::error::{self, Body, BoxError};
+use crate::body::{Body, BoxError};
+use crate::error;
 use crate::metrics::Metrics;
 
 pub use body::{BodyError, ProxyBody};

@@ -23,7 +23,7 @@ use tower::{Service, ServiceExt};
 
 use crate::config::Config;
 use crate::context::ConnInfo;
-use crate::error::{Body, BoxError};
+use crate::body::{Body, BoxError};
 use crate::metrics::Metrics;
 use crate::state::State;
 use conn::{Activity, ConnIo, Protocol};
@@ -128,7 +128,7 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     ));
     let shutdown = CancellationToken::new();
     if let Some(path) = watch {
-        crate::watch::spawn(state.clone(), &path, shutdown.clone()).map_err(|source| {
+        crate::state::watch::spawn(state.clone(), &path, shutdown.clone()).map_err(|source| {
             StartError::Watch {
                 path: path.display().to_string(),
                 source,

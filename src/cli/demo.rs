@@ -149,7 +149,7 @@ pub const DEMO_AUDIENCE: &str = "fngate-demo";
 /// Mints an ES256 token with the development key in certs/ (kid `demo`).
 /// Dev only: the private key is public, in this repository.
 pub fn token(sub: &str, scope: Option<&str>, ttl: std::time::Duration) -> Result<String, String> {
-    const KEY: &[u8] = include_bytes!("../certs/demo-jwt.key.pem");
+    const KEY: &[u8] = include_bytes!("../../certs/demo-jwt.key.pem");
     let key = jsonwebtoken::EncodingKey::from_ec_pem(KEY).map_err(|e| e.to_string())?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -2,6 +2,8 @@
 //! compiles a whole new snapshot first, then swaps it in one step; on any
 //! error the old one keeps serving.
 
+pub mod watch;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
