@@ -1,13 +1,10 @@
 //! What a request carries through the layers, as request extensions.
 
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
-
-use crate::state::{ActiveRoute, Snapshot};
 
 /// The client connection, set by the server for every request.
 #[derive(Debug, Clone)]
@@ -33,30 +30,6 @@ impl ConnInfo {
 /// The request's id (client-sent when sane, else generated).
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
-
-/// The matched route, with the snapshot it was matched in: a request finishes
-/// on the config it began with, whatever reloads happen meanwhile.
-#[derive(Debug, Clone)]
-pub struct RouteContext {
-    pub snapshot: Arc<Snapshot>,
-    pub route: usize,
-    /// The normalised path that was matched and is forwarded.
-    pub path: String,
-    pub params: Vec<Range<usize>>,
-    /// The host the client addressed (for `x-forwarded-host`).
-    pub host: Option<HeaderValue>,
-    pub client_ip: IpAddr,
-}
-
-impl RouteContext {
-    pub fn active(&self) -> &ActiveRoute {
-        &self.snapshot.routes[self.route]
-    }
-
-    pub fn params(&self) -> impl Iterator<Item = &str> {
-        self.params.iter().map(|r| &self.path[r.clone()])
-    }
-}
 
 /// Facts the access log needs that inner layers learn.
 #[derive(Debug, Default)]

@@ -13,10 +13,10 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::aggregate::{AggregateError, Outcome};
-use crate::body::Body;
 use crate::auth::{AuthError, Challenge};
-use crate::middleware::rate_limit::RateLimited;
+use crate::body::Body;
 use crate::proxy::ProxyError;
+use crate::ratelimit::RateLimited;
 use crate::router::RouteError;
 
 /// Why fngate itself answered with an error, for the access log.

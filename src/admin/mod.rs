@@ -761,7 +761,10 @@ mod tests {
             .collect();
         assert!(refs.contains(&"Route"), "{refs:?}");
         for name in refs {
-            assert!(spec["components"]["schemas"][name].is_object(), "dangling {name}");
+            assert!(
+                spec["components"]["schemas"][name].is_object(),
+                "dangling {name}"
+            );
         }
     }
 }

@@ -21,12 +21,13 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{Aggregate, AuthKind, CallPart, HeaderEdits};
-use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
 use crate::body::Body;
+use crate::config::{Aggregate, AuthKind, CallPart, HeaderEdits};
+use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error;
 use crate::metrics::Metrics;
 use crate::proxy::{Outgoing, Prepared, ProxyError, Upstream};
+use crate::state::RouteContext;
 
 /// Placeholder values in a path are one segment: everything but unreserved
 /// characters is escaped, dots too, so a value cannot be `..`.

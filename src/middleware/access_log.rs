@@ -15,8 +15,8 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
-use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::body::{Body, BoxError};
+use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error::ErrorDetail;
 use crate::metrics::Metrics;
 

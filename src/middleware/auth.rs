@@ -18,11 +18,12 @@ use serde_json::Value;
 use tower::{Layer, Service};
 
 use crate::auth::{self, AuthError, Authenticator, Check, Verified};
-use crate::config::AuthKind;
-use crate::context::{RequestId, RequestLog, RouteContext};
 use crate::body::Body;
+use crate::config::AuthKind;
+use crate::context::{RequestId, RequestLog};
 use crate::error;
 use crate::metrics::Metrics;
+use crate::state::RouteContext;
 
 static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
 

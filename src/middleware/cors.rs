@@ -10,9 +10,9 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer as TowerCors, ExposeHeaders};
 
-use crate::config;
-use crate::context::RouteContext;
 use crate::body::Body;
+use crate::config;
+use crate::state::RouteContext;
 
 /// Compiles a route's validated CORS settings once per snapshot.
 pub fn compile(cfg: &config::Cors) -> TowerCors {

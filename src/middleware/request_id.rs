@@ -9,8 +9,8 @@ use std::task::{ready, Context, Poll};
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
-use crate::context::RequestId;
 use crate::body::Body;
+use crate::context::RequestId;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

@@ -13,11 +13,12 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use ipnet::IpNet;
 use tower::{Layer, Service};
 
-use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
 use crate::body::Body;
+use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error;
 use crate::normalize::normalize_path;
 use crate::router::{host_only, Lookup, RouteError};
+use crate::state::RouteContext;
 use crate::state::State;
 
 #[derive(Debug, Clone)]

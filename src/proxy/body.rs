@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 
-use crate::context::RequestLog;
 use crate::body::{Body, BoxError};
+use crate::context::RequestLog;
 
 /// Why the client's body could not be forwarded.
 #[derive(Debug, thiserror::Error)]

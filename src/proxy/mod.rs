@@ -24,11 +24,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
-use crate::config::{Backend, Endpoint, Protocol, Target};
-use crate::context::{ConnInfo, RequestId, RequestLog, RouteContext};
 use crate::body::{Body, BoxError};
+use crate::config::{Backend, Endpoint, Protocol, Target};
+use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error;
 use crate::metrics::Metrics;
+use crate::state::RouteContext;
 
 pub use body::{BodyError, ProxyBody};
 pub(crate) use headers::{apply as apply_edits, strip_hop_by_hop, upstream_request};

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
+use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::context::ConnInfo;
-use crate::body::{Body, BoxError};
 use crate::metrics::Metrics;
 use crate::state::State;
 use conn::{Activity, ConnIo, Protocol};
@@ -34,7 +34,7 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     /// The rate limiters' clock; tests pass one they can move forward.
-    pub limit_clock: Option<crate::middleware::rate_limit::LimitClock>,
+    pub limit_clock: Option<crate::clock::Clock>,
 }
 
 /// Why the gateway could not start.

@@ -4,17 +4,45 @@
 
 pub mod watch;
 
+use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 
 use crate::aggregate::Plan;
 use crate::auth::Authenticator;
+use crate::clock::Clock;
 use crate::config::{AuthKind, Config, ConfigErrors, Route};
 use crate::metrics::Metrics;
-use crate::middleware::rate_limit::{LimitClock, Limiter};
 use crate::proxy::Upstream;
+use crate::ratelimit::Limiter;
 use crate::router::RouteTable;
+
+/// The matched route, with the snapshot it was matched in: a request finishes
+/// on the config it began with, whatever reloads happen meanwhile.
+#[derive(Debug, Clone)]
+pub struct RouteContext {
+    pub snapshot: Arc<Snapshot>,
+    pub route: usize,
+    /// The normalised path that was matched and is forwarded.
+    pub path: String,
+    pub params: Vec<Range<usize>>,
+    /// The host the client addressed (for `x-forwarded-host`).
+    pub host: Option<HeaderValue>,
+    pub client_ip: IpAddr,
+}
+
+impl RouteContext {
+    pub fn active(&self) -> &ActiveRoute {
+        &self.snapshot.routes[self.route]
+    }
+
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|r| &self.path[r.clone()])
+    }
+}
 
 /// One compiled config: routes, their upstream pools, and the table that matches them.
 #[derive(Debug)]
@@ -142,7 +170,7 @@ pub struct State {
     write_lock: tokio::sync::Mutex<()>,
     history: std::sync::Mutex<std::collections::VecDeque<Version>>,
     pub metrics: Arc<Metrics>,
-    clock: LimitClock,
+    clock: Clock,
 }
 
 impl Snapshot {
@@ -151,7 +179,7 @@ impl Snapshot {
         version: u64,
         previous: Option<&Snapshot>,
         metrics: &Arc<Metrics>,
-        clock: &LimitClock,
+        clock: &Clock,
     ) -> Self {
         // A policy whose settings did not change keeps its buckets.
         let limiters: Vec<Arc<Limiter>> = config
@@ -229,7 +257,7 @@ impl Snapshot {
                         .collect::<Vec<_>>(),
                 );
                 ActiveRoute {
-                    limit_policy: crate::middleware::rate_limit::policy_field(
+                    limit_policy: crate::ratelimit::policy_field(
                         limits_before.iter().chain(&limits_after),
                     ),
                     limits_before,
@@ -270,7 +298,7 @@ impl Snapshot {
 }
 
 impl State {
-    pub fn new(config: Config, metrics: Arc<Metrics>, clock: LimitClock) -> Self {
+    pub fn new(config: Config, metrics: Arc<Metrics>, clock: Clock) -> Self {
         let first = Version {
             version: 1,
             time: std::time::SystemTime::now(),

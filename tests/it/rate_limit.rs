@@ -6,7 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use fngate::middleware::rate_limit::LimitClock;
+use fngate::clock::Clock;
 use fngate::state::Source;
 use fngate::Config;
 use http::Request;
@@ -50,7 +50,7 @@ backend = "b"
 rate_limit = ["per_key"]
 "#;
 
-async fn gateway(backend: &Backend, clock: &LimitClock) -> Gw {
+async fn gateway(backend: &Backend, clock: &Clock) -> Gw {
     let text = config(&backend.url(), POLICIES);
     let config = Config::parse(&text, "test.toml", &|_| None).unwrap();
     Gw::start_with_clock(config, Some(clock.clone())).await
@@ -67,7 +67,7 @@ fn keyed(gw: &Gw, key: Option<&str>) -> Request<BoxBody> {
 #[tokio::test]
 async fn a_burst_passes_then_429_with_retry_after_and_the_headers() {
     let b = Backend::echo("b").await;
-    let clock = LimitClock::default();
+    let clock = Clock::default();
     let gw = gateway(&b, &clock).await;
     for left in [2, 1, 0] {
         let a = gw.get("/ip").await;
@@ -105,7 +105,7 @@ async fn a_burst_passes_then_429_with_retry_after_and_the_headers() {
 #[tokio::test]
 async fn buckets_refill_with_time_on_the_injected_clock() {
     let b = Backend::echo("b").await;
-    let clock = LimitClock::default();
+    let clock = Clock::default();
     let gw = gateway(&b, &clock).await;
     for _ in 0..3 {
         assert_eq!(gw.get("/ip").await.status, 200);
@@ -123,7 +123,7 @@ async fn buckets_refill_with_time_on_the_injected_clock() {
 #[tokio::test]
 async fn keys_do_not_share_buckets_and_a_missing_key_falls_back_to_the_ip() {
     let b = Backend::echo("b").await;
-    let clock = LimitClock::default();
+    let clock = Clock::default();
     let gw = gateway(&b, &clock).await;
     for _ in 0..2 {
         assert_eq!(send(keyed(&gw, Some("alice"))).await.status, 200);
@@ -156,7 +156,7 @@ async fn keys_do_not_share_buckets_and_a_missing_key_falls_back_to_the_ip() {
 #[tokio::test]
 async fn a_refusing_policy_does_not_give_back_what_earlier_ones_took() {
     let b = Backend::echo("b").await;
-    let clock = LimitClock::default();
+    let clock = Clock::default();
     let gw = gateway(&b, &clock).await;
     for _ in 0..2 {
         send(keyed(&gw, Some("carol"))).await;
@@ -174,7 +174,7 @@ async fn a_refusing_policy_does_not_give_back_what_earlier_ones_took() {
 #[tokio::test]
 async fn a_flood_of_distinct_keys_keeps_the_table_bounded() {
     let b = Backend::echo("b").await;
-    let clock = LimitClock::default();
+    let clock = Clock::default();
     let gw = gateway(&b, &clock).await;
     let mut refused = 0;
     for i in 0..200 {
@@ -212,7 +212,7 @@ async fn a_reload_keeps_unchanged_policies_and_restarts_changed_ones() {
     let path = dir.path().join("routes.toml");
     let text = format!("[server]\nwatch = false\n{}", config(&b.url(), POLICIES));
     std::fs::write(&path, &text).unwrap();
-    let clock = LimitClock::default();
+    let clock = Clock::default();
     let gw = Gw::start_with_clock(Config::load(&path).unwrap(), Some(clock.clone())).await;
     for _ in 0..3 {
         gw.get("/ip").await;

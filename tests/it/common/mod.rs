@@ -217,7 +217,7 @@ impl Gw {
     /// Starts with a rate-limit clock the test can move forward.
     pub async fn start_with_clock(
         config: fngate::Config,
-        clock: Option<fngate::middleware::rate_limit::LimitClock>,
+        clock: Option<fngate::clock::Clock>,
     ) -> Self {
         let opts = fngate::ServeOptions {
             listen: Some("127.0.0.1:0".parse().unwrap()),
