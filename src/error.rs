@@ -12,12 +12,12 @@ use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICAT
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::aggregate::{AggregateError, Outcome};
+use crate::aggregate::{AggregateError, Failure, X_FNGATE_COMPLETED, X_FNGATE_FAILED};
 use crate::auth::{AuthError, Challenge};
 use crate::body::Body;
-use crate::proxy::ProxyError;
 use crate::ratelimit::RateLimited;
 use crate::router::RouteError;
+use crate::upstream::{Unavailable, UpstreamError};
 
 /// Why fngate itself answered with an error, for the access log.
 #[derive(Debug, Clone)]
@@ -29,13 +29,16 @@ pub enum Error {
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
-    Proxy(#[from] ProxyError),
+    Upstream(#[from] UpstreamError),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
     Aggregate(#[from] AggregateError),
+    /// A request reached the dispatcher without a route: a bug in the stack.
+    #[error("the request reached the dispatcher unrouted")]
+    Unrouted,
 }
 
 struct Problem {
@@ -47,6 +50,8 @@ struct Problem {
     close: bool,
     /// The aggregate call that failed (SPEC §3: the body's `call` member).
     call: Option<Arc<str>>,
+    /// Every failed aggregate call (`x-fngate-failed`).
+    failed: Option<HeaderValue>,
 }
 
 impl Problem {
@@ -59,6 +64,7 @@ impl Problem {
             challenge: None,
             close: false,
             call: None,
+            failed: None,
         }
     }
 }
@@ -67,17 +73,16 @@ fn problem_of(err: &Error) -> Problem {
     match err {
         Error::Aggregate(e) => Problem {
             call: Some(e.call.clone()),
-            ..match e.outcome {
-                Outcome::Timeout => Problem::new(
+            failed: Some(e.failed.clone()),
+            ..match e.failure {
+                Failure::Timeout => Problem::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("the required call `{}` did not answer in time", e.call),
                 ),
-                Outcome::Error | Outcome::Skipped | Outcome::Ok | Outcome::Fallback => {
-                    Problem::new(
-                        StatusCode::BAD_GATEWAY,
-                        format!("the required call `{}` failed", e.call),
-                    )
-                }
+                Failure::Error | Failure::Skipped => Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the required call `{}` failed", e.call),
+                ),
             }
         },
         // RFC 6750 §3; API-key policies challenge with their own scheme.
@@ -146,32 +151,42 @@ fn problem_of(err: &Error) -> Problem {
                 Problem::new(StatusCode::BAD_REQUEST, format!("unsafe path: {p}"))
             }
         },
-        Error::Proxy(e) => match e {
-            ProxyError::BodyTooLarge { limit } => Problem {
+        Error::Unrouted => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the gateway could not handle this request",
+        ),
+        Error::Upstream(e) => match e {
+            UpstreamError::BodyTooLarge { limit } => Problem {
                 close: true,
                 ..Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("the request body is larger than {limit} bytes"),
                 )
             },
-            ProxyError::ClientBody(_) => Problem {
+            UpstreamError::ClientBody(_) => Problem {
                 close: true,
                 ..Problem::new(
                     StatusCode::BAD_REQUEST,
                     "the request body could not be read",
                 )
             },
-            ProxyError::Connect { backend, .. } | ProxyError::Upstream { backend, .. } => {
-                Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the upstream `{backend}` failed"),
-                )
-            }
-            ProxyError::Unavailable { backend, .. } => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the upstream `{backend}` has no capacity or no healthy endpoint now"),
+            UpstreamError::Connect { backend, .. }
+            | UpstreamError::Failed { backend, .. }
+            | UpstreamError::UnexpectedSwitch { backend, .. }
+            | UpstreamError::BadTarget { backend, .. } => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                format!("the upstream `{backend}` failed"),
             ),
-            ProxyError::Timeout { backend } => Problem::new(
+            UpstreamError::Unavailable { backend, reason } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                match reason {
+                    Unavailable::MaxInFlight => format!("the upstream `{backend}` has no capacity now"),
+                    Unavailable::NoHealthyEndpoint => {
+                        format!("the upstream `{backend}` has no healthy endpoint now")
+                    }
+                },
+            ),
+            UpstreamError::Timeout { backend } => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("the upstream `{backend}` did not answer in time"),
             ),
@@ -217,6 +232,13 @@ pub fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Respo
     }
     if p.close {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(failed) = p.failed {
+        headers.insert(
+            X_FNGATE_COMPLETED.clone(),
+            HeaderValue::from_static("false"),
+        );
+        headers.insert(X_FNGATE_FAILED.clone(), failed);
     }
     res.extensions_mut()
         .insert(ErrorDetail(err.to_string().into()));

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod context;
+pub mod dispatch;
 pub mod error;
 pub mod metrics;
 pub mod middleware;
@@ -20,6 +21,7 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::{serve, start, Gateway, ServeOptions, StartError};

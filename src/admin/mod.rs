@@ -436,12 +436,7 @@ fn users_of<'a>(running: &'a Snapshot, kind: Kind, name: &str) -> Vec<&'a str> {
         .routes
         .iter()
         .filter(|r| match kind {
-            Kind::Backends => {
-                r.backend.as_ref().is_some_and(|b| &*b.name == name)
-                    || r.aggregate
-                        .as_ref()
-                        .is_some_and(|a| a.calls.iter().any(|c| &*c.backend.name == name))
-            }
+            Kind::Backends => r.backends().any(|b| &*b.name == name),
             Kind::Auth => r.auth.as_ref().is_some_and(|p| &*p.name == name),
             Kind::RateLimits => r.rate_limits.iter().any(|p| &*p.name == name),
             Kind::Routes => false,

@@ -22,12 +22,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::body::Body;
-use crate::config::{Aggregate, AuthKind, CallPart, HeaderEdits};
-use crate::context::{ConnInfo, RequestId, RequestLog};
-use crate::error;
+use crate::config::{Aggregate, AuthKind, CallPart, HeaderEdits, Route};
+use crate::context::{ConnInfo, RequestLog};
 use crate::metrics::Metrics;
-use crate::proxy::{Outgoing, Prepared, ProxyError, Upstream};
-use crate::state::RouteContext;
+use crate::upstream::headers;
+use crate::upstream::{Outgoing, Prepared, Upstream, UpstreamError};
 
 /// Placeholder values in a path are one segment: everything but unreserved
 /// characters is escaped, dots too, so a value cannot be `..`.
@@ -38,8 +37,8 @@ const IN_QUERY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'.');
 
-static X_FNGATE_COMPLETED: HeaderName = HeaderName::from_static("x-fngate-completed");
-static X_FNGATE_FAILED: HeaderName = HeaderName::from_static("x-fngate-failed");
+pub static X_FNGATE_COMPLETED: HeaderName = HeaderName::from_static("x-fngate-completed");
+pub static X_FNGATE_FAILED: HeaderName = HeaderName::from_static("x-fngate-failed");
 /// Request headers every call carries (with the forwarded claims).
 static CARRIED: [HeaderName; 5] = [
     HeaderName::from_static("x-request-id"),
@@ -81,31 +80,67 @@ impl Outcome {
     }
 }
 
-/// A required call failed (rendered by `error.rs`).
+/// How a required call failed. `Ok` and `Fallback` cannot be one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Error,
+    Timeout,
+    Skipped,
+}
+
+/// A required call failed (rendered by `error.rs`, with `x-fngate-failed`).
 #[derive(Debug, thiserror::Error)]
-#[error("the required call `{call}` ended with {}", outcome.as_str())]
+#[error("the required call `{call}` ended with {}", failure.outcome().as_str())]
 pub struct AggregateError {
     pub call: Arc<str>,
-    pub outcome: Outcome,
+    pub failure: Failure,
+    /// Every failed call, comma-separated in config order.
+    pub failed: HeaderValue,
+}
+
+impl Failure {
+    fn of(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Timeout => Self::Timeout,
+            Outcome::Skipped => Self::Skipped,
+            Outcome::Error | Outcome::Ok | Outcome::Fallback => Self::Error,
+        }
+    }
+
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Self::Error => Outcome::Error,
+            Self::Timeout => Outcome::Timeout,
+            Self::Skipped => Outcome::Skipped,
+        }
+    }
+}
+
+/// What the plan needs of the routed request.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub route: &'a Route,
+    /// The route's path params, by position.
+    pub params: Vec<String>,
+    /// The host the client addressed (for `x-forwarded-host`).
+    pub host: Option<&'a HeaderValue>,
 }
 
 /// Runs the plan for a routed request and answers.
-pub async fn run(req: Request<Body>, plan: &Plan, metrics: &Arc<Metrics>) -> Response<Body> {
-    let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-    let Some(ctx) = req.extensions().get::<RouteContext>() else {
-        return error::respond(
-            ProxyError::Upstream {
-                backend: "-".into(),
-                detail: "request reached the aggregate unrouted".into(),
-            },
-            id.as_ref(),
-        );
-    };
-    let route = ctx.active().config.clone();
+pub async fn run(
+    req: Request<Body>,
+    inputs: Inputs<'_>,
+    plan: &Plan,
+    metrics: &Arc<Metrics>,
+) -> Result<Response<Body>, AggregateError> {
+    let Inputs {
+        route,
+        params,
+        host,
+    } = inputs;
     let log = req.extensions().get::<Arc<RequestLog>>().cloned();
     let agg = &plan.config;
-    let base = call_headers(&req, ctx);
-    let params: Vec<String> = ctx.params().map(str::to_owned).collect();
+    let base = call_headers(&req, route);
     let query = query_pairs(req.uri().query());
     let deadline = Instant::now() + agg.timeout;
     let (peer, tls) = req
@@ -123,11 +158,11 @@ pub async fn run(req: Request<Body>, plan: &Plan, metrics: &Arc<Metrics>) -> Res
             let call = &agg.calls[i];
             let path = render(&call.path.parts, &params, &query, done)?;
             let mut headers = base.clone();
-            crate::proxy::upstream_request(
+            headers::upstream_request(
                 &mut headers,
                 peer.clone(),
                 tls,
-                ctx.host.as_ref(),
+                host,
                 &route.request_headers,
                 &call.backend.headers,
             );
@@ -148,7 +183,6 @@ pub async fn run(req: Request<Body>, plan: &Plan, metrics: &Arc<Metrics>) -> Res
         &route.name,
         agg,
         outcomes,
-        id.as_ref(),
         &route.response_headers,
         log.as_ref(),
         metrics,
@@ -263,7 +297,7 @@ impl Task {
                 )
                 .await
                 .map_err(|e| match e {
-                    ProxyError::Timeout { .. } => Outcome::Timeout,
+                    UpstreamError::Timeout { .. } => Outcome::Timeout,
                     _ => Outcome::Error,
                 })?;
             if !res.status().is_success() {
@@ -308,11 +342,10 @@ fn answer(
     route: &Arc<str>,
     agg: &Aggregate,
     outcomes: Vec<Result<Value, Outcome>>,
-    id: Option<&HeaderValue>,
     edits: &HeaderEdits,
     log: Option<&Arc<RequestLog>>,
     metrics: &Metrics,
-) -> Response<Body> {
+) -> Result<Response<Body>, AggregateError> {
     let mut failed: Vec<&str> = Vec::new();
     let mut report = String::new();
     let mut required_failure = None;
@@ -331,7 +364,7 @@ fn answer(
                         Outcome::Fallback
                     }
                     (_, false) => {
-                        required_failure.get_or_insert((call.name.clone(), outcome));
+                        required_failure.get_or_insert((call.name.clone(), Failure::of(outcome)));
                         outcome
                     }
                     (None, true) => outcome,
@@ -349,40 +382,41 @@ fn answer(
     if let Some(log) = log {
         log.update(|f| f.calls = Some(report.into()));
     }
-    let mut res = match required_failure {
-        Some((call, outcome)) => error::respond(AggregateError { call, outcome }, id),
-        None => {
-            let body = merge::merge(agg.merge, answers).to_string();
-            let mut res = Response::new(
-                Full::new(Bytes::from(body))
-                    .map_err(|e| match e {})
-                    .boxed_unsync(),
-            );
-            res.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            crate::proxy::apply_edits(res.headers_mut(), edits);
-            res
-        }
-    };
-    let headers = res.headers_mut();
-    headers.insert(
+    // Call names are `[a-z0-9_-]+`, so the list is always a valid header value.
+    let failed_value =
+        || HeaderValue::from_str(&failed.join(", ")).unwrap_or(HeaderValue::from_static(""));
+    if let Some((call, failure)) = required_failure {
+        return Err(AggregateError {
+            call,
+            failure,
+            failed: failed_value(),
+        });
+    }
+    let body = merge::merge(agg.merge, answers).to_string();
+    let mut res = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers::apply(h, edits);
+    h.insert(
         X_FNGATE_COMPLETED.clone(),
         HeaderValue::from_static(if failed.is_empty() { "true" } else { "false" }),
     );
     if !failed.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&failed.join(", ")) {
-            headers.insert(X_FNGATE_FAILED.clone(), v);
-        }
+        h.insert(X_FNGATE_FAILED.clone(), failed_value());
     }
-    res
+    Ok(res)
 }
 
 /// The request headers every call carries: ids, trace context, and what
 /// authentication set (forwarded claims, `x-consumer-id`). The client's
 /// other headers (cookies, its credentials) stay with the gateway.
-fn call_headers(req: &Request<Body>, ctx: &RouteContext) -> HeaderMap {
+fn call_headers(req: &Request<Body>, route: &Route) -> HeaderMap {
     let mut out = HeaderMap::new();
-    let claims = match ctx.active().config.auth.as_ref().map(|p| &p.kind) {
+    let claims = match route.auth.as_ref().map(|p| &p.kind) {
         Some(AuthKind::Jwt(jwt)) => jwt.forward_claims.iter().map(|(_, h)| h).collect(),
         _ => Vec::new(),
     };

@@ -137,7 +137,7 @@ impl RemoteKeys {
             .client
             .request(req)
             .await
-            .map_err(|e| FetchError::Http(format!("{url}: {}", error_chain(&e))))?;
+            .map_err(|e| FetchError::Http(format!("{url}: {}", crate::body::chain(&e))))?;
         if res.status() != StatusCode::OK {
             return Err(FetchError::Status {
                 url: url.clone(),
@@ -182,15 +182,4 @@ fn client(policy: &str, remote: &Remote) -> HttpsClient {
         .enable_http1()
         .wrap_connector(http);
     Client::builder(TokioExecutor::new()).build(https)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -6,10 +6,10 @@ use std::fmt::{self, Write as _};
 
 use http::Method;
 
-use crate::config::{Config, HostPattern, Route};
+use crate::config::{Action, Config, HostPattern, Route};
 use crate::normalize::normalize_path;
-use crate::proxy::upstream_uri;
 use crate::router::{host_only, Lookup, RouteError, RouteTable};
+use crate::upstream::upstream_uri;
 
 /// The outcome: printed as text; `matched` decides the exit status.
 #[derive(Debug)]
@@ -124,7 +124,8 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
             .as_ref()
             .map_or("any".to_owned(), HostPattern::to_string)
     );
-    if let Some(b) = &route.backend {
+    if let Action::Forward(f) = &route.action {
+        let b = &f.backend;
         let _ = writeln!(
             out,
             "  backend   {} ({} over {} endpoint{}, {} retr{}, {:?} per attempt)",
@@ -136,7 +137,7 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
             if b.retries == 1 { "y" } else { "ies" },
             b.timeout
         );
-        let suffix = route.target.render(path, params);
+        let suffix = f.target.render(path, params);
         for ep in &b.endpoints {
             match upstream_uri(ep, &suffix, query) {
                 Ok(uri) => {
@@ -148,7 +149,7 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
             }
         }
     }
-    if let Some(a) = &route.aggregate {
+    if let Action::Aggregate(a) = &route.action {
         let _ = writeln!(
             out,
             "  aggregate {} calls, {:?} deadline, merge {}",
@@ -177,7 +178,7 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
             );
         }
     }
-    let host = if route.preserve_host {
+    let host = if matches!(&route.action, Action::Forward(f) if f.preserve_host) {
         "the client's (preserve_host)"
     } else {
         "the backend's"
@@ -205,7 +206,10 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
             );
         }
     }
-    if let Some(b) = route.backend.as_ref().filter(|b| !b.headers.is_empty()) {
+    if let Some(b) = match &route.action {
+        Action::Forward(f) if !f.backend.headers.is_empty() => Some(&f.backend),
+        _ => None,
+    } {
         let names: Vec<&str> = b.headers.iter().map(|(k, _)| k.as_str()).collect();
         let _ = writeln!(
             out,

@@ -19,8 +19,8 @@ use super::error::{ConfigErrors, Diagnostics};
 use super::path::{HostPattern, PathPattern, Template};
 use super::tls;
 use super::{
-    Admin, Backend, Balance, Config, Cors, Endpoint, HeaderEdits, HealthCheck, LimitKey, Persist,
-    Protocol, RateLimit, Route, Server, Target,
+    Action, Admin, Backend, Balance, Config, Cors, Endpoint, Forward, HeaderEdits, HealthCheck,
+    LimitKey, Persist, Protocol, RateLimit, Route, Server, Target,
 };
 
 /// Sections and keys of SPEC §2 that later releases implement. They are refused
@@ -926,19 +926,22 @@ fn route(
     };
     not_yet(ctx, &mut obj, &["mode"]);
     obj.finish(ctx);
-    // A route forwards to its backend or fans out; never neither.
-    if backend.is_none() && aggregate.is_none() {
-        return None;
-    }
+    // A route forwards to its backend or fans out; validation keeps the two apart.
+    let action = match (aggregate, backend) {
+        (Some(a), _) => Action::Aggregate(Arc::new(a)),
+        (None, Some(backend)) => Action::Forward(Forward {
+            backend,
+            target,
+            preserve_host,
+        }),
+        (None, None) => return None,
+    };
     Some(Route {
         name: name?.value.into(),
         path: path?,
         methods,
         host,
-        backend: if aggregate.is_some() { None } else { backend },
-        aggregate: aggregate.map(Arc::new),
-        target,
-        preserve_host,
+        action,
         request_headers,
         response_headers,
         timeout,

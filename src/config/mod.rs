@@ -215,11 +215,8 @@ pub struct Route {
     /// `None`: every method.
     pub methods: Option<Vec<Method>>,
     pub host: Option<HostPattern>,
-    /// `None` for an aggregate route, whose calls name their backends.
-    pub backend: Option<Arc<Backend>>,
-    pub aggregate: Option<Arc<Aggregate>>,
-    pub target: Target,
-    pub preserve_host: bool,
+    /// What the route does with a request that passed its policies.
+    pub action: Action,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     /// Overrides `server.request_timeout`.
@@ -233,6 +230,33 @@ pub struct Route {
     pub scopes: Vec<String>,
     /// Checked in order; all must pass.
     pub rate_limits: Vec<Arc<RateLimit>>,
+}
+
+/// A route forwards to one backend or fans out to several calls.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Forward(Forward),
+    Aggregate(Arc<Aggregate>),
+}
+
+/// Where and how a forwarding route sends a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forward {
+    pub backend: Arc<Backend>,
+    pub target: Target,
+    /// Keep the client's Host instead of the endpoint's.
+    pub preserve_host: bool,
+}
+
+impl Route {
+    /// Every backend the route sends to: its own, or its calls'.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        let (one, calls) = match &self.action {
+            Action::Forward(f) => (Some(&f.backend), None),
+            Action::Aggregate(a) => (None, Some(a.calls.iter().map(|c| &c.backend))),
+        };
+        one.into_iter().chain(calls.into_iter().flatten())
+    }
 }
 
 /// Per-route CORS. A preflight for the route is answered by fngate even when

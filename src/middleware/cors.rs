@@ -8,31 +8,9 @@ use std::task::{Context, Poll};
 use either::Either;
 use http::{Request, Response};
 use tower::{Layer, Service};
-use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer as TowerCors, ExposeHeaders};
 
 use crate::body::Body;
-use crate::config;
 use crate::state::RouteContext;
-
-/// Compiles a route's validated CORS settings once per snapshot.
-pub fn compile(cfg: &config::Cors) -> TowerCors {
-    let mut layer = TowerCors::new()
-        .allow_methods(cfg.methods.clone())
-        .allow_credentials(cfg.credentials)
-        .allow_origin(match &cfg.origins {
-            None => AllowOrigin::any(),
-            Some(list) => AllowOrigin::list(list.iter().cloned()),
-        })
-        .allow_headers(match &cfg.headers {
-            None => AllowHeaders::any(),
-            Some(list) => AllowHeaders::list(list.iter().cloned()),
-        })
-        .expose_headers(ExposeHeaders::list(cfg.expose_headers.iter().cloned()));
-    if let Some(age) = cfg.max_age {
-        layer = layer.max_age(age);
-    }
-    layer
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct CorsLayer;

@@ -19,8 +19,8 @@ pub use request_id::{RequestIdLayer, X_REQUEST_ID};
 pub use route::RouteLayer;
 
 use crate::body::Body;
+use crate::dispatch::Dispatch;
 use crate::middleware::rate_limit::Phase;
-use crate::proxy::Proxy;
 use crate::state::State;
 
 /// Builds the data-path service. Every layer is always ready; rejections are
@@ -54,5 +54,6 @@ pub fn stack(
             metrics.clone(),
             Phase::AfterAuth,
         ))
-        .service(Proxy::new(metrics))
+        // Forward or aggregate, by the route's action.
+        .service(Dispatch::new(metrics))
 }

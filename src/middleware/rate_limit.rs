@@ -91,7 +91,7 @@ impl Report {
         } else {
             self.state.push_str(", ");
         }
-        self.state.push_str(&l.state_prefix());
+        self.state.push_str(l.state_prefix());
         self.state.push_str(n.format(v.remaining));
         self.state.push_str(";t=");
         self.state.push_str(n.format(v.reset));

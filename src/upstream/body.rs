@@ -9,6 +9,9 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 
 use crate::body::{Body, BoxError};
+use http_body_util::BodyExt;
+
+use super::UpstreamError;
 use crate::context::RequestLog;
 
 /// Why the client's body could not be forwarded.
@@ -18,6 +21,45 @@ pub enum BodyError {
     TooLarge(u64),
     #[error("client body failed: {0}")]
     Client(BoxError),
+}
+
+/// Bodies up to this size with a known length are buffered, so a failed
+/// attempt can be retried (SPEC §2 `retries`).
+const REPLAY_LIMIT: u64 = 64 << 10;
+
+/// How a request body travels to the upstream.
+pub enum Prepared {
+    Empty,
+    Full(Bytes),
+    Stream(Body),
+}
+
+/// Decides how the body travels: small known-length bodies are buffered so
+/// they can be replayed; the rest stream with the limit counted on the way.
+pub async fn prepare(
+    body: Body,
+    limit: u64,
+    log: Option<&Arc<RequestLog>>,
+) -> Result<Prepared, UpstreamError> {
+    if body.is_end_stream() {
+        return Ok(Prepared::Empty);
+    }
+    match body.size_hint().exact() {
+        Some(n) if n > limit => Err(UpstreamError::BodyTooLarge { limit }),
+        Some(0) => Ok(Prepared::Empty),
+        Some(n) if n <= REPLAY_LIMIT => {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(UpstreamError::ClientBody)?
+                .to_bytes();
+            if let Some(log) = log {
+                log.add_bytes_in(bytes.len() as u64);
+            }
+            Ok(Prepared::Full(bytes))
+        }
+        _ => Ok(Prepared::Stream(body)),
+    }
 }
 
 /// A streamed body that has not been polled yet can be taken back after a

@@ -4,19 +4,14 @@
 //! All state is atomics: the request path takes no lock here.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tower::retry::budget::{Budget, TpsBudget};
 
+use crate::clock::Clock;
 use crate::config::{Backend, Balance};
 use crate::metrics::Metrics;
-
-/// Milliseconds on a process-wide monotonic clock, never 0 (0 means "not ejected").
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
 
 /// How an attempt went, for passive health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +50,7 @@ pub(crate) struct Pool {
     in_flight: Arc<AtomicU32>,
     budget: TpsBudget,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 /// Counts a request against the backend cap and its endpoint until dropped
@@ -75,7 +71,7 @@ impl Drop for InFlight {
 }
 
 impl Pool {
-    pub(crate) fn new(backend: Arc<Backend>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(backend: Arc<Backend>, metrics: Arc<Metrics>, clock: Clock) -> Self {
         let endpoints = backend
             .endpoints
             .iter()
@@ -101,7 +97,13 @@ impl Pool {
             budget,
             metrics,
             backend,
+            clock,
         }
+    }
+
+    /// Milliseconds on the pool's clock, never 0 (0 means "not ejected").
+    fn now_ms(&self) -> u64 {
+        self.clock.now().as_millis() as u64 + 1
     }
 
     /// Admits a request under `max_in_flight`, or refuses it at once.
@@ -137,7 +139,7 @@ impl Pool {
     /// The endpoint for the next attempt, avoiding those already `tried` while
     /// another is available. `None`: nothing is available (503 at once).
     pub(crate) fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let now = now_ms();
+        let now = self.now_ms();
         let n = self.endpoints.len();
         let fresh = |i: &usize| !tried.contains(i);
         match self.backend.balance {
@@ -225,7 +227,7 @@ impl Pool {
     }
 
     fn try_eject(&self, i: usize) {
-        let now = now_ms();
+        let now = self.now_ms();
         let n = self.endpoints.len();
         let ejected = self
             .endpoints
@@ -263,14 +265,14 @@ impl Pool {
             } else {
                 tracing::warn!(backend = %self.backend.name, endpoint = %url, "endpoint fails its health checks; taken out");
             }
-            let ejected = e.ejected_until.load(Ordering::Relaxed) > now_ms();
+            let ejected = e.ejected_until.load(Ordering::Relaxed) > self.now_ms();
             self.metrics
                 .endpoint_healthy(&self.backend.name, url, pass && !ejected);
         }
     }
 
     pub(crate) fn status(&self) -> Vec<EndpointStatus> {
-        let now = now_ms();
+        let now = self.now_ms();
         self.endpoints
             .iter()
             .zip(&self.backend.endpoints)

@@ -1,0 +1,465 @@
+//! The client side of the proxy: one backend's endpoints, their connections,
+//! balancing, ejection and health, and the attempt loop that sends one
+//! request with retries within a budget and a deadline. Proxied requests,
+//! aggregate calls and (next) job deliveries all send through here.
+
+mod body;
+pub(crate) mod headers;
+mod health;
+mod pool;
+mod retry;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::body::{chain, Body, BoxError};
+use crate::clock::Clock;
+use crate::config::{Backend, Endpoint, Protocol};
+use crate::context::RequestLog;
+use crate::metrics::Metrics;
+
+pub use body::{prepare, BodyError, Prepared, ProxyBody};
+pub use pool::EndpointStatus;
+use pool::{InFlight, Outcome, Pool};
+use retry::{Attempt, Decision};
+
+/// Why a request could not be sent, or got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("request body over the {limit}-byte limit")]
+    BodyTooLarge { limit: u64 },
+    #[error("reading the request body failed: {}", chain(&**.0))]
+    ClientBody(BoxError),
+    #[error(
+        "connecting to backend `{backend}` at {endpoint} failed: {}",
+        chain(source)
+    )]
+    Connect {
+        backend: Arc<str>,
+        endpoint: Arc<str>,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("backend `{backend}` at {endpoint} failed: {}", chain(source))]
+    Failed {
+        backend: Arc<str>,
+        endpoint: Arc<str>,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error(
+        "backend `{backend}` at {endpoint} answered 101 to a request that was no WebSocket upgrade"
+    )]
+    UnexpectedSwitch {
+        backend: Arc<str>,
+        endpoint: Arc<str>,
+    },
+    #[error("cannot build the upstream URI for backend `{backend}`: {source}")]
+    BadTarget {
+        backend: Arc<str>,
+        source: http::Error,
+    },
+    #[error("backend `{backend}` did not answer in time")]
+    Timeout { backend: Arc<str> },
+    #[error("backend `{backend}` is unavailable: {reason}")]
+    Unavailable {
+        backend: Arc<str>,
+        reason: Unavailable,
+    },
+}
+
+/// Why a backend took no request at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("max_in_flight reached")]
+    MaxInFlight,
+    #[error("no healthy endpoint")]
+    NoHealthyEndpoint,
+}
+
+/// A backend's runtime half: its connection pool, endpoint health and
+/// balancing state. Kept across reloads while the backend's settings do not
+/// change; its health-check tasks stop when it is dropped.
+pub struct Upstream {
+    pub backend: Arc<Backend>,
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    pool: Pool,
+    _checks: tokio_util::sync::DropGuard,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("backend", &self.backend.name)
+            .finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(backend: Arc<Backend>, metrics: Arc<Metrics>, clock: Clock) -> Arc<Self> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(backend.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.enforce_http(false);
+        // https:// endpoints verify against `ca` or the system roots; ALPN
+        // offers only the protocol the backend is configured for.
+        let tls = crate::tls::client_config(
+            backend.ca.as_deref(),
+            &format!("backends.{}.ca", backend.name),
+        );
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let https = match backend.protocol {
+            Protocol::Http1 => https.enable_http1().wrap_connector(http),
+            Protocol::H2 => https.enable_http2().wrap_connector(http),
+        };
+        let mut client = Client::builder(TokioExecutor::new());
+        client
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60));
+        if backend.protocol == Protocol::H2 {
+            // Prior knowledge over plain TCP (h2c); over TLS, ALPN agreed on h2.
+            client.http2_only(true).timer(TokioTimer::new());
+        }
+        let client = client.build(https);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let upstream = Arc::new(Self {
+            pool: Pool::new(backend.clone(), metrics, clock),
+            backend,
+            client,
+            _checks: stop.clone().drop_guard(),
+        });
+        upstream.spawn_checks(stop);
+        upstream
+    }
+
+    /// Each endpoint's state, for the admin API.
+    pub fn status(&self) -> Vec<EndpointStatus> {
+        self.pool.status()
+    }
+}
+
+/// One request for an upstream, ready to send (a proxied request or one call of an aggregate).
+pub(crate) struct Outgoing<'a> {
+    pub(crate) method: Method,
+    /// The path before the endpoint's base path.
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Prepared,
+    /// The client's Host (`preserve_host`); else each endpoint's own.
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) started: Instant,
+    pub(crate) deadline: Instant,
+    pub(crate) max_body: u64,
+    pub(crate) log: Option<Arc<RequestLog>>,
+    pub(crate) response_edits: &'a crate::config::HeaderEdits,
+    /// A 101 answer keeps its `Connection` and `Upgrade`.
+    pub(crate) upgrade: bool,
+}
+
+impl Upstream {
+    /// Sends through the pool: admission, endpoint choice, retries within the
+    /// budget and the deadline.
+    pub(crate) async fn send(
+        &self,
+        out: Outgoing<'_>,
+        metrics: &Metrics,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let Outgoing {
+            method,
+            path,
+            query,
+            mut headers,
+            body: mut prepared,
+            host: client_host,
+            started,
+            deadline,
+            max_body,
+            log,
+            response_edits,
+            upgrade,
+        } = out;
+        let backend = &self.backend;
+        let name = || backend.name.clone();
+        let pool = &self.pool;
+        let mut admitted = pool.admit().ok_or(UpstreamError::Unavailable {
+            backend: name(),
+            reason: Unavailable::MaxInFlight,
+        })?;
+        pool.deposit();
+        let idempotent = is_idempotent(&method);
+        // Endpoints already tried, on the stack (retries are at most 10).
+        let mut tried = [0usize; 11];
+        let mut last = UpstreamError::Timeout { backend: name() };
+        for attempt in 0..=backend.retries as usize {
+            // The first attempt starts now; later ones read the clock again.
+            let sent = if attempt == 0 {
+                started
+            } else {
+                Instant::now()
+            };
+            let remaining = deadline.saturating_duration_since(sent);
+            if remaining.is_zero() {
+                last = UpstreamError::Timeout { backend: name() };
+                break;
+            }
+            let Some(i) = pool.pick(&tried[..attempt]) else {
+                if attempt == 0 {
+                    return Err(UpstreamError::Unavailable {
+                        backend: name(),
+                        reason: Unavailable::NoHealthyEndpoint,
+                    });
+                }
+                break;
+            };
+            tried[attempt] = i;
+            pool.attempt(&mut admitted, i);
+            let endpoint = &backend.endpoints[i];
+            // Buffered bodies are cloned for each attempt; a stream goes once
+            // (it comes back only if a connect failure left it unread).
+            let (body, slot) = match std::mem::replace(&mut prepared, Prepared::Empty) {
+                Prepared::Empty => (ProxyBody::empty(), None),
+                Prepared::Full(bytes) => {
+                    prepared = Prepared::Full(bytes.clone());
+                    (ProxyBody::full(bytes), None)
+                }
+                Prepared::Stream(b) => {
+                    let (body, slot) = ProxyBody::stream(b, max_body, log.clone());
+                    (body, Some(slot))
+                }
+            };
+            let retries_left = attempt < backend.retries as usize;
+            let mut up = Request::new(body);
+            *up.method_mut() = method.clone();
+            *up.uri_mut() =
+                upstream_uri(endpoint, path, query).map_err(|source| UpstreamError::BadTarget {
+                    backend: name(),
+                    source,
+                })?;
+            *up.version_mut() = Version::HTTP_11;
+            // The last attempt takes the headers; earlier ones send a copy.
+            *up.headers_mut() = if retries_left {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
+            up.headers_mut().insert(http::header::HOST, host);
+            if let Some(log) = &log {
+                let url = endpoint.url.clone();
+                log.update(|f| f.upstream = Some(url));
+            }
+
+            let result =
+                tokio::time::timeout(backend.timeout.min(remaining), self.client.request(up)).await;
+            let elapsed = sent.elapsed();
+            let mut replayable = slot.is_none();
+            let (outcome, answer) = match result {
+                Ok(Ok(res)) => {
+                    // A switch of protocols we did not forward would be a tunnel
+                    // nobody routed or authenticated.
+                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                        && !(upgrade && headers::offers_websocket(res.headers()))
+                    {
+                        pool.report(i, Outcome::Failure);
+                        metrics.upstream(&backend.name, "error", elapsed);
+                        return Err(UpstreamError::UnexpectedSwitch {
+                            backend: name(),
+                            endpoint: endpoint.url.clone(),
+                        });
+                    }
+                    let retry_after = res
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
+                    let outcome = Attempt::Answered {
+                        status: res.status().as_u16(),
+                        // A Retry-After that is a date still means "overloaded".
+                        retry_after: retry_after.map(|s| s.unwrap_or(u64::MAX)),
+                    };
+                    let label = if res.status().is_server_error() {
+                        "http_5xx"
+                    } else {
+                        "ok"
+                    };
+                    metrics.upstream(&backend.name, label, elapsed);
+                    (outcome, Some(res))
+                }
+                Ok(Err(e)) => {
+                    if let Some(b) = body::body_error(&e) {
+                        return Err(match b {
+                            BodyError::TooLarge(limit) => {
+                                UpstreamError::BodyTooLarge { limit: *limit }
+                            }
+                            BodyError::Client(inner) => {
+                                UpstreamError::ClientBody(inner.to_string().into())
+                            }
+                        });
+                    }
+                    let connect = e.is_connect();
+                    metrics.upstream(
+                        &backend.name,
+                        if connect { "connect_error" } else { "error" },
+                        elapsed,
+                    );
+                    tracing::debug!(backend = %backend.name, attempt, "upstream attempt failed: {}", chain(&e));
+                    // A streamed body that was never polled can go to the next endpoint.
+                    if let Some(b) = slot.and_then(|s| s.lock().ok().and_then(|mut s| s.take())) {
+                        prepared = Prepared::Stream(b);
+                        replayable = connect;
+                    }
+                    let (endpoint, backend) = (endpoint.url.clone(), name());
+                    last = if connect {
+                        UpstreamError::Connect {
+                            backend,
+                            endpoint,
+                            source: e,
+                        }
+                    } else {
+                        UpstreamError::Failed {
+                            backend,
+                            endpoint,
+                            source: e,
+                        }
+                    };
+                    let outcome = if connect {
+                        Attempt::ConnectFailed
+                    } else {
+                        Attempt::Failed
+                    };
+                    (outcome, None)
+                }
+                Err(_) => {
+                    metrics.upstream(&backend.name, "timeout", elapsed);
+                    last = UpstreamError::Timeout { backend: name() };
+                    (Attempt::TimedOut, None)
+                }
+            };
+            pool.report(
+                i,
+                if outcome.failed() {
+                    Outcome::Failure
+                } else if outcome.overloaded() {
+                    Outcome::Overload
+                } else {
+                    Outcome::Ok
+                },
+            );
+            let circumstances = retry::Request {
+                idempotent,
+                replayable,
+                retries_left,
+                remaining: deadline.saturating_duration_since(Instant::now()),
+            };
+            match retry::decide(outcome, circumstances, || pool.withdraw()) {
+                Decision::Retry { after } => {
+                    if !after.is_zero() {
+                        tokio::time::sleep(after).await;
+                    }
+                }
+                Decision::Stop => match answer {
+                    Some(res) => return Ok(response(res, response_edits, admitted, upgrade)),
+                    None => break,
+                },
+            }
+        }
+        Err(last)
+    }
+}
+
+pub(crate) fn upstream_uri(
+    endpoint: &Endpoint,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, http::Error> {
+    let mut pq = String::with_capacity(
+        endpoint.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    pq.push_str(&endpoint.base_path);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Uri::builder()
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
+        .path_and_query(PathAndQuery::try_from(pq)?)
+        .build()
+}
+
+fn response(
+    res: Response<hyper::body::Incoming>,
+    edits: &crate::config::HeaderEdits,
+    in_flight: InFlight,
+    upgrade: bool,
+) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    let switching = upgrade && parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let protocol = switching
+        .then(|| parts.headers.get(http::header::UPGRADE).cloned())
+        .flatten();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = protocol {
+        parts.headers.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        parts.headers.insert(http::header::UPGRADE, p);
+    }
+    headers::apply(&mut parts.headers, edits);
+    // The request counts as in flight until its answer's body is done.
+    let body = Counted {
+        inner: body,
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+}
+
+pin_project_lite::pin_project! {
+    struct Counted {
+        #[pin]
+        inner: hyper::body::Incoming,
+        _in_flight: InFlight,
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
