@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,15 +126,17 @@ pub(super) fn parse(
 fn rate_limit(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Option<RateLimit> {
     let named = check_name(ctx, &name, obj.path());
     let requests = match obj.uint(ctx, "requests", u64::from(u32::MAX)) {
-        Some(0) => {
-            ctx.error(
-                obj.key_span("requests"),
-                obj.key_path("requests"),
-                "must be at least 1",
-            );
-            None
-        }
-        Some(n) => Some(n as u32),
+        Some(n) => match NonZeroU32::new(n as u32) {
+            Some(n) => Some(n),
+            None => {
+                ctx.error(
+                    obj.key_span("requests"),
+                    obj.key_path("requests"),
+                    "must be at least 1",
+                );
+                None
+            }
+        },
         None => {
             if !obj.has("requests") {
                 ctx.error(
@@ -166,17 +169,19 @@ fn rate_limit(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Opt
             None
         }
     };
-    let burst = match obj.uint(ctx, "burst", u64::from(u32::MAX)) {
-        Some(0) => {
-            ctx.error(
-                obj.key_span("burst"),
-                obj.key_path("burst"),
-                "must be at least 1",
-            );
-            None
-        }
-        other => other.map(|n| n as u32),
-    };
+    let burst = obj
+        .uint(ctx, "burst", u64::from(u32::MAX))
+        .and_then(|n| {
+            let burst = NonZeroU32::new(n as u32);
+            if burst.is_none() {
+                ctx.error(
+                    obj.key_span("burst"),
+                    obj.key_path("burst"),
+                    "must be at least 1",
+                );
+            }
+            burst
+        });
     let key_path = obj.key_path("key");
     let key = match obj.string(ctx, "key") {
         None => Some(LimitKey::Ip),
@@ -208,7 +213,7 @@ fn rate_limit(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Opt
         .unwrap_or(100_000)
         .max(1) as usize;
     if let (Some(r), Some(p)) = (requests, per) {
-        if p / r < Duration::from_nanos(1) {
+        if p / r.get() < Duration::from_nanos(1) {
             ctx.error(
                 obj.key_span("per"),
                 obj.key_path("per"),

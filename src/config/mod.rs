@@ -16,6 +16,7 @@ mod tls;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +52,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
     pub name: Arc<str>,
-    pub requests: u32,
+    pub requests: NonZeroU32,
     pub per: Duration,
-    pub burst: u32,
+    pub burst: NonZeroU32,
     pub key: LimitKey,
     /// Buckets kept at most; beyond it new keys share one overflow bucket.
     pub max_keys: usize,

@@ -89,10 +89,12 @@ pub struct Verdict {
 
 impl Limiter {
     pub fn new(policy: Arc<RateLimit>, clock: Clock) -> Arc<Self> {
-        let period = policy.per / policy.requests;
-        let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
+        let period = policy.per / policy.requests.get();
+        let burst = policy.burst;
+        // Validation refuses a period under 1 ns and `max` keeps it there, so
+        // `with_period` (None only for zero) always has its quota.
         let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .unwrap_or_else(|| Quota::per_second(policy.requests))
             .allow_burst(burst);
         let keyed = RateLimiter::dashmap_with_clock(quota, clock.clone())
             .with_middleware::<StateInformationMiddleware>();
@@ -207,11 +209,11 @@ impl Limiter {
         } else {
             key
         };
-        let per_request = self.policy.per.as_secs_f64() / f64::from(self.policy.requests);
+        let per_request = self.policy.per.as_secs_f64() / f64::from(self.policy.requests.get());
         match self.keyed.check_key(&key) {
             Ok(state) => {
                 let remaining = state.remaining_burst_capacity();
-                let missing = self.policy.burst.saturating_sub(remaining);
+                let missing = self.policy.burst.get().saturating_sub(remaining);
                 Verdict {
                     allowed: true,
                     remaining,
@@ -228,7 +230,7 @@ impl Limiter {
                 Verdict {
                     allowed: false,
                     remaining: 0,
-                    reset: (f64::from(self.policy.burst) * per_request).ceil() as u64,
+                    reset: (f64::from(self.policy.burst.get()) * per_request).ceil() as u64,
                     wait,
                 }
             }
@@ -260,9 +262,9 @@ fn policy_item(p: &RateLimit) -> String {
     let secs = p.per.as_secs_f64();
     let w = secs.ceil().max(1.0);
     let q = if p.per.subsec_nanos() == 0 && p.per.as_secs() > 0 {
-        u64::from(p.requests)
+        u64::from(p.requests.get())
     } else {
-        (f64::from(p.requests) * w / secs).floor() as u64
+        (f64::from(p.requests.get()) * w / secs).floor() as u64
     };
     format!("\"{}\";q={q};w={w}", p.name)
 }
@@ -282,9 +284,9 @@ mod tests {
     fn policy(requests: u32, per_ms: u64) -> RateLimit {
         RateLimit {
             name: "p".into(),
-            requests,
+            requests: NonZeroU32::new(requests).expect("positive"),
             per: Duration::from_millis(per_ms),
-            burst: requests,
+            burst: NonZeroU32::new(requests).expect("positive"),
             key: LimitKey::Ip,
             max_keys: 10,
         }
