@@ -8,7 +8,6 @@
 //! keeps std's SipHash: header keys are client-chosen, so no hash flooding.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -280,6 +279,7 @@ pub struct RateLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     fn policy(requests: u32, per_ms: u64) -> RateLimit {
         RateLimit {
