@@ -9,6 +9,8 @@
 use serde_json::{Map, Value as Json};
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value};
 
+use crate::config::json;
+
 /// Shown instead of a secret; sent back in a PUT, it keeps the stored value.
 pub(crate) const HIDDEN: &str = "<hidden>";
 
@@ -274,63 +276,20 @@ fn is_env_reference(s: &str) -> bool {
     s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1
 }
 
+/// Shown JSON: secrets hidden (a running config holds no value JSON cannot).
 fn table_json(t: &dyn toml_edit::TableLike, path: &mut Vec<String>) -> Json {
-    let mut out = Map::new();
-    for (k, v) in t.iter() {
-        path.push(k.to_owned());
-        out.insert(k.to_owned(), item_json(v, path));
-        path.pop();
-    }
-    Json::Object(out)
+    json::table_json(t, path, &shown).unwrap_or(Json::Null)
 }
 
 fn item_json(item: &Item, path: &mut Vec<String>) -> Json {
-    match item {
-        Item::None => Json::Null,
-        Item::Value(v) => value_json(v, path),
-        Item::Table(t) => table_json(t, path),
-        Item::ArrayOfTables(a) => Json::Array(
-            a.iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    path.push(i.to_string());
-                    let j = table_json(t, path);
-                    path.pop();
-                    j
-                })
-                .collect(),
-        ),
-    }
+    json::item_json(item, path, &shown).unwrap_or(Json::Null)
 }
 
-fn value_json(v: &Value, path: &mut Vec<String>) -> Json {
-    match v {
-        Value::String(s) => {
-            let s = s.value();
-            if is_secret(path) && !is_env_reference(s) {
-                Json::from(HIDDEN)
-            } else {
-                Json::from(s.as_str())
-            }
-        }
-        Value::Integer(i) => Json::from(*i.value()),
-        Value::Float(f) => {
-            serde_json::Number::from_f64(*f.value()).map_or(Json::Null, Json::Number)
-        }
-        Value::Boolean(b) => Json::from(*b.value()),
-        Value::Datetime(d) => Json::from(d.value().to_string()),
-        Value::Array(a) => Json::Array(
-            a.iter()
-                .enumerate()
-                .map(|(i, x)| {
-                    path.push(i.to_string());
-                    let j = value_json(x, path);
-                    path.pop();
-                    j
-                })
-                .collect(),
-        ),
-        Value::InlineTable(t) => table_json(t, path),
+fn shown(path: &[String], s: &str) -> Json {
+    if is_secret(path) && !is_env_reference(s) {
+        Json::from(HIDDEN)
+    } else {
+        Json::from(s)
     }
 }
 

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::Value;
-use toml_edit::Item;
 
 use super::decode::{Ctx, Obj};
 use super::path::{pieces, Piece};
@@ -211,15 +210,17 @@ pub(super) fn aggregate(
             },
         };
         let optional = c.bool(ctx, "optional").unwrap_or(false);
-        let fallback = c.item("fallback").and_then(|item| match json_of(item) {
-            Some(v) => Some(v),
-            None => {
-                ctx.error(
-                    item.span(),
-                    c.key_path("fallback"),
-                    "expected a value that JSON can hold",
-                );
-                None
+        let fallback = c.item("fallback").and_then(|item| {
+            match super::json::item_json(item, &mut Vec::new(), &super::json::plain) {
+                Some(v) => Some(v),
+                None => {
+                    ctx.error(
+                        item.span(),
+                        c.key_path("fallback"),
+                        "expected a value that JSON can hold",
+                    );
+                    None
+                }
             }
         });
         if fallback.is_some() && !optional {
@@ -377,45 +378,6 @@ fn find_cycle(calls: &[Call]) -> Option<String> {
             visit(i, calls, &mut mark, &mut stack)
         } else {
             None
-        }
-    })
-}
-
-/// A TOML value as JSON (dates become strings).
-fn json_of(item: &Item) -> Option<Value> {
-    match item {
-        Item::Value(v) => json_of_value(v),
-        Item::Table(t) => {
-            let mut map = serde_json::Map::new();
-            for (k, v) in t.iter() {
-                map.insert(k.to_owned(), json_of(v)?);
-            }
-            Some(Value::Object(map))
-        }
-        Item::ArrayOfTables(a) => Some(Value::Array(
-            a.iter()
-                .map(|t| json_of(&Item::Table(t.clone())))
-                .collect::<Option<_>>()?,
-        )),
-        Item::None => None,
-    }
-}
-
-fn json_of_value(v: &toml_edit::Value) -> Option<Value> {
-    use toml_edit::Value as V;
-    Some(match v {
-        V::String(s) => Value::String(s.value().clone()),
-        V::Integer(i) => Value::from(*i.value()),
-        V::Float(f) => Value::from(serde_json::Number::from_f64(*f.value())?),
-        V::Boolean(b) => Value::Bool(*b.value()),
-        V::Datetime(d) => Value::String(d.value().to_string()),
-        V::Array(a) => Value::Array(a.iter().map(json_of_value).collect::<Option<_>>()?),
-        V::InlineTable(t) => {
-            let mut map = serde_json::Map::new();
-            for (k, v) in t.iter() {
-                map.insert(k.to_owned(), json_of_value(v)?);
-            }
-            Value::Object(map)
         }
     })
 }

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,19 +169,17 @@ fn rate_limit(ctx: &mut Ctx<'_>, name: Spanned<String>, mut obj: Obj<'_>) -> Opt
             None
         }
     };
-    let burst = obj
-        .uint(ctx, "burst", u64::from(u32::MAX))
-        .and_then(|n| {
-            let burst = NonZeroU32::new(n as u32);
-            if burst.is_none() {
-                ctx.error(
-                    obj.key_span("burst"),
-                    obj.key_path("burst"),
-                    "must be at least 1",
-                );
-            }
-            burst
-        });
+    let burst = obj.uint(ctx, "burst", u64::from(u32::MAX)).and_then(|n| {
+        let burst = NonZeroU32::new(n as u32);
+        if burst.is_none() {
+            ctx.error(
+                obj.key_span("burst"),
+                obj.key_path("burst"),
+                "must be at least 1",
+            );
+        }
+        burst
+    });
     let key_path = obj.key_path("key");
     let key = match obj.string(ctx, "key") {
         None => Some(LimitKey::Ip),

@@ -9,14 +9,15 @@ mod aggregate;
 mod auth;
 mod decode;
 mod error;
+pub mod json;
 mod load;
 pub mod path;
 mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
