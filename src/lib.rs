@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod dispatch;
 pub mod error;
+pub mod idle;
 pub mod metrics;
 pub mod middleware;
 pub mod normalize;

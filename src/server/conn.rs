@@ -4,107 +4,21 @@
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection
 //! waits for its next request, so it would cap `idle_timeout`. Instead the
 //! IO wrapper records that bytes moved and that a new request head began to
-//! arrive, and a watchdog closes the connection when either deadline passes.
+//! arrive, and a watchdog (`idle.rs`) closes the connection when either
+//! deadline passes.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::idle::Activity;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// What the IO wrapper records for the watchdog: no clock on the IO path,
-/// just a counter of IO calls that moved bytes and a "head pending" flag.
-/// The connection's own task is the only writer, so plain load/store suffices.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    moved: AtomicU64,
-    head_pending: AtomicBool,
-    in_flight: AtomicU32,
-}
-
-impl Activity {
-    pub(crate) fn new() -> Self {
-        Self {
-            moved: AtomicU64::new(0),
-            // A new connection owes us a request head from the moment it opens.
-            head_pending: AtomicBool::new(true),
-            in_flight: AtomicU32::new(0),
-        }
-    }
-
-    fn read(&self) {
-        self.touch();
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
-            self.head_pending.store(true, Ordering::Relaxed);
-        }
-    }
-
-    fn touch(&self) {
-        self.moved.store(
-            self.moved.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
-    }
-
-    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.head_pending.store(false, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// Resolves when the connection has been silent for `idle`, or when a
-    /// request head has been arriving for longer than `head` (HTTP/1 only).
-    /// It samples every quarter of the shorter deadline, so a deadline is
-    /// enforced within +25% of its value.
-    pub(crate) async fn expired(&self, idle: Duration, head: Option<Duration>) -> &'static str {
-        let tick = (head.map_or(idle, |h| h.min(idle)) / 4).max(Duration::from_millis(5));
-        let mut seen = self.moved.load(Ordering::Relaxed);
-        let mut quiet_since = Instant::now();
-        let mut head_since = self
-            .head_pending
-            .load(Ordering::Relaxed)
-            .then_some(quiet_since);
-        loop {
-            tokio::time::sleep(tick).await;
-            let now = Instant::now();
-            let moved = self.moved.load(Ordering::Relaxed);
-            if moved != seen {
-                seen = moved;
-                quiet_since = now;
-            }
-            if now.duration_since(quiet_since) >= idle {
-                return "idle timeout";
-            }
-            let Some(head) = head else { continue };
-            if self.head_pending.load(Ordering::Relaxed)
-                && self.in_flight.load(Ordering::Relaxed) == 0
-            {
-                let since = *head_since.get_or_insert(now);
-                if now.duration_since(since) >= head {
-                    return "request head not received in time";
-                }
-            } else {
-                head_since = None;
-            }
-        }
-    }
-}
-
-/// Counts a request as in flight until dropped.
-pub(crate) struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {

@@ -24,9 +24,10 @@ use tower::{Service, ServiceExt};
 use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::context::ConnInfo;
+use crate::idle::{self, Activity};
 use crate::metrics::Metrics;
 use crate::state::State;
-use conn::{Activity, ConnIo, Protocol};
+use conn::{ConnIo, Protocol};
 
 /// Command-line overrides of the file's addresses.
 #[derive(Debug, Clone, Default)]
@@ -526,7 +527,7 @@ pin_project_lite::pin_project! {
     struct ServeFuture<F> {
         #[pin]
         inner: F,
-        in_flight: Option<conn::InFlight>,
+        in_flight: Option<idle::InFlight>,
         draining: Arc<AtomicBool>,
         version: Version,
     }
