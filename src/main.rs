@@ -254,7 +254,7 @@ fn serve(args: ServeArgs, format: LogFormat, demo: bool) -> ExitCode {
     let opts = fngate::ServeOptions {
         listen: args.listen,
         admin_listen: args.admin_listen,
-        limit_clock: None,
+        clock: None,
     };
     let run = async {
         if demo {

@@ -34,8 +34,8 @@ use conn::{ConnIo, Protocol};
 pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
-    /// The rate limiters' clock; tests pass one they can move forward.
-    pub limit_clock: Option<crate::clock::Clock>,
+    /// The clock of rate limits and upstream ejections; tests pass one they can move forward.
+    pub clock: Option<crate::clock::Clock>,
 }
 
 /// Why the gateway could not start.
@@ -125,7 +125,7 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     let state = Arc::new(State::new(
         config,
         metrics,
-        opts.limit_clock.clone().unwrap_or_default(),
+        opts.clock.clone().unwrap_or_default(),
     ));
     let shutdown = CancellationToken::new();
     if let Some(path) = watch {

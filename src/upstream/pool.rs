@@ -295,3 +295,71 @@ impl Pool {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(extra: &str, clock: &Clock) -> Pool {
+        let text = format!(
+            "[backends.b]\nurls = [\"http://10.0.0.1\", \"http://10.0.0.2\", \"http://10.0.0.3\"]\n{extra}\n\
+             [[routes]]\nname = \"r\"\npath = \"/\"\nbackend = \"b\"\n"
+        );
+        let config = crate::Config::parse(&text, "t.toml", &|_| None).expect("valid");
+        Pool::new(
+            config.backends[0].clone(),
+            Arc::new(Metrics::new()),
+            clock.clone(),
+        )
+    }
+
+    #[test]
+    fn round_robin_skips_endpoints_already_tried() {
+        let p = pool("", &Clock::default());
+        let picks: Vec<usize> = (0..6).map(|_| p.pick(&[]).expect("pick")).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let again = p.pick(&[0, 1]).expect("pick");
+        assert_eq!(again, 2, "a retry goes to an endpoint not tried yet");
+    }
+
+    #[test]
+    fn consecutive_failures_eject_until_eject_for_passes_on_the_clock() {
+        let clock = Clock::default();
+        let p = pool("eject_after = 2\neject_for = \"30s\"\nmax_ejection_percent = 50", &clock);
+        p.report(0, Outcome::Failure);
+        p.report(0, Outcome::Ok);
+        p.report(0, Outcome::Failure);
+        assert!(p.status()[0].healthy, "a success resets the count");
+        p.report(0, Outcome::Failure);
+        assert!(!p.status()[0].healthy, "two in a row eject");
+        assert!((0..30).all(|_| p.pick(&[]) != Some(0)));
+        clock.advance(Duration::from_secs(29));
+        assert!(!p.status()[0].healthy);
+        clock.advance(Duration::from_secs(2));
+        assert!(p.status()[0].healthy, "back after eject_for");
+        assert!((0..3).any(|_| p.pick(&[]) == Some(0)));
+    }
+
+    #[test]
+    fn ejection_keeps_to_max_ejection_percent_and_overload_never_counts() {
+        let p = pool("eject_after = 1\nmax_ejection_percent = 50", &Clock::default());
+        for _ in 0..5 {
+            p.report(2, Outcome::Overload);
+        }
+        assert!(p.status()[2].healthy, "429 and 503 with Retry-After never eject");
+        p.report(0, Outcome::Failure);
+        p.report(1, Outcome::Failure);
+        let healthy: Vec<bool> = p.status().iter().map(|s| s.healthy).collect();
+        assert_eq!(healthy, [false, true, true], "a second ejection would pass 50%");
+    }
+
+    #[test]
+    fn max_in_flight_admits_up_to_the_cap_and_frees_on_drop() {
+        let p = pool("max_in_flight = 2", &Clock::default());
+        let (a, b) = (p.admit(), p.admit());
+        assert!(a.is_some() && b.is_some());
+        assert!(p.admit().is_none(), "the third waits for nothing: refused");
+        drop(a);
+        assert!(p.admit().is_some(), "a finished request frees its slot");
+    }
+}
