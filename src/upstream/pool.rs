@@ -325,7 +325,10 @@ mod tests {
     #[test]
     fn consecutive_failures_eject_until_eject_for_passes_on_the_clock() {
         let clock = Clock::default();
-        let p = pool("eject_after = 2\neject_for = \"30s\"\nmax_ejection_percent = 50", &clock);
+        let p = pool(
+            "eject_after = 2\neject_for = \"30s\"\nmax_ejection_percent = 50",
+            &clock,
+        );
         p.report(0, Outcome::Failure);
         p.report(0, Outcome::Ok);
         p.report(0, Outcome::Failure);
@@ -342,15 +345,25 @@ mod tests {
 
     #[test]
     fn ejection_keeps_to_max_ejection_percent_and_overload_never_counts() {
-        let p = pool("eject_after = 1\nmax_ejection_percent = 50", &Clock::default());
+        let p = pool(
+            "eject_after = 1\nmax_ejection_percent = 50",
+            &Clock::default(),
+        );
         for _ in 0..5 {
             p.report(2, Outcome::Overload);
         }
-        assert!(p.status()[2].healthy, "429 and 503 with Retry-After never eject");
+        assert!(
+            p.status()[2].healthy,
+            "429 and 503 with Retry-After never eject"
+        );
         p.report(0, Outcome::Failure);
         p.report(1, Outcome::Failure);
         let healthy: Vec<bool> = p.status().iter().map(|s| s.healthy).collect();
-        assert_eq!(healthy, [false, true, true], "a second ejection would pass 50%");
+        assert_eq!(
+            healthy,
+            [false, true, true],
+            "a second ejection would pass 50%"
+        );
     }
 
     #[test]
