@@ -8,7 +8,7 @@ use http::HeaderValue;
 
 /// The client connection, set by the server for every request.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     /// The peer's IP as a header value, formatted once per connection for `x-forwarded-for`.
@@ -16,7 +16,7 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+    pub(crate) fn new(peer: SocketAddr, tls: bool) -> Self {
         let peer_value = HeaderValue::try_from(peer.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
         Self {
@@ -29,17 +29,17 @@ impl ConnInfo {
 
 /// The request's id (client-sent when sane, else generated).
 #[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+pub(crate) struct RequestId(pub HeaderValue);
 
 /// Facts the access log needs that inner layers learn.
 #[derive(Debug, Default)]
-pub struct RequestLog {
+pub(crate) struct RequestLog {
     bytes_in: AtomicU64,
     fields: Mutex<LogFields>,
 }
 
 #[derive(Debug, Default, Clone)]
-pub struct LogFields {
+pub(crate) struct LogFields {
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub client_ip: Option<IpAddr>,
@@ -49,21 +49,21 @@ pub struct LogFields {
 }
 
 impl RequestLog {
-    pub fn add_bytes_in(&self, n: u64) {
+    pub(crate) fn add_bytes_in(&self, n: u64) {
         self.bytes_in.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn bytes_in(&self) -> u64 {
+    pub(crate) fn bytes_in(&self) -> u64 {
         self.bytes_in.load(Ordering::Relaxed)
     }
 
-    pub fn update(&self, f: impl FnOnce(&mut LogFields)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut LogFields)) {
         if let Ok(mut fields) = self.fields.lock() {
             f(&mut fields);
         }
     }
 
-    pub fn fields(&self) -> LogFields {
+    pub(crate) fn fields(&self) -> LogFields {
         self.fields.lock().map(|f| f.clone()).unwrap_or_default()
     }
 }

@@ -19,12 +19,12 @@ use crate::proxy;
 use crate::state::{ActiveAction, RouteContext};
 
 #[derive(Debug, Clone)]
-pub struct Dispatch {
+pub(crate) struct Dispatch {
     metrics: Arc<Metrics>,
 }
 
 impl Dispatch {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }

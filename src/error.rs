@@ -21,11 +21,11 @@ use crate::upstream::{Unavailable, UpstreamError};
 
 /// Why fngate itself answered with an error, for the access log.
 #[derive(Debug, Clone)]
-pub struct ErrorDetail(pub Arc<str>);
+pub(crate) struct ErrorDetail(pub Arc<str>);
 
 /// Every error the data path renders.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error(transparent)]
     Route(#[from] RouteError),
     #[error(transparent)]
@@ -195,7 +195,7 @@ fn problem_of(err: &Error) -> Problem {
 }
 
 /// Renders `err` as problem+json, with the request id when there is one.
-pub fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Response<Body> {
+pub(crate) fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Response<Body> {
     let err = err.into();
     let p = problem_of(&err);
     let mut body = serde_json::json!({

@@ -1,28 +1,32 @@
 //! fngate: an API gateway for serverless function endpoints.
 //!
-//! The request lifecycle is described once, in ARCHITECTURE.md.
+//! The request lifecycle is described once, in ARCHITECTURE.md. The public
+//! surface is what the binary and the integration tests need: the config,
+//! the running state, the clock tests move, the command-line tools, and
+//! starting the gateway. Everything else is the crate's own.
 
-pub mod admin;
-pub mod aggregate;
-pub mod auth;
-pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod context;
-pub mod dispatch;
-pub mod error;
-pub mod idle;
-pub mod metrics;
-pub mod middleware;
-pub mod normalize;
-pub mod proxy;
-pub mod ratelimit;
-pub mod router;
-pub mod server;
 pub mod state;
-pub mod tls;
-pub mod upstream;
+
+mod admin;
+mod aggregate;
+mod auth;
+mod body;
+mod context;
+mod dispatch;
+mod error;
+mod idle;
+mod metrics;
+mod middleware;
+mod normalize;
+mod proxy;
+mod ratelimit;
+mod router;
+mod server;
+mod tls;
+mod upstream;
 
 pub use config::Config;
 pub use server::{serve, start, Gateway, ServeOptions, StartError};

@@ -19,7 +19,7 @@ pub enum PathError {
 
 /// Normalises a request path (without its query). Most paths are already
 /// normal and come back borrowed.
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
@@ -63,7 +63,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 /// Decodes escaped unreserved characters and upper-cases the other escapes.
-pub fn normalize_segment(seg: &str) -> Result<String, PathError> {
+pub(crate) fn normalize_segment(seg: &str) -> Result<String, PathError> {
     let bytes = seg.as_bytes();
     let mut out = String::with_capacity(seg.len());
     let mut i = 0;

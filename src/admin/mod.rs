@@ -27,14 +27,14 @@ use crate::state::{Change, ChangeError, Edit, Reloaded, Snapshot, Source, State}
 use doc::{Doc, EditError, Kind};
 
 #[derive(Debug, Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     state: Arc<State>,
     /// False once a shutdown has begun: load balancers stop sending traffic.
     ready: Arc<AtomicBool>,
 }
 
 impl AdminState {
-    pub fn new(state: Arc<State>, ready: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(state: Arc<State>, ready: Arc<AtomicBool>) -> Self {
         Self { state, ready }
     }
 }
@@ -178,7 +178,7 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-pub fn router(admin: AdminState) -> Router {
+pub(crate) fn router(admin: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -199,7 +199,7 @@ pub fn router(admin: AdminState) -> Router {
         .with_state(admin)
 }
 
-pub async fn serve(listener: TcpListener, admin: AdminState, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, admin: AdminState, stop: CancellationToken) {
     let app = router(admin).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use crate::config::Merge;
 
 /// Keeps only `fields` of an object answer; other answers pass unchanged.
-pub fn select(value: Value, fields: &[String]) -> Value {
+pub(crate) fn select(value: Value, fields: &[String]) -> Value {
     match value {
         Value::Object(mut map) => {
             let mut kept = Map::with_capacity(fields.len());
@@ -24,7 +24,7 @@ pub fn select(value: Value, fields: &[String]) -> Value {
 /// `Object`: each under its call's name. `Flat`: the top-level fields of
 /// every object answer in one object, a later call's field replacing an
 /// earlier one's; an answer that is not an object goes under its name.
-pub fn merge(mode: Merge, answers: Vec<(&str, Value)>) -> Value {
+pub(crate) fn merge(mode: Merge, answers: Vec<(&str, Value)>) -> Value {
     let mut out = Map::new();
     for (name, value) in answers {
         match (mode, value) {

@@ -8,7 +8,7 @@
 //! Each call goes through its backend's pool, balancing and retries like a
 //! proxied request; its answer is buffered up to `max_call_body`.
 
-pub mod merge;
+pub(crate) mod merge;
 
 use std::sync::Arc;
 
@@ -37,8 +37,8 @@ const IN_QUERY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'.');
 
-pub static X_FNGATE_COMPLETED: HeaderName = HeaderName::from_static("x-fngate-completed");
-pub static X_FNGATE_FAILED: HeaderName = HeaderName::from_static("x-fngate-failed");
+pub(crate) static X_FNGATE_COMPLETED: HeaderName = HeaderName::from_static("x-fngate-completed");
+pub(crate) static X_FNGATE_FAILED: HeaderName = HeaderName::from_static("x-fngate-failed");
 /// Request headers every call carries (with the forwarded claims).
 static CARRIED: [HeaderName; 5] = [
     HeaderName::from_static("x-request-id"),
@@ -58,7 +58,7 @@ pub struct Plan {
 
 /// How one call ended (the `outcome` label of `fngate_aggregate_calls_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     Error,
     Timeout,
@@ -69,7 +69,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Error => "error",
@@ -82,7 +82,7 @@ impl Outcome {
 
 /// How a required call failed. `Ok` and `Fallback` cannot be one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     Error,
     Timeout,
     Skipped,
@@ -91,7 +91,7 @@ pub enum Failure {
 /// A required call failed (rendered by `error.rs`, with `x-fngate-failed`).
 #[derive(Debug, thiserror::Error)]
 #[error("the required call `{call}` ended with {}", failure.outcome().as_str())]
-pub struct AggregateError {
+pub(crate) struct AggregateError {
     pub call: Arc<str>,
     pub failure: Failure,
     /// Every failed call, comma-separated in config order.
@@ -107,7 +107,7 @@ impl Failure {
         }
     }
 
-    pub fn outcome(self) -> Outcome {
+    pub(crate) fn outcome(self) -> Outcome {
         match self {
             Self::Error => Outcome::Error,
             Self::Timeout => Outcome::Timeout,
@@ -118,7 +118,7 @@ impl Failure {
 
 /// What the plan needs of the routed request.
 #[derive(Debug)]
-pub struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     pub route: &'a Route,
     /// The route's path params, by position.
     pub params: Vec<String>,
@@ -127,7 +127,7 @@ pub struct Inputs<'a> {
 }
 
 /// Runs the plan for a routed request and answers.
-pub async fn run(
+pub(crate) async fn run(
     req: Request<Body>,
     inputs: Inputs<'_>,
     plan: &Plan,

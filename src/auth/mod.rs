@@ -217,7 +217,7 @@ impl Authenticator {
 }
 
 /// Every scope in `required` must be granted.
-pub fn authorize(verified: &Verified, required: &[String]) -> Result<(), AuthError> {
+pub(crate) fn authorize(verified: &Verified, required: &[String]) -> Result<(), AuthError> {
     let missing: Vec<&str> = required
         .iter()
         .filter(|s| !verified.scopes.contains(s))

@@ -24,13 +24,13 @@ use crate::metrics::Metrics;
 const UNMATCHED: &str = "-";
 
 #[derive(Debug, Clone)]
-pub struct AccessLogLayer {
+pub(crate) struct AccessLogLayer {
     metrics: Arc<Metrics>,
     unmatched: Arc<str>,
 }
 
 impl AccessLogLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
             unmatched: UNMATCHED.into(),
@@ -50,7 +50,7 @@ impl<S> Layer<S> for AccessLogLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct AccessLog<S> {
+pub(crate) struct AccessLog<S> {
     inner: S,
     layer: AccessLogLayer,
 }

@@ -28,12 +28,12 @@ use crate::state::RouteContext;
 static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
 
 #[derive(Debug, Clone)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -50,7 +50,7 @@ impl<S> Layer<S> for AuthLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct AuthService<S> {
+pub(crate) struct AuthService<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }

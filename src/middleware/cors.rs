@@ -13,7 +13,7 @@ use crate::body::Body;
 use crate::state::RouteContext;
 
 #[derive(Debug, Clone, Default)]
-pub struct CorsLayer;
+pub(crate) struct CorsLayer;
 
 impl<S> Layer<S> for CorsLayer {
     type Service = CorsService<S>;
@@ -24,7 +24,7 @@ impl<S> Layer<S> for CorsLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct CorsService<S> {
+pub(crate) struct CorsService<S> {
     inner: S,
 }
 

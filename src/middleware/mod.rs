@@ -2,8 +2,8 @@
 
 mod access_log;
 mod auth;
-pub mod cors;
-pub mod rate_limit;
+pub(crate) mod cors;
+pub(crate) mod rate_limit;
 mod request_id;
 mod route;
 
@@ -13,10 +13,10 @@ use std::sync::Arc;
 use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
 
-pub use access_log::AccessLogLayer;
-pub use auth::{AuthLayer, AuthService};
-pub use request_id::{RequestIdLayer, X_REQUEST_ID};
-pub use route::RouteLayer;
+pub(crate) use access_log::AccessLogLayer;
+pub(crate) use auth::AuthLayer;
+pub(crate) use request_id::RequestIdLayer;
+pub(crate) use route::RouteLayer;
 
 use crate::body::Body;
 use crate::dispatch::Dispatch;
@@ -25,7 +25,7 @@ use crate::state::State;
 
 /// Builds the data-path service. Every layer is always ready; rejections are
 /// answers rendered through `error.rs`, never `Err`.
-pub fn stack(
+pub(crate) fn stack(
     state: Arc<State>,
 ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone

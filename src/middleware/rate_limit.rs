@@ -19,7 +19,7 @@ use crate::state::RouteContext;
 
 /// Which of a route's policies a layer checks (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// `ip` and `global`: before authentication, so floods never cost a signature check.
     BeforeAuth,
     /// The others, which may need the consumer or its claims.
@@ -27,13 +27,13 @@ pub enum Phase {
 }
 
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     metrics: Arc<Metrics>,
     phase: Phase,
 }
 
 impl RateLimitLayer {
-    pub fn new(metrics: Arc<Metrics>, phase: Phase) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, phase: Phase) -> Self {
         Self { metrics, phase }
     }
 }
@@ -51,7 +51,7 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct RateLimitService<S> {
+pub(crate) struct RateLimitService<S> {
     inner: S,
     metrics: Arc<Metrics>,
     phase: Phase,

@@ -22,12 +22,12 @@ use crate::state::RouteContext;
 use crate::state::State;
 
 #[derive(Debug, Clone)]
-pub struct RouteLayer {
+pub(crate) struct RouteLayer {
     state: Arc<State>,
 }
 
 impl RouteLayer {
-    pub fn new(state: Arc<State>) -> Self {
+    pub(crate) fn new(state: Arc<State>) -> Self {
         Self { state }
     }
 }
@@ -44,7 +44,7 @@ impl<S> Layer<S> for RouteLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct RouteService<S> {
+pub(crate) struct RouteService<S> {
     inner: S,
     state: Arc<State>,
 }

@@ -18,7 +18,7 @@ use crate::upstream::{self, prepare, Outgoing, Upstream, UpstreamError};
 
 /// Forwards a routed request to the route's backend, tunnelling a WebSocket
 /// upgrade once the backend switched protocols.
-pub async fn forward(
+pub(crate) async fn forward(
     mut req: Request<Body>,
     ctx: &RouteContext,
     to: &Forward,

@@ -238,7 +238,9 @@ impl Limiter {
 }
 
 /// A route's `RateLimit-Policy` field: every policy, in the order checked.
-pub fn policy_field<'a>(limits: impl IntoIterator<Item = &'a Arc<Limiter>>) -> Option<HeaderValue> {
+pub(crate) fn policy_field<'a>(
+    limits: impl IntoIterator<Item = &'a Arc<Limiter>>,
+) -> Option<HeaderValue> {
     let items: Vec<&str> = limits.into_iter().map(|l| l.policy_item.as_str()).collect();
     if items.is_empty() {
         return None;
@@ -271,7 +273,7 @@ fn policy_item(p: &RateLimit) -> String {
 /// Why a request was refused (rendered by `error.rs`).
 #[derive(Debug, thiserror::Error)]
 #[error("rate limit `{policy}` exceeded; retry after {retry_after}s")]
-pub struct RateLimited {
+pub(crate) struct RateLimited {
     pub policy: Arc<str>,
     pub retry_after: u64,
 }

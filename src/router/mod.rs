@@ -234,7 +234,7 @@ impl RouteTable {
 
 /// The method a CORS preflight asks about, when the request is one: OPTIONS
 /// with an `Origin` and an `Access-Control-Request-Method`.
-pub fn preflight_method(
+pub(crate) fn preflight_method(
     method: &Method,
     has_origin: bool,
     requested: Option<&[u8]>,
@@ -246,7 +246,7 @@ pub fn preflight_method(
 }
 
 /// The host of an authority or Host value, lower-cased, without port.
-pub fn host_only(authority: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn host_only(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if authority.starts_with('[') {
         authority
             .find(']')

@@ -224,7 +224,7 @@ pub async fn serve(config: Config, opts: ServeOptions) -> Result<(), StartError>
 }
 
 /// Reloads on SIGHUP; drains and returns on SIGTERM or SIGINT.
-pub async fn run_until_signalled(gateway: Gateway) {
+pub(crate) async fn run_until_signalled(gateway: Gateway) {
     use tokio::signal::unix::{signal, SignalKind};
     let signals = (
         signal(SignalKind::terminate()),

@@ -9,10 +9,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-pub use server::server_config;
+pub(crate) use server::server_config;
 
 /// The crypto provider of every config: ring, shared with jsonwebtoken.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
@@ -38,7 +38,7 @@ fn native_roots() -> Arc<RootCertStore> {
 /// A client config trusting `ca` (PEM, checked at config load) or else the
 /// system roots. `who` names the user in a log line if a certificate that
 /// passed the load check is still refused by rustls.
-pub fn client_config(ca: Option<&[u8]>, who: &str) -> ClientConfig {
+pub(crate) fn client_config(ca: Option<&[u8]>, who: &str) -> ClientConfig {
     let roots = match ca {
         Some(pem) => {
             let mut roots = RootCertStore::empty();

@@ -41,7 +41,7 @@ fn covers(cert: &CertificateDer<'_>, name: &ServerName<'_>) -> bool {
 
 /// Builds the config; the files were checked at load, so an error here is
 /// rare (and the caller keeps the previous config).
-pub fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, String> {
+pub(crate) fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, String> {
     let provider = super::provider();
     let mut certs = Vec::with_capacity(tls.certs.len());
     for c in &tls.certs {

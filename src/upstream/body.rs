@@ -16,7 +16,7 @@ use crate::context::RequestLog;
 
 /// Why the client's body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("request body over the {0}-byte limit")]
     TooLarge(u64),
     #[error("client body failed: {0}")]
@@ -28,7 +28,7 @@ pub enum BodyError {
 const REPLAY_LIMIT: u64 = 64 << 10;
 
 /// How a request body travels to the upstream.
-pub enum Prepared {
+pub(crate) enum Prepared {
     Empty,
     Full(Bytes),
     Stream(Body),
@@ -36,7 +36,7 @@ pub enum Prepared {
 
 /// Decides how the body travels: small known-length bodies are buffered so
 /// they can be replayed; the rest stream with the limit counted on the way.
-pub async fn prepare(
+pub(crate) async fn prepare(
     body: Body,
     limit: u64,
     log: Option<&Arc<RequestLog>>,
@@ -66,7 +66,7 @@ pub async fn prepare(
 /// connect failure, so even a streamed request can be retried then.
 pub(crate) type Slot = Arc<Mutex<Option<Body>>>;
 
-pub struct ProxyBody {
+pub(crate) struct ProxyBody {
     kind: Kind,
 }
 

@@ -30,14 +30,14 @@ use crate::config::{Backend, Endpoint, Protocol};
 use crate::context::RequestLog;
 use crate::metrics::Metrics;
 
-pub use body::{prepare, BodyError, Prepared, ProxyBody};
-pub use pool::EndpointStatus;
+pub(crate) use body::{prepare, BodyError, Prepared, ProxyBody};
+pub(crate) use pool::EndpointStatus;
 use pool::{InFlight, Outcome, Pool};
 use retry::{Attempt, Decision};
 
 /// Why a request could not be sent, or got no usable answer.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("request body over the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
     #[error("reading the request body failed: {}", chain(&**.0))]
@@ -80,7 +80,7 @@ pub enum UpstreamError {
 
 /// Why a backend took no request at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Unavailable {
+pub(crate) enum Unavailable {
     #[error("max_in_flight reached")]
     MaxInFlight,
     #[error("no healthy endpoint")]

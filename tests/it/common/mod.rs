@@ -222,7 +222,7 @@ impl Gw {
         let opts = fngate::ServeOptions {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
-            clock: clock,
+            clock,
         };
         let gateway = fngate::start(config, opts).await.expect("gateway starts");
         Self {
