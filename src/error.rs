@@ -194,16 +194,21 @@ fn problem_of(err: &Error) -> Problem {
     }
 }
 
+/// The one shape of every problem body, the admin API's included (RFC 9457).
+pub(crate) fn problem_body(status: StatusCode, detail: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    })
+}
+
 /// Renders `err` as problem+json, with the request id when there is one.
 pub(crate) fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Response<Body> {
     let err = err.into();
     let p = problem_of(&err);
-    let mut body = serde_json::json!({
-        "type": "about:blank",
-        "title": p.status.canonical_reason().unwrap_or("Error"),
-        "status": p.status.as_u16(),
-        "detail": p.detail,
-    });
+    let mut body = problem_body(p.status, &p.detail);
     if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
         body["request_id"] = serde_json::Value::from(id);
     }

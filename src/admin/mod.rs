@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::Config;
 use crate::state::{Change, ChangeError, Edit, Reloaded, Snapshot, Source, State};
 use doc::{Doc, EditError, Kind};
 
@@ -39,25 +39,35 @@ impl AdminState {
     }
 }
 
-/// Why the admin API refused a request.
+/// Why the admin API refused a request: the facts, rendered once below.
 #[derive(Debug, thiserror::Error)]
 enum AdminError {
     #[error("a valid bearer token is required")]
     Unauthorized,
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Stale(String),
-    #[error("the config is invalid")]
-    Invalid(ConfigErrors),
-    #[error("{0}")]
-    Unprocessable(String),
-    #[error("the change could not be saved: {0}")]
-    Write(String),
+    #[error("no collection `{0}`")]
+    UnknownCollection(String),
+    #[error("no {kind} named `{name}`")]
+    NotFound { kind: &'static str, name: String },
+    #[error("the body is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("the body is not UTF-8")]
+    NotUtf8,
+    #[error("{kind} `{name}` is used by routes: {}", routes.join(", "))]
+    InUse {
+        kind: &'static str,
+        name: String,
+        routes: Vec<String>,
+    },
+    #[error("If-Match `{0}` names no config version")]
+    BadIfMatch(String),
+    #[error("`{0}` is not a config version")]
+    NotAVersion(String),
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    #[error("the running config text does not parse")]
+    RunningUnparsable,
+    #[error(transparent)]
+    Change(ChangeError),
 }
 
 /// One config error in a 422 answer.
@@ -85,15 +95,34 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = match &self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Stale(_) => StatusCode::PRECONDITION_FAILED,
-            Self::Invalid(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Write(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::UnknownCollection(_) | Self::NotFound { .. } | Self::NotAVersion(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::NotJson(_) | Self::NotUtf8 => StatusCode::BAD_REQUEST,
+            Self::InUse { .. } => StatusCode::CONFLICT,
+            Self::BadIfMatch(_) => StatusCode::PRECONDITION_FAILED,
+            Self::Edit(EditError::NotFound { .. }) => StatusCode::NOT_FOUND,
+            Self::Edit(
+                EditError::NotAnObject
+                | EditError::NameMismatch { .. }
+                | EditError::Null(_)
+                | EditError::HiddenWithoutValue(_),
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RunningUnparsable => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Change(ChangeError::Stale { .. }) => StatusCode::PRECONDITION_FAILED,
+            Self::Change(ChangeError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Change(ChangeError::Write { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Change(ChangeError::UnknownVersion(_)) => StatusCode::NOT_FOUND,
         };
-        let errors = match &self {
-            Self::Invalid(errors) => errors
+        let detail = match &self {
+            Self::Change(ChangeError::Write { .. }) => {
+                format!("the change could not be saved: {self}")
+            }
+            _ => self.to_string(),
+        };
+        let mut body = crate::error::problem_body(status, &detail);
+        if let Self::Change(ChangeError::Invalid(errors)) = &self {
+            let items: Vec<ErrorItem> = errors
                 .0
                 .iter()
                 .map(|e| ErrorItem {
@@ -102,17 +131,10 @@ impl IntoResponse for AdminError {
                     key: e.key.clone(),
                     message: e.message.clone(),
                 })
-                .collect(),
-            _ => Vec::new(),
-        };
-        let problem = Problem {
-            kind: "about:blank",
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            detail: self.to_string(),
-            errors,
-        };
-        let mut res = (status, Json(problem)).into_response();
+                .collect();
+            body["errors"] = serde_json::to_value(items).unwrap_or_default();
+        }
+        let mut res = (status, Json(body)).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
@@ -127,26 +149,9 @@ impl IntoResponse for AdminError {
     }
 }
 
-impl From<EditError> for AdminError {
-    fn from(e: EditError) -> Self {
-        match e {
-            EditError::NotFound { .. } => Self::NotFound(e.to_string()),
-            EditError::NotAnObject
-            | EditError::NameMismatch { .. }
-            | EditError::Null(_)
-            | EditError::HiddenWithoutValue(_) => Self::Unprocessable(e.to_string()),
-        }
-    }
-}
-
 impl From<ChangeError> for AdminError {
     fn from(e: ChangeError) -> Self {
-        match e {
-            ChangeError::Stale { .. } => Self::Stale(e.to_string()),
-            ChangeError::Invalid(errors) => Self::Invalid(errors),
-            ChangeError::Write { .. } => Self::Write(e.to_string()),
-            ChangeError::UnknownVersion(_) => Self::NotFound(e.to_string()),
-        }
+        Self::Change(e)
     }
 }
 
@@ -281,8 +286,7 @@ fn running_doc(admin: &AdminState) -> Result<Doc> {
 }
 
 fn doc_of(running: &Snapshot) -> Result<Doc> {
-    Doc::parse(&running.config.text)
-        .ok_or_else(|| AdminError::Unprocessable("the running config text does not parse".into()))
+    Doc::parse(&running.config.text).ok_or(AdminError::RunningUnparsable)
 }
 
 #[utoipa::path(get, path = "/config", security(("bearer" = [])), responses(
@@ -294,11 +298,11 @@ async fn config(AxumState(admin): AxumState<AdminState>) -> Result<Json<serde_js
 
 /// `GET /{collection}` for a name that is no collection: a problem, like every refusal.
 async fn unknown_collection(Path(collection): Path<String>) -> AdminError {
-    AdminError::NotFound(format!("no collection `{collection}`"))
+    AdminError::UnknownCollection(collection)
 }
 
 async fn unknown_entity(Path((collection, _)): Path<(String, String)>) -> AdminError {
-    AdminError::NotFound(format!("no collection `{collection}`"))
+    AdminError::UnknownCollection(collection)
 }
 
 async fn list(admin: &AdminState, kind: Kind) -> Result<Json<Vec<serde_json::Value>>> {
@@ -323,7 +327,10 @@ fn with_status(admin: &AdminState, backend: &mut serde_json::Value) {
 async fn get_one(admin: &AdminState, kind: Kind, name: &str) -> Result<Json<serde_json::Value>> {
     let mut item = running_doc(admin)?
         .get(kind, name)
-        .ok_or_else(|| AdminError::NotFound(format!("no {} named `{name}`", kind.key())))?;
+        .ok_or_else(|| AdminError::NotFound {
+            kind: kind.key(),
+            name: name.to_owned(),
+        })?;
     if kind == Kind::Backends {
         with_status(admin, &mut item);
     }
@@ -343,7 +350,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>> {
         .trim_matches('"')
         .parse()
         .map(Some)
-        .map_err(|_| AdminError::Stale(format!("If-Match `{v}` names no config version")))
+        .map_err(|_| AdminError::BadIfMatch(v.to_owned()))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -362,8 +369,7 @@ async fn put_one(
     body: &[u8],
 ) -> Result<Response> {
     let collection = kind.key();
-    let body: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| AdminError::BadRequest(format!("the body is not JSON: {e}")))?;
+    let body: serde_json::Value = serde_json::from_slice(body).map_err(AdminError::NotJson)?;
     let if_match = if_match(headers)?;
     let change = Change {
         source: Source::Admin,
@@ -411,11 +417,11 @@ async fn delete_one(
             // A policy or backend a route names cannot go before the route does.
             let users = users_of(running, kind, &name);
             if !users.is_empty() {
-                return Err(AdminError::Conflict(format!(
-                    "{} `{name}` is used by routes: {}",
-                    kind.key(),
-                    users.join(", ")
-                )));
+                return Err(AdminError::InUse {
+                    kind: kind.key(),
+                    name: name.clone(),
+                    routes: users.into_iter().map(str::to_owned).collect(),
+                });
             }
             let mut doc = doc_of(running)?;
             doc.delete(kind, &name)?;
@@ -566,8 +572,7 @@ struct Validated {
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Every error", body = Problem, content_type = "application/problem+json")))]
 async fn validate(AxumState(admin): AxumState<AdminState>, body: Bytes) -> Result<Json<Validated>> {
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| AdminError::BadRequest("the body is not UTF-8".into()))?;
+    let text = std::str::from_utf8(&body).map_err(|_| AdminError::NotUtf8)?;
     // Key files are found where the running config's would be.
     let base = admin
         .state
@@ -580,7 +585,7 @@ async fn validate(AxumState(admin): AxumState<AdminState>, body: Bytes) -> Resul
     let config = Config::parse_in(text, "request body", &base, &|name| {
         std::env::var(name).ok()
     })
-    .map_err(AdminError::Invalid)?;
+    .map_err(|e| AdminError::Change(ChangeError::Invalid(e)))?;
     Ok(Json(Validated {
         valid: true,
         routes: config.routes.len(),
@@ -597,7 +602,7 @@ async fn reload(AxumState(admin): AxumState<AdminState>) -> Result<Json<Changed>
         .state
         .reload(Source::Reload)
         .await
-        .map_err(AdminError::Invalid)?
+        .map_err(|e| AdminError::Change(ChangeError::Invalid(e)))?
     {
         Reloaded::Applied(v) | Reloaded::Unchanged(v) => v,
     };
@@ -653,7 +658,7 @@ async fn rollback(
 ) -> Result<Json<Changed>> {
     let version: u64 = version
         .parse()
-        .map_err(|_| AdminError::NotFound(format!("`{version}` is not a config version")))?;
+        .map_err(|_| AdminError::NotAVersion(version.clone()))?;
     let text = admin.state.version_text(version)?;
     let change = Change {
         source: Source::Rollback,

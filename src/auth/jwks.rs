@@ -42,12 +42,24 @@ pub(super) struct RemoteKeys {
 
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
-    #[error("{0}")]
-    Http(String),
+    #[error("{url}: {}", crate::body::chain(source))]
+    Request {
+        url: Uri,
+        source: hyper_util::client::legacy::Error,
+    },
     #[error("{url} answered {status}")]
     Status { url: Uri, status: StatusCode },
-    #[error("{0}")]
-    Document(String),
+    #[error("{url}: reading the answer failed: {source}")]
+    Body {
+        url: Uri,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the discovery document is not JSON: {0}")]
+    Discovery(serde_json::Error),
+    #[error("the discovery document has no https jwks_uri")]
+    NoJwksUri,
+    #[error(transparent)]
+    Jwks(#[from] crate::config::JwksError),
     #[error("timed out after {FETCH_TIMEOUT:?}")]
     Timeout,
 }
@@ -112,32 +124,35 @@ impl RemoteKeys {
         let mut url = self.remote.url.clone();
         if self.remote.discovery {
             let doc = self.get(&url).await?;
-            let doc: serde_json::Value = serde_json::from_slice(&doc)
-                .map_err(|e| FetchError::Document(format!("discovery document: {e}")))?;
+            let doc: serde_json::Value =
+                serde_json::from_slice(&doc).map_err(FetchError::Discovery)?;
             url = doc
                 .get("jwks_uri")
                 .and_then(|u| u.as_str())
                 .and_then(|u| u.parse::<Uri>().ok())
                 .filter(|u| u.scheme_str() == Some("https"))
-                .ok_or_else(|| {
-                    FetchError::Document("the discovery document has no https jwks_uri".into())
-                })?;
+                .ok_or(FetchError::NoJwksUri)?;
         }
         let body = self.get(&url).await?;
-        let set = parse_jwks(&body).map_err(FetchError::Document)?;
+        let set = parse_jwks(&body)?;
         Ok(KeySet::from_jwks(&set))
     }
 
     async fn get(&self, url: &Uri) -> Result<Bytes, FetchError> {
-        let req = Request::get(url.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = url.clone();
+        req.headers_mut().insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static("application/json"),
+        );
         let res = self
             .client
             .request(req)
             .await
-            .map_err(|e| FetchError::Http(format!("{url}: {}", crate::body::chain(&e))))?;
+            .map_err(|source| FetchError::Request {
+                url: url.clone(),
+                source,
+            })?;
         if res.status() != StatusCode::OK {
             return Err(FetchError::Status {
                 url: url.clone(),
@@ -147,7 +162,10 @@ impl RemoteKeys {
         let body = Limited::new(res.into_body(), MAX_DOCUMENT)
             .collect()
             .await
-            .map_err(|e| FetchError::Http(format!("{url}: {e}")))?;
+            .map_err(|source| FetchError::Body {
+                url: url.clone(),
+                source,
+            })?;
         Ok(body.to_bytes())
     }
 }

@@ -442,7 +442,7 @@ fn jwks_file(
     let set = match parse_jwks(&bytes) {
         Ok(set) => set,
         Err(e) => {
-            ctx.error(file.span.clone(), obj.key_path("jwks_file"), e);
+            ctx.error(file.span.clone(), obj.key_path("jwks_file"), e.to_string());
             return None;
         }
     };
@@ -465,12 +465,17 @@ fn jwks_file(
 
 /// A JWK set, skipping keys this version cannot read (other key types,
 /// curves) rather than refusing a provider's whole set for one of them.
-pub fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, String> {
+/// A JWKS document that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("not a JWK set: {0}")]
+pub struct JwksError(#[from] serde_json::Error);
+
+pub fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, JwksError> {
     #[derive(serde::Deserialize)]
     struct Raw {
         keys: Vec<serde_json::Value>,
     }
-    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| format!("not a JWK set: {e}"))?;
+    let raw: Raw = serde_json::from_slice(bytes)?;
     let keys = raw
         .keys
         .into_iter()

@@ -27,8 +27,8 @@ use ipnet::IpNet;
 
 pub use aggregate::{Aggregate, Call, CallPart, CallPath, Merge};
 pub use auth::{
-    jwk_family, parse_jwks, ApiKey, ApiKeys, AuthKind, AuthPolicy, Jwt, JwtKeys, KeyFamily, PemKey,
-    Remote, Secret,
+    jwk_family, parse_jwks, ApiKey, ApiKeys, AuthKind, AuthPolicy, JwksError, Jwt, JwtKeys,
+    KeyFamily, PemKey, Remote, Secret,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use path::{HostPattern, Param, PathPattern, Template};
