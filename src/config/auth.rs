@@ -5,7 +5,7 @@
 //! config error with its file:line:col, not a 401 at the first request.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -400,37 +400,6 @@ fn algorithms(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>) -> Option<Vec<Algorithm>> {
     (ok && !out.is_empty()).then_some(out)
 }
 
-fn read(
-    ctx: &mut Ctx<'_>,
-    obj: &Obj<'_>,
-    key: &str,
-    file: &Spanned<String>,
-    base: &Path,
-) -> Option<Vec<u8>> {
-    let path = resolve(base, &file.value);
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            ctx.error(
-                file.span.clone(),
-                obj.key_path(key),
-                format!("cannot read {}: {e}", path.display()),
-            );
-            None
-        }
-    }
-}
-
-/// Relative paths are relative to the config file's directory.
-pub(super) fn resolve(base: &Path, file: &str) -> PathBuf {
-    let p = Path::new(file);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    }
-}
-
 fn jwks_file(
     ctx: &mut Ctx<'_>,
     obj: &Obj<'_>,
@@ -438,7 +407,7 @@ fn jwks_file(
     base: &Path,
     algorithms: &[Algorithm],
 ) -> Option<Arc<JwkSet>> {
-    let bytes = read(ctx, obj, "jwks_file", file, base)?;
+    let (_, bytes) = super::file::read(ctx, obj, "jwks_file", file, base)?;
     let set = match parse_jwks(&bytes) {
         Ok(set) => set,
         Err(e) => {
@@ -502,7 +471,7 @@ fn pem_file(
     base: &Path,
     algorithms: &[Algorithm],
 ) -> Option<Arc<PemKey>> {
-    let pem = read(ctx, obj, "public_key_file", file, base)?;
+    let (_, pem) = super::file::read(ctx, obj, "public_key_file", file, base)?;
     let family = if DecodingKey::from_rsa_pem(&pem).is_ok() {
         KeyFamily::Rsa
     } else if DecodingKey::from_ec_pem(&pem).is_ok() {
@@ -579,7 +548,7 @@ pub(super) fn ca_file(
 ) -> Option<Arc<[u8]>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let pem = read(ctx, obj, key, file, base)?;
+    let (_, pem) = super::file::read(ctx, obj, key, file, base)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem).collect();
     if certs.is_empty() || certs.iter().any(Result::is_err) {
         ctx.error(

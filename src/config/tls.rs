@@ -139,21 +139,11 @@ fn read(
     file: &Spanned<String>,
     base: &Path,
 ) -> Option<PemFile> {
-    let path = super::auth::resolve(base, &file.value);
-    match std::fs::read(&path) {
-        Ok(bytes) => Some(PemFile {
-            path,
-            pem: bytes.into(),
-        }),
-        Err(e) => {
-            ctx.error(
-                file.span.clone(),
-                obj.key_path(key),
-                format!("cannot read {}: {e}", path.display()),
-            );
-            None
-        }
-    }
+    let (path, bytes) = super::file::read(ctx, obj, key, file, base)?;
+    Some(PemFile {
+        path,
+        pem: bytes.into(),
+    })
 }
 
 /// The certificate chain parses, the key parses, and the key is the certificate's.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 
-use crate::config::{HostPattern, Route};
+use crate::config::{HostPattern, Route, Shapes};
 
 /// A successful match: the route's index in the config and its params.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,50 +121,43 @@ impl HostTable {
 
 impl RouteTable {
     /// Compiles validated routes. Index `i` in a [`Match`] is `routes[i]`.
-    pub fn build(routes: &[Arc<Route>]) -> Self {
+    /// The grouping by host and path shape is validation's own
+    /// ([`Shapes`]), so a config that validated builds without conflict.
+    pub(crate) fn build(routes: &[Arc<Route>]) -> Self {
         let mut table = Self {
             cors: routes.iter().map(|r| r.cors.is_some()).collect(),
             ..Self::default()
         };
-        // Group identical shapes first so each shape is inserted once per host.
-        let mut shapes: HashMap<(Option<&HostPattern>, &str), Vec<usize>> = HashMap::new();
-        let mut order = Vec::new();
-        for (i, r) in routes.iter().enumerate() {
-            let key = (r.host.as_ref(), r.path.shape.as_str());
-            let slot = shapes.entry(key).or_default();
-            if slot.is_empty() {
-                order.push(key);
-            }
-            slot.push(i);
-        }
-        for key in order {
-            let members = &shapes[&key];
-            let host_table = match key.0 {
-                None => &mut table.any,
-                Some(HostPattern::Exact(h)) => table.exact.entry(h.as_str().into()).or_default(),
-                Some(pattern @ HostPattern::Wildcard(_)) => {
-                    let i = match table.wildcard.iter().position(|(p, _)| p == pattern) {
-                        Some(i) => i,
-                        None => {
-                            table.wildcard.push((pattern.clone(), HostTable::default()));
-                            table.wildcard.len() - 1
+        for shapes in Shapes::of(routes).hosts {
+            let entries = shapes
+                .entries
+                .iter()
+                .map(|members| {
+                    let mut entry = Entry::default();
+                    for &i in members {
+                        match &routes[i].methods {
+                            None => entry.any = Some(i),
+                            Some(methods) => {
+                                entry.methods.extend(methods.iter().map(|m| (m.clone(), i)))
+                            }
                         }
-                    };
-                    &mut table.wildcard[i].1
-                }
+                    }
+                    entry
+                })
+                .collect();
+            let host_table = HostTable {
+                paths: shapes.paths,
+                entries,
             };
-            let id = host_table.entries.len();
-            if host_table.paths.insert(key.1.to_owned(), id).is_err() {
-                continue;
-            }
-            let mut entry = Entry::default();
-            for &i in members {
-                match &routes[i].methods {
-                    None => entry.any = Some(i),
-                    Some(methods) => entry.methods.extend(methods.iter().map(|m| (m.clone(), i))),
+            match shapes.host {
+                None => table.any = host_table,
+                Some(HostPattern::Exact(h)) => {
+                    table.exact.insert(h.as_str().into(), host_table);
+                }
+                Some(pattern @ HostPattern::Wildcard(_)) => {
+                    table.wildcard.push((pattern.clone(), host_table));
                 }
             }
-            host_table.entries.push(entry);
         }
         // Longest suffix first: the most specific wildcard wins.
         table

@@ -1,0 +1,215 @@
+//! `[server]` and `[admin]`: listeners, limits, timeouts, persistence.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::decode::{Ctx, Obj};
+use super::load::address;
+use super::*;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    pub max_body: u64,
+    pub max_header_size: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub drain_delay: Duration,
+    /// An upgraded connection (WebSocket) with no bytes moving this long is closed.
+    pub websocket_idle_timeout: Duration,
+    /// ...and one open this long, whatever it does.
+    pub websocket_max_lifetime: Duration,
+    /// The HTTPS listener, when configured.
+    pub tls: Option<ServerTls>,
+    pub watch: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub persist: Persist,
+    pub token_env: String,
+    /// The bearer token read from `token_env`; never printed.
+    pub token: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("persist", &self.persist)
+            .field("token_env", &self.token_env)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    File,
+    Memory,
+}
+
+pub(super) fn server_defaults() -> Server {
+    Server {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        workers: 0,
+        max_body: 10 << 20,
+        max_header_size: 64 << 10,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(30),
+        drain_delay: Duration::ZERO,
+        websocket_idle_timeout: Duration::from_secs(600),
+        websocket_max_lifetime: Duration::from_secs(24 * 3600),
+        tls: None,
+        watch: true,
+        trusted_proxies: Vec::new(),
+    }
+}
+
+pub(super) fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Server {
+    let mut s = server_defaults();
+    if let Some(addr) = address(ctx, &mut obj, "listen") {
+        s.listen = addr;
+    }
+    if let Some(n) = obj.uint(ctx, "workers", 1024) {
+        s.workers = n as usize;
+    }
+    if let Some(n) = obj.size(ctx, "max_body") {
+        s.max_body = n;
+    }
+    if let Some(n) = obj.size(ctx, "max_header_size") {
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+        if !(1024..=16 << 20).contains(&n) {
+            ctx.error(
+                obj.key_span("max_header_size"),
+                obj.key_path("max_header_size"),
+                "must be from 1KiB to 16MiB",
+            );
+        } else {
+            s.max_header_size = n as usize;
+        }
+    }
+    let positive =
+        |ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str, slot: &mut Duration| {
+            if let Some(d) = obj.duration(ctx, key) {
+                if d.is_zero() {
+                    ctx.error(
+                        obj.key_span(key),
+                        obj.key_path(key),
+                        "must be longer than zero",
+                    );
+                } else {
+                    *slot = d;
+                }
+            }
+        };
+    positive(
+        ctx,
+        &mut obj,
+        "header_read_timeout",
+        &mut s.header_read_timeout,
+    );
+    positive(ctx, &mut obj, "idle_timeout", &mut s.idle_timeout);
+    positive(ctx, &mut obj, "request_timeout", &mut s.request_timeout);
+    positive(
+        ctx,
+        &mut obj,
+        "websocket_idle_timeout",
+        &mut s.websocket_idle_timeout,
+    );
+    positive(
+        ctx,
+        &mut obj,
+        "websocket_max_lifetime",
+        &mut s.websocket_max_lifetime,
+    );
+    if let Some(d) = obj.duration(ctx, "shutdown_grace") {
+        s.shutdown_grace = d;
+    }
+    if let Some(d) = obj.duration(ctx, "drain_delay") {
+        s.drain_delay = d;
+    }
+    if let Some(b) = obj.bool(ctx, "watch") {
+        s.watch = b;
+    }
+    for cidr in obj.strings(ctx, "trusted_proxies").unwrap_or_default() {
+        let parsed = cidr
+            .value
+            .parse::<IpNet>()
+            .or_else(|_| cidr.value.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => s.trusted_proxies.push(net),
+            Err(_) => ctx.error(
+                cidr.span,
+                obj.key_path("trusted_proxies"),
+                format!(
+                    "`{}` is not a CIDR (e.g. \"10.0.0.0/8\") or IP address",
+                    cidr.value
+                ),
+            ),
+        }
+    }
+    s.tls = obj
+        .table(ctx, "tls")
+        .and_then(|t| tls::server_tls(ctx, t, base));
+    obj.finish(ctx);
+    s
+}
+
+pub(super) fn admin(ctx: &mut Ctx<'_>, obj: Option<Obj<'_>>) -> Admin {
+    let mut a = Admin {
+        listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        persist: Persist::File,
+        token_env: "FNGATE_ADMIN_TOKEN".into(),
+        token: None,
+    };
+    let Some(mut obj) = obj else {
+        a.token = ctx.env("FNGATE_ADMIN_TOKEN").map(Into::into);
+        return a;
+    };
+    if let Some(addr) = address(ctx, &mut obj, "listen") {
+        a.listen = addr;
+    }
+    if let Some(p) = obj.string(ctx, "persist") {
+        match p.value.as_str() {
+            "file" => a.persist = Persist::File,
+            "memory" => a.persist = Persist::Memory,
+            other => ctx.error(
+                p.span,
+                obj.key_path("persist"),
+                format!("`{other}`: expected \"file\" or \"memory\""),
+            ),
+        }
+    }
+    if let Some(t) = obj.string(ctx, "token_env") {
+        a.token_env = t.value;
+    }
+    a.token = ctx
+        .env(&a.token_env)
+        .filter(|t| !t.is_empty())
+        .map(Into::into);
+    if !a.listen.ip().is_loopback() && a.token.is_none() {
+        ctx.error(
+            obj.key_span("listen"),
+            obj.key_path("listen"),
+            format!(
+                "the admin API listens on {} (not loopback) but ${} is not set: set a token or listen on 127.0.0.1",
+                a.listen, a.token_env
+            ),
+        );
+    }
+    obj.finish(ctx);
+    a
+}
