@@ -8,7 +8,7 @@ use http::Method;
 use serde_json::Value;
 
 use super::decode::{Ctx, Obj};
-use super::path::{pieces, Piece};
+use super::path::{pieces, PatternError, Piece};
 use super::{Backend, Param};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,11 +288,30 @@ pub(super) fn aggregate(
     })
 }
 
+/// Why an aggregate call's path is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CallPathError {
+    #[error("must start with `/`")]
+    NoLeadingSlash,
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("`{{{0}}}` is not a placeholder")]
+    NotAPlaceholder(String),
+    #[error("`{{{inner}}}`: the route param `{root}` has no fields")]
+    ParamField { inner: String, root: String },
+    #[error("`{{{0}}}`: write `{{query.NAME}}`")]
+    Query(String),
+    #[error("`{{{inner}}}`: name a field of `{root}`, e.g. `{{{root}.id}}`")]
+    WholeCall { inner: String, root: String },
+    #[error("the placeholder `{{{inner}}}` has no source (known: {})", known.join(", "))]
+    NoSource { inner: String, known: Vec<String> },
+}
+
 /// `/recs/{user.segment}?limit={query.n}`: placeholders name a route param,
 /// `query.NAME`, or a field of a call.
-fn parse_path(raw: &str, params: &[Param], calls: &[String]) -> Result<CallPath, String> {
+fn parse_path(raw: &str, params: &[Param], calls: &[String]) -> Result<CallPath, CallPathError> {
     if !raw.starts_with('/') {
-        return Err("must start with `/`".into());
+        return Err(CallPathError::NoLeadingSlash);
     }
     let mut parts = Vec::new();
     for piece in pieces(raw)? {
@@ -307,25 +326,27 @@ fn parse_path(raw: &str, params: &[Param], calls: &[String]) -> Result<CallPath,
         let root = segments.next().unwrap_or_default();
         let fields: Vec<String> = segments.map(str::to_owned).collect();
         if fields.iter().any(String::is_empty) || root.is_empty() {
-            return Err(format!("`{{{inner}}}` is not a placeholder"));
+            return Err(CallPathError::NotAPlaceholder(inner.to_owned()));
         }
         let part = if let Some(i) = params.iter().position(|p| p.name == root) {
             if !fields.is_empty() {
-                return Err(format!(
-                    "`{{{inner}}}`: the route param `{root}` has no fields"
-                ));
+                return Err(CallPathError::ParamField {
+                    inner: inner.to_owned(),
+                    root: root.to_owned(),
+                });
             }
             CallPart::Param(i)
         } else if root == "query" {
             match fields.as_slice() {
                 [name] => CallPart::Query(name.clone()),
-                _ => return Err(format!("`{{{inner}}}`: write `{{query.NAME}}`")),
+                _ => return Err(CallPathError::Query(inner.to_owned())),
             }
         } else if let Some(call) = calls.iter().position(|c| c == root) {
             if fields.is_empty() {
-                return Err(format!(
-                    "`{{{inner}}}`: name a field of `{root}`, e.g. `{{{root}.id}}`"
-                ));
+                return Err(CallPathError::WholeCall {
+                    inner: inner.to_owned(),
+                    root: root.to_owned(),
+                });
             }
             CallPart::Field { call, path: fields }
         } else {
@@ -335,10 +356,10 @@ fn parse_path(raw: &str, params: &[Param], calls: &[String]) -> Result<CallPath,
                 .chain(["{query.NAME}".to_owned()])
                 .chain(calls.iter().map(|c| format!("{{{c}.FIELD}}")))
                 .collect();
-            return Err(format!(
-                "the placeholder `{{{inner}}}` has no source (known: {})",
-                known.join(", ")
-            ));
+            return Err(CallPathError::NoSource {
+                inner: inner.to_owned(),
+                known,
+            });
         };
         parts.push(part);
     }

@@ -262,32 +262,57 @@ fn health_check(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Option<HealthCheck> {
     })
 }
 
-fn endpoint(url: &str) -> Result<Endpoint, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+/// Why a backend URL is refused; each names the URL.
+#[derive(Debug, thiserror::Error)]
+#[error("`{url}`{why}")]
+struct UrlError {
+    url: String,
+    why: UrlProblem,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum UrlProblem {
+    #[error(" is not a URL ({0})")]
+    Parse(http::uri::InvalidUri),
+    #[error(" needs a scheme: http://host:port")]
+    NoScheme,
+    #[error(": the scheme must be http or https")]
+    Scheme,
+    #[error(" has no host")]
+    NoHost,
+    #[error(": credentials in URLs are not allowed; use `headers`")]
+    Credentials,
+    #[error(": a backend URL cannot carry a query")]
+    Query,
+    #[error(" has an invalid host")]
+    Host,
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, UrlError> {
+    let fail = |why| UrlError {
+        url: url.to_owned(),
+        why,
+    };
+    let uri: Uri = url.parse().map_err(|e| fail(UrlProblem::Parse(e)))?;
     let scheme = uri
         .scheme()
         .cloned()
-        .ok_or_else(|| format!("`{url}` needs a scheme: http://host:port"))?;
+        .ok_or_else(|| fail(UrlProblem::NoScheme))?;
     if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-        return Err(format!("`{url}`: the scheme must be http or https"));
+        return Err(fail(UrlProblem::Scheme));
     }
     let authority: Authority = uri
         .authority()
         .cloned()
-        .ok_or_else(|| format!("`{url}` has no host"))?;
+        .ok_or_else(|| fail(UrlProblem::NoHost))?;
     if authority.as_str().contains('@') {
-        return Err(format!(
-            "`{url}`: credentials in URLs are not allowed; use `headers`"
-        ));
+        return Err(fail(UrlProblem::Credentials));
     }
     if uri.query().is_some() {
-        return Err(format!("`{url}`: a backend URL cannot carry a query"));
+        return Err(fail(UrlProblem::Query));
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
-    let host = HeaderValue::from_str(authority.as_str())
-        .map_err(|_| format!("`{url}` has an invalid host"))?;
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| fail(UrlProblem::Host))?;
     Ok(Endpoint {
         url: url.trim_end_matches('/').into(),
         scheme,

@@ -37,9 +37,9 @@ impl<'e> Ctx<'e> {
         &mut self,
         span: Option<Range<usize>>,
         key: impl Into<String>,
-        message: impl Into<String>,
+        message: impl std::fmt::Display,
     ) {
-        self.diag.push(span, key.into(), message.into());
+        self.diag.push(span, key.into(), message.to_string());
     }
 
     pub(crate) fn env(&self, name: &str) -> Option<String> {

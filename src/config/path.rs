@@ -19,10 +19,55 @@ pub struct PathPattern {
     pub shape: String,
 }
 
+/// Why a path, host or template pattern is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("a {0} must start with `/`")]
+    NoLeadingSlash(&'static str),
+    #[error("`{{{0}}}`: a parameter name is letters, digits and `_`")]
+    ParamName(String),
+    #[error("`{{*{0}}}` must be the last segment")]
+    CatchAllNotLast(String),
+    #[error("parameter `{0}` appears twice")]
+    ParamTwice(String),
+    #[error("segment `{0}`: a parameter takes a whole segment, as `{{name}}`")]
+    PartialParam(String),
+    #[error("empty segment (`//`): paths are matched after `//` is collapsed")]
+    EmptySegment,
+    #[error("dot segments cannot match: request paths are normalised first")]
+    DotSegment,
+    #[error(
+        "segment `{0}` is not in normal form (request paths are normalised before matching: \
+         unreserved characters decoded, hex in upper case)"
+    )]
+    NotNormal(String),
+    #[error(
+        "`{0}` is not a host name (exact `api.example.com` or wildcard `*.example.com`, no port)"
+    )]
+    Host(String),
+    #[error("unclosed `{{`")]
+    Unclosed,
+    #[error("unmatched `}}`")]
+    Unmatched,
+    #[error(
+        "placeholder `{{{name}}}` has no source: the path defines {}",
+        defined(known)
+    )]
+    NoSource { name: String, known: Vec<String> },
+}
+
+fn defined(known: &[String]) -> String {
+    if known.is_empty() {
+        "no parameters".to_owned()
+    } else {
+        format!("{{{}}}", known.join("}, {"))
+    }
+}
+
 impl PathPattern {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, PatternError> {
         if !raw.starts_with('/') {
-            return Err("a path must start with `/`".into());
+            return Err(PatternError::NoLeadingSlash("path"));
         }
         let mut params = Vec::new();
         let mut shape = String::with_capacity(raw.len());
@@ -35,15 +80,13 @@ impl PathPattern {
                     None => (inner, false),
                 };
                 if !is_ident(name) {
-                    return Err(format!(
-                        "`{{{inner}}}`: a parameter name is letters, digits and `_`"
-                    ));
+                    return Err(PatternError::ParamName(inner.to_owned()));
                 }
                 if catch_all && i + 1 != segments.len() {
-                    return Err(format!("`{{*{name}}}` must be the last segment"));
+                    return Err(PatternError::CatchAllNotLast(name.to_owned()));
                 }
                 if params.iter().any(|p: &Param| p.name == name) {
-                    return Err(format!("parameter `{name}` appears twice"));
+                    return Err(PatternError::ParamTwice(name.to_owned()));
                 }
                 let n = params.len();
                 shape.push_str(&if catch_all {
@@ -56,20 +99,13 @@ impl PathPattern {
                     catch_all,
                 });
             } else if seg.contains(['{', '}']) {
-                return Err(format!(
-                    "segment `{seg}`: a parameter takes a whole segment, as `{{name}}`"
-                ));
+                return Err(PatternError::PartialParam((*seg).to_owned()));
             } else if seg.is_empty() && i + 1 != segments.len() {
-                return Err(
-                    "empty segment (`//`): paths are matched after `//` is collapsed".into(),
-                );
+                return Err(PatternError::EmptySegment);
             } else if *seg == "." || *seg == ".." {
-                return Err("dot segments cannot match: request paths are normalised first".into());
+                return Err(PatternError::DotSegment);
             } else if crate::normalize::normalize_segment(seg).as_deref() != Ok(*seg) {
-                return Err(format!(
-                    "segment `{seg}` is not in normal form (request paths are normalised before matching: \
-                     unreserved characters decoded, hex in upper case)"
-                ));
+                return Err(PatternError::NotNormal((*seg).to_owned()));
             } else {
                 shape.push_str(seg);
             }
@@ -103,7 +139,7 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, PatternError> {
         let host = raw.trim().to_ascii_lowercase();
         let (wild, name) = match host.strip_prefix("*.") {
             Some(rest) => (true, rest),
@@ -115,9 +151,7 @@ impl HostPattern {
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         };
         if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-            return Err(format!(
-                "`{raw}` is not a host name (exact `api.example.com` or wildcard `*.example.com`, no port)"
-            ));
+            return Err(PatternError::Host(raw.to_owned()));
         }
         Ok(if wild {
             Self::Wildcard(format!(".{name}"))
@@ -169,12 +203,12 @@ pub(crate) enum Piece<'a> {
 }
 
 /// Splits a template at its `{...}` placeholders (rewrites, aggregate calls).
-pub(crate) fn pieces(raw: &str) -> Result<Vec<Piece<'_>>, String> {
+pub(crate) fn pieces(raw: &str) -> Result<Vec<Piece<'_>>, PatternError> {
     let mut out = Vec::new();
     let mut rest = raw;
     while let Some(open) = rest.find('{') {
         let Some(close) = rest[open..].find('}') else {
-            return Err("unclosed `{`".into());
+            return Err(PatternError::Unclosed);
         };
         if open > 0 {
             out.push(Piece::Literal(&rest[..open]));
@@ -183,7 +217,7 @@ pub(crate) fn pieces(raw: &str) -> Result<Vec<Piece<'_>>, String> {
         rest = &rest[open + close + 1..];
     }
     if rest.contains('}') {
-        return Err("unmatched `}`".into());
+        return Err(PatternError::Unmatched);
     }
     if !rest.is_empty() {
         out.push(Piece::Literal(rest));
@@ -193,9 +227,9 @@ pub(crate) fn pieces(raw: &str) -> Result<Vec<Piece<'_>>, String> {
 
 impl Template {
     /// Parses `raw`, resolving each `{name}` against the route's params.
-    pub fn parse(raw: &str, params: &[Param]) -> Result<Self, String> {
+    pub fn parse(raw: &str, params: &[Param]) -> Result<Self, PatternError> {
         if !raw.starts_with('/') {
-            return Err("a rewrite must start with `/`".into());
+            return Err(PatternError::NoLeadingSlash("rewrite"));
         }
         let mut parts = Vec::new();
         for piece in pieces(raw)? {
@@ -208,15 +242,10 @@ impl Template {
             };
             let name = name.strip_prefix('*').unwrap_or(name);
             let Some(index) = params.iter().position(|p| p.name == name) else {
-                let known: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-                return Err(format!(
-                    "placeholder `{{{name}}}` has no source: the path defines {}",
-                    if known.is_empty() {
-                        "no parameters".to_owned()
-                    } else {
-                        format!("{{{}}}", known.join("}, {"))
-                    }
-                ));
+                return Err(PatternError::NoSource {
+                    name: name.to_owned(),
+                    known: params.iter().map(|p| p.name.clone()).collect(),
+                });
             };
             parts.push(Part::Param(index));
         }
@@ -251,8 +280,8 @@ mod tests {
                 Piece::Placeholder("user.seg"),
             ]
         );
-        assert_eq!(pieces("/a/{id").unwrap_err(), "unclosed `{`");
-        assert_eq!(pieces("/a/id}").unwrap_err(), "unmatched `}`");
+        assert_eq!(pieces("/a/{id").unwrap_err().to_string(), "unclosed `{`");
+        assert_eq!(pieces("/a/id}").unwrap_err().to_string(), "unmatched `}`");
     }
 
     #[test]
@@ -304,6 +333,6 @@ mod tests {
         t.render(&["42", "a/b"], &mut out);
         assert_eq!(out, "/api/a/b/x/42");
         let err = Template::parse("/api/{nope}", &p.params).expect_err("unknown");
-        assert!(err.contains("no source"), "{err}");
+        assert!(err.to_string().contains("no source"), "{err}");
     }
 }

@@ -469,21 +469,30 @@ fn cors(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, route_methods: Option<&[Method]>) -
 }
 
 /// `https://app.example` or `http://localhost:3000`: scheme, host, optional port, nothing else.
-fn origin(raw: &str) -> Result<HeaderValue, String> {
+/// Why a CORS origin is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum OriginError {
+    #[error("`{0}` is not an origin such as \"https://app.example\"")]
+    Unparsable(String),
+    #[error("`{0}` is not an origin: scheme://host[:port], no path or trailing slash")]
+    WithPath(String),
+    #[error("`{0}` is not a valid header value")]
+    BadHeader(String),
+}
+
+fn origin(raw: &str) -> Result<HeaderValue, OriginError> {
     let uri: Uri = raw
         .parse()
-        .map_err(|_| format!("`{raw}` is not an origin such as \"https://app.example\""))?;
+        .map_err(|_| OriginError::Unparsable(raw.to_owned()))?;
     let plain = uri.scheme().is_some()
         && uri.authority().is_some()
         && matches!(uri.path(), "" | "/")
         && uri.query().is_none()
         && !raw.ends_with('/');
     if !plain {
-        return Err(format!(
-            "`{raw}` is not an origin: scheme://host[:port], no path or trailing slash"
-        ));
+        return Err(OriginError::WithPath(raw.to_owned()));
     }
-    HeaderValue::from_str(raw).map_err(|_| format!("`{raw}` is not a valid header value"))
+    HeaderValue::from_str(raw).map_err(|_| OriginError::BadHeader(raw.to_owned()))
 }
 
 /// Routes grouped as the router holds them: per host pattern (in order of

@@ -147,16 +147,35 @@ fn read(
 }
 
 /// The certificate chain parses, the key parses, and the key is the certificate's.
-fn check_pair(cert: &PemFile, key: &PemFile) -> Result<(), String> {
+fn check_pair(cert: &PemFile, key: &PemFile) -> Result<(), PairError> {
     let chain = cert.certs();
     if chain.is_empty() {
-        return Err(format!("{}: no PEM certificate", cert.path.display()));
+        return Err(PairError::NoCertificate(cert.path.clone()));
     }
     let Some(der) = key.key() else {
-        return Err(format!("{}: no PEM private key", key.path.display()));
+        return Err(PairError::NoKey(key.path.clone()));
     };
     let provider = rustls::crypto::ring::default_provider();
     rustls::sign::CertifiedKey::from_der(chain, der, &provider)
         .map(|_| ())
-        .map_err(|e| format!("{} and {}: {e}", cert.path.display(), key.path.display()))
+        .map_err(|source| PairError::Mismatch {
+            cert: cert.path.clone(),
+            key: key.path.clone(),
+            source,
+        })
+}
+
+/// Why a certificate and its key are refused.
+#[derive(Debug, thiserror::Error)]
+enum PairError {
+    #[error("{}: no PEM certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{}: no PEM private key", .0.display())]
+    NoKey(PathBuf),
+    #[error("{} and {}: {source}", cert.display(), key.display())]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
 }

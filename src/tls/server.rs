@@ -39,34 +39,57 @@ fn covers(cert: &CertificateDer<'_>, name: &ServerName<'_>) -> bool {
         .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
 }
 
+/// Why the HTTPS listener's config could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsError {
+    #[error("{}: no private key", .0.display())]
+    NoKey(std::path::PathBuf),
+    #[error("{}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    ClientCa {
+        path: std::path::PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
 /// Builds the config; the files were checked at load, so an error here is
 /// rare (and the caller keeps the previous config).
-pub(crate) fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, String> {
+pub(crate) fn server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = super::provider();
     let mut certs = Vec::with_capacity(tls.certs.len());
+    let at = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| TlsError::File { path, source }
+    };
     for c in &tls.certs {
         let key = c
             .key
             .key()
-            .ok_or_else(|| format!("{}: no private key", c.key.path.display()))?;
-        let certified = CertifiedKey::from_der(c.cert.certs(), key, &provider)
-            .map_err(|e| format!("{}: {e}", c.cert.path.display()))?;
+            .ok_or_else(|| TlsError::NoKey(c.key.path.clone()))?;
+        let certified =
+            CertifiedKey::from_der(c.cert.certs(), key, &provider).map_err(at(&c.cert.path))?;
         certs.push(Arc::new(certified));
     }
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?;
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let builder = match &tls.client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for cert in ca.certs() {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca.path.display()))?;
+                roots.add(cert).map_err(at(&ca.path))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|e| format!("{}: {e}", ca.path.display()))?;
+                .map_err(|e| TlsError::ClientCa {
+                    path: ca.path.clone(),
+                    source: e,
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
