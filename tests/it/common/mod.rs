@@ -189,9 +189,15 @@ pub fn full(s: impl Into<Bytes>) -> BoxBody {
 }
 
 /// A TCP port that refuses connections (bound, then closed).
+/// An address that refuses connections for the rest of the test run: a socket
+/// bound but never listening keeps the port, so no other test's listener can
+/// take it (a freed port could be handed out again and answer).
 pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// The real gateway, started in-process on ephemeral ports.
