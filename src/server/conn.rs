@@ -44,7 +44,9 @@ impl ConnIo {
 
     /// Reads until the bytes tell HTTP/2 prior knowledge from HTTP/1.
     pub(crate) async fn sniff(&mut self) -> io::Result<Protocol> {
-        let mut buf = BytesMut::with_capacity(4096);
+        // Only the preface's length: an idle connection waiting for its first
+        // bytes holds 24 bytes, not a read buffer; hyper reads the rest itself.
+        let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
         loop {
             if self.inner.read_buf(&mut buf).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -73,6 +75,10 @@ impl AsyncRead for ConnIo {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Replayed: the buffer is not kept for the connection's life.
+                self.prefix = BytesMut::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
