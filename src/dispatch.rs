@@ -48,11 +48,9 @@ impl tower::Service<Request<Body>> for Dispatch {
             };
             let active = ctx.active();
             let answer = match &active.action {
-                ActiveAction::Forward { to, upstream } => {
-                    proxy::forward(req, &ctx, to, upstream, &metrics)
-                        .await
-                        .map_err(error::Error::from)
-                }
+                ActiveAction::Forward { to, upstream } => proxy::forward(req, &ctx, to, upstream)
+                    .await
+                    .map_err(error::Error::from),
                 ActiveAction::Aggregate(plan) => {
                     let inputs = Inputs {
                         route: &active.config,

@@ -211,17 +211,27 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn upstream(&self, backend: &Arc<str>, outcome: &'static str, elapsed: Duration) {
-        let backend = Name(backend.clone());
-        self.upstream_requests
-            .get_or_create(&UpstreamLabels {
-                backend: backend.clone(),
-                outcome,
-            })
-            .inc();
-        self.upstream_duration
-            .get_or_create(&BackendLabel { backend })
-            .observe(elapsed.as_secs_f64());
+    /// One backend's upstream series, resolved once when its pool is built, so
+    /// an attempt records without hashing a label set under a lock.
+    pub(crate) fn upstream_series(&self, backend: &Arc<str>) -> UpstreamSeries {
+        let name = Name(backend.clone());
+        let counter = |outcome| {
+            self.upstream_requests
+                .get_or_create(&UpstreamLabels {
+                    backend: name.clone(),
+                    outcome,
+                })
+                .clone()
+        };
+        UpstreamSeries {
+            outcomes: AttemptOutcome::ALL.map(|o| counter(o.as_str())),
+            duration: self
+                .upstream_duration
+                .get_or_create(&BackendLabel {
+                    backend: name.clone(),
+                })
+                .clone(),
+        }
     }
 
     pub fn endpoint_healthy(&self, backend: &Arc<str>, endpoint: &Arc<str>, healthy: bool) {
@@ -278,6 +288,51 @@ impl Metrics {
             let _ = writeln!(out, "# encoding failed");
         }
         out
+    }
+}
+
+/// How an upstream attempt ended (the `outcome` label of `fngate_upstream_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttemptOutcome {
+    Ok,
+    Http5xx,
+    ConnectError,
+    Timeout,
+    Error,
+}
+
+impl AttemptOutcome {
+    const ALL: [Self; 5] = [
+        Self::Ok,
+        Self::Http5xx,
+        Self::ConnectError,
+        Self::Timeout,
+        Self::Error,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Http5xx => "http_5xx",
+            Self::ConnectError => "connect_error",
+            Self::Timeout => "timeout",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A backend's attempt counters and latency histogram, shared with the registry.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamSeries {
+    /// Indexed like `AttemptOutcome::ALL`.
+    outcomes: [Counter; 5],
+    duration: Histogram,
+}
+
+impl UpstreamSeries {
+    pub(crate) fn record(&self, outcome: AttemptOutcome, elapsed: Duration) {
+        self.outcomes[outcome as usize].inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 }
 

@@ -173,7 +173,6 @@ pub(crate) async fn run(
                 path,
                 headers,
                 deadline,
-                metrics: metrics.clone(),
             };
             Some(task.run())
         },
@@ -261,7 +260,6 @@ struct Task {
     path: String,
     headers: HeaderMap,
     deadline: Instant,
-    metrics: Arc<Metrics>,
 }
 
 impl Task {
@@ -278,23 +276,20 @@ impl Task {
         let fetch = async {
             let res = self
                 .upstream
-                .send(
-                    Outgoing {
-                        method: call.method.clone(),
-                        path,
-                        query,
-                        headers: self.headers,
-                        body: Prepared::Empty,
-                        host: None,
-                        started: now,
-                        deadline,
-                        max_body: 0,
-                        log: None,
-                        response_edits: &NO_EDITS,
-                        upgrade: false,
-                    },
-                    &self.metrics,
-                )
+                .send(Outgoing {
+                    method: call.method.clone(),
+                    path,
+                    query,
+                    headers: self.headers,
+                    body: Prepared::Empty,
+                    host: None,
+                    started: now,
+                    deadline,
+                    max_body: 0,
+                    log: None,
+                    response_edits: &NO_EDITS,
+                    upgrade: false,
+                })
                 .await
                 .map_err(|e| match e {
                     UpstreamError::Timeout { .. } => Outcome::Timeout,

@@ -12,7 +12,6 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::config::{Forward, Target};
 use crate::context::{ConnInfo, RequestLog};
-use crate::metrics::Metrics;
 use crate::state::RouteContext;
 use crate::upstream::{self, prepare, Outgoing, Upstream, UpstreamError};
 
@@ -23,7 +22,6 @@ pub(crate) async fn forward(
     ctx: &RouteContext,
     to: &Forward,
     upstream: &Upstream,
-    metrics: &Metrics,
 ) -> Result<Response<Body>, UpstreamError> {
     let log = req.extensions().get::<Arc<RequestLog>>().cloned();
     // x-forwarded-for records the hop we saw, which is the client itself only
@@ -92,23 +90,20 @@ pub(crate) async fn forward(
 
     let prepared = prepare(body, route.max_body, log.as_ref()).await?;
     let mut res = upstream
-        .send(
-            Outgoing {
-                method: parts.method,
-                path: &suffix,
-                query,
-                headers: parts.headers,
-                body: prepared,
-                host: client_host,
-                started,
-                deadline,
-                max_body: route.max_body,
-                log,
-                response_edits: &route.response_headers,
-                upgrade: upgrade.is_some(),
-            },
-            metrics,
-        )
+        .send(Outgoing {
+            method: parts.method,
+            path: &suffix,
+            query,
+            headers: parts.headers,
+            body: prepared,
+            host: client_host,
+            started,
+            deadline,
+            max_body: route.max_body,
+            log,
+            response_edits: &route.response_headers,
+            upgrade: upgrade.is_some(),
+        })
         .await?;
     if let Some(client) = client_upgrade {
         if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {

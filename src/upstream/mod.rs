@@ -28,7 +28,7 @@ use crate::body::{chain, Body, BoxError};
 use crate::clock::Clock;
 use crate::config::{Backend, Endpoint, Protocol};
 use crate::context::RequestLog;
-use crate::metrics::Metrics;
+use crate::metrics::{AttemptOutcome, Metrics, UpstreamSeries};
 
 pub(crate) use body::{prepare, BodyError, Prepared, ProxyBody};
 pub(crate) use pool::EndpointStatus;
@@ -94,6 +94,7 @@ pub struct Upstream {
     pub backend: Arc<Backend>,
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     pool: Pool,
+    series: UpstreamSeries,
     _checks: tokio_util::sync::DropGuard,
 }
 
@@ -136,6 +137,7 @@ impl Upstream {
         let client = client.build(https);
         let stop = tokio_util::sync::CancellationToken::new();
         let upstream = Arc::new(Self {
+            series: metrics.upstream_series(&backend.name),
             pool: Pool::new(backend.clone(), metrics, clock),
             backend,
             client,
@@ -173,11 +175,7 @@ pub(crate) struct Outgoing<'a> {
 impl Upstream {
     /// Sends through the pool: admission, endpoint choice, retries within the
     /// budget and the deadline.
-    pub(crate) async fn send(
-        &self,
-        out: Outgoing<'_>,
-        metrics: &Metrics,
-    ) -> Result<Response<Body>, UpstreamError> {
+    pub(crate) async fn send(&self, out: Outgoing<'_>) -> Result<Response<Body>, UpstreamError> {
         let Outgoing {
             method,
             path,
@@ -275,7 +273,7 @@ impl Upstream {
                         && !(upgrade && headers::offers_websocket(res.headers()))
                     {
                         pool.report(i, Outcome::Failure);
-                        metrics.upstream(&backend.name, "error", elapsed);
+                        self.series.record(AttemptOutcome::Error, elapsed);
                         return Err(UpstreamError::UnexpectedSwitch {
                             backend: name(),
                             endpoint: endpoint.url.clone(),
@@ -291,11 +289,11 @@ impl Upstream {
                         retry_after: retry_after.map(|s| s.unwrap_or(u64::MAX)),
                     };
                     let label = if res.status().is_server_error() {
-                        "http_5xx"
+                        AttemptOutcome::Http5xx
                     } else {
-                        "ok"
+                        AttemptOutcome::Ok
                     };
-                    metrics.upstream(&backend.name, label, elapsed);
+                    self.series.record(label, elapsed);
                     (outcome, Some(res))
                 }
                 Ok(Err(e)) => {
@@ -310,11 +308,12 @@ impl Upstream {
                         });
                     }
                     let connect = e.is_connect();
-                    metrics.upstream(
-                        &backend.name,
-                        if connect { "connect_error" } else { "error" },
-                        elapsed,
-                    );
+                    let label = if connect {
+                        AttemptOutcome::ConnectError
+                    } else {
+                        AttemptOutcome::Error
+                    };
+                    self.series.record(label, elapsed);
                     tracing::debug!(backend = %backend.name, attempt, "upstream attempt failed: {}", chain(&e));
                     // A streamed body that was never polled can go to the next endpoint.
                     if let Some(b) = slot.and_then(|s| s.lock().ok().and_then(|mut s| s.take())) {
@@ -343,7 +342,7 @@ impl Upstream {
                     (outcome, None)
                 }
                 Err(_) => {
-                    metrics.upstream(&backend.name, "timeout", elapsed);
+                    self.series.record(AttemptOutcome::Timeout, elapsed);
                     last = UpstreamError::Timeout { backend: name() };
                     (Attempt::TimedOut, None)
                 }
