@@ -197,7 +197,16 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, route: &Arc<str>, method: &Method, status: u16, elapsed: Duration) {
+    /// Counts an answered request; `duration` is the route's histogram when
+    /// the snapshot resolved it (routed requests), else it is looked up.
+    pub(crate) fn request(
+        &self,
+        route: &Arc<str>,
+        method: &Method,
+        status: u16,
+        elapsed: Duration,
+        duration: Option<&Histogram>,
+    ) {
         let route = Name(route.clone());
         self.requests
             .get_or_create(&RequestLabels {
@@ -206,9 +215,22 @@ impl Metrics {
                 status,
             })
             .inc();
+        match duration {
+            Some(h) => h.observe(elapsed.as_secs_f64()),
+            None => self
+                .request_duration
+                .get_or_create(&RouteLabel { route })
+                .observe(elapsed.as_secs_f64()),
+        }
+    }
+
+    /// A route's latency histogram, resolved once per snapshot.
+    pub(crate) fn route_duration(&self, route: &Arc<str>) -> Histogram {
         self.request_duration
-            .get_or_create(&RouteLabel { route })
-            .observe(elapsed.as_secs_f64());
+            .get_or_create(&RouteLabel {
+                route: Name(route.clone()),
+            })
+            .clone()
     }
 
     /// One backend's upstream series, resolved once when its pool is built, so

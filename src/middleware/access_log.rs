@@ -197,9 +197,13 @@ impl Drop for Logged {
         let elapsed = e.start.elapsed();
         let fields = e.log.fields();
         let route = fields.route.unwrap_or_else(|| e.layer.unmatched.clone());
-        e.layer
-            .metrics
-            .request(&route, &e.method, e.status, elapsed);
+        e.layer.metrics.request(
+            &route,
+            &e.method,
+            e.status,
+            elapsed,
+            fields.duration.as_ref(),
+        );
         let Some(path) = e.path else { return };
         let client_ip = fields.client_ip.or(e.peer);
         tracing::info!(

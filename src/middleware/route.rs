@@ -67,11 +67,13 @@ where
         match self.route(&req) {
             Ok(ctx) => {
                 if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
-                    let name = ctx.active().config.name.clone();
+                    let active = ctx.active();
+                    let (name, duration) = (active.config.name.clone(), active.duration.clone());
                     let ip = ctx.client_ip;
                     log.update(|f| {
                         f.route = Some(name);
                         f.client_ip = Some(ip);
+                        f.duration = Some(duration);
                     });
                 }
                 req.extensions_mut().insert(ctx);

@@ -76,6 +76,8 @@ pub struct ActiveRoute {
     pub limits_after: Vec<Arc<Limiter>>,
     /// `RateLimit-Policy`, when the route is limited at all.
     pub limit_policy: Option<http::HeaderValue>,
+    /// Its latency histogram, resolved once (no label lookup per request).
+    pub duration: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// A route's action with its runtime half: the pool it forwards to, or the
@@ -186,6 +188,7 @@ impl Snapshot {
                     auth,
                     scopes: scopes.into(),
                     cors: r.cors.as_ref().map(cors),
+                    duration: metrics.route_duration(&r.name),
                     config: r.clone(),
                     action,
                 }
