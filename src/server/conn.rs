@@ -16,7 +16,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::idle::Activity;
+use crate::idle::{Activity, Tracked};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -28,17 +28,15 @@ pub(crate) enum Protocol {
 
 /// The client socket, with the bytes read while sniffing the protocol replayed first.
 pub(crate) struct ConnIo {
-    inner: TcpStream,
+    inner: Tracked<TcpStream>,
     prefix: BytesMut,
-    activity: Arc<Activity>,
 }
 
 impl ConnIo {
     pub(crate) fn new(inner: TcpStream, activity: Arc<Activity>) -> Self {
         Self {
-            inner,
+            inner: Tracked { inner, activity },
             prefix: BytesMut::new(),
-            activity,
         }
     }
 
@@ -48,10 +46,10 @@ impl ConnIo {
         // bytes holds 24 bytes, not a read buffer; hyper reads the rest itself.
         let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
         loop {
-            if self.inner.read_buf(&mut buf).await? == 0 {
+            if self.inner.inner.read_buf(&mut buf).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            self.activity.touch();
+            self.inner.activity.touch();
             let n = buf.len().min(H2_PREFACE.len());
             if buf[..n] != H2_PREFACE[..n] {
                 self.prefix = buf;
@@ -82,25 +80,23 @@ impl AsyncRead for ConnIo {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        // Reads bypass `Tracked`: a read also tells whether a new request head began.
+        let polled = Pin::new(&mut self.inner.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.read();
+            self.inner.activity.read();
         }
         polled
     }
 }
 
+/// Writes go through the same activity tracking as a tunnel's.
 impl AsyncWrite for ConnIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -108,11 +104,7 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
