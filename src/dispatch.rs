@@ -14,6 +14,7 @@ use crate::aggregate::{self, Inputs};
 use crate::body::Body;
 use crate::context::RequestId;
 use crate::error;
+use crate::jobs::{self, Jobs};
 use crate::metrics::Metrics;
 use crate::proxy;
 use crate::state::{ActiveAction, RouteContext};
@@ -21,11 +22,12 @@ use crate::state::{ActiveAction, RouteContext};
 #[derive(Debug, Clone)]
 pub(crate) struct Dispatch {
     metrics: Arc<Metrics>,
+    jobs: Arc<Jobs>,
 }
 
 impl Dispatch {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    pub(crate) fn new(metrics: Arc<Metrics>, jobs: Arc<Jobs>) -> Self {
+        Self { metrics, jobs }
     }
 }
 
@@ -40,14 +42,28 @@ impl tower::Service<Request<Body>> for Dispatch {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let metrics = self.metrics.clone();
+        let jobs = self.jobs.clone();
         Box::pin(async move {
             let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+            // `{jobs_path}/{id}`: routed as the job's route, answered from the store.
+            if req.extensions().get::<jobs::JobRequest>().is_some() {
+                let snapshot = jobs.snapshot();
+                let answer = jobs::job_answer(&jobs, req, &snapshot.config.server).await;
+                return Ok(answer.unwrap_or_else(|e| error::respond(e, id.as_ref())));
+            }
             // The route layer runs first and always leaves the context.
             let Some(ctx) = req.extensions_mut().remove::<RouteContext>() else {
                 return Ok(error::respond(error::Error::Unrouted, id.as_ref()));
             };
             let active = ctx.active();
             let answer = match &active.action {
+                ActiveAction::Forward { to, .. }
+                    if jobs::wants_async(active.config.invoke, req.headers()) =>
+                {
+                    jobs::accept(&jobs, req, &ctx, to)
+                        .await
+                        .map_err(error::Error::from)
+                }
                 ActiveAction::Forward { to, upstream } => proxy::forward(req, &ctx, to, upstream)
                     .await
                     .map_err(error::Error::from),

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use crate::aggregate::{AggregateError, Failure, X_FNGATE_COMPLETED, X_FNGATE_FAILED};
 use crate::auth::{AuthError, Challenge};
 use crate::body::Body;
+use crate::jobs::{JobError, X_FNGATE_JOB_ID, X_FNGATE_JOB_STATE};
 use crate::ratelimit::RateLimited;
 use crate::router::RouteError;
 use crate::upstream::{Unavailable, UpstreamError};
@@ -36,6 +37,8 @@ pub(crate) enum Error {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Aggregate(#[from] AggregateError),
+    #[error(transparent)]
+    Job(#[from] JobError),
     /// A request reached the dispatcher without a route: a bug in the stack.
     #[error("the request reached the dispatcher unrouted")]
     Unrouted,
@@ -52,6 +55,8 @@ struct Problem {
     call: Option<Arc<str>>,
     /// Every failed aggregate call (`x-fngate-failed`).
     failed: Option<HeaderValue>,
+    /// A dead job's id (`x-fngate-job-id`, with `x-fngate-job-state: dead`).
+    dead_job: Option<HeaderValue>,
 }
 
 impl Problem {
@@ -65,12 +70,64 @@ impl Problem {
             close: false,
             call: None,
             failed: None,
+            dead_job: None,
         }
     }
 }
 
 fn problem_of(err: &Error) -> Problem {
     match err {
+        Error::Job(e) => match e {
+            JobError::Store(_) => Problem {
+                retry_after: Some(1),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the job store cannot take the job now",
+                )
+            },
+            JobError::Draining => Problem {
+                retry_after: Some(1),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the gateway is shutting down and takes no new jobs",
+                )
+            },
+            JobError::BadKey(why) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("Idempotency-Key is {why}"),
+            ),
+            JobError::KeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "this Idempotency-Key was used for a request with another method, path or body",
+            ),
+            JobError::NotFound => Problem::new(StatusCode::NOT_FOUND, "no such job"),
+            JobError::Finished => Problem::new(
+                StatusCode::CONFLICT,
+                "the job has finished and cannot be cancelled",
+            ),
+            JobError::Method => Problem {
+                allow: Some(HeaderValue::from_static("GET, HEAD, DELETE")),
+                ..Problem::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "a job is read with GET and cancelled with DELETE",
+                )
+            },
+            JobError::Dead { id, timed_out } => Problem {
+                dead_job: HeaderValue::try_from(id.as_str()).ok(),
+                ..if *timed_out {
+                    Problem::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the job is dead: its function did not answer in time",
+                    )
+                } else {
+                    Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        "the job is dead: its function never answered",
+                    )
+                }
+            },
+            JobError::Body(e) => upstream_problem(e),
+        },
         Error::Aggregate(e) => Problem {
             call: Some(e.call.clone()),
             failed: Some(e.failed.clone()),
@@ -155,42 +212,47 @@ fn problem_of(err: &Error) -> Problem {
             StatusCode::INTERNAL_SERVER_ERROR,
             "the gateway could not handle this request",
         ),
-        Error::Upstream(e) => match e {
-            UpstreamError::BodyTooLarge { limit } => Problem {
-                close: true,
-                ..Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body is larger than {limit} bytes"),
-                )
-            },
-            UpstreamError::ClientBody(_) => Problem {
-                close: true,
-                ..Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read",
-                )
-            },
-            UpstreamError::Connect { backend, .. }
-            | UpstreamError::Failed { backend, .. }
-            | UpstreamError::UnexpectedSwitch { backend, .. }
-            | UpstreamError::BadTarget { backend, .. } => Problem::new(
-                StatusCode::BAD_GATEWAY,
-                format!("the upstream `{backend}` failed"),
-            ),
-            UpstreamError::Unavailable { backend, reason } => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                match reason {
-                    Unavailable::MaxInFlight => format!("the upstream `{backend}` has no capacity now"),
-                    Unavailable::NoHealthyEndpoint => {
-                        format!("the upstream `{backend}` has no healthy endpoint now")
-                    }
-                },
-            ),
-            UpstreamError::Timeout { backend } => Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("the upstream `{backend}` did not answer in time"),
-            ),
+        Error::Upstream(e) => upstream_problem(e),
+    }
+}
+
+fn upstream_problem(e: &UpstreamError) -> Problem {
+    match e {
+        UpstreamError::BodyTooLarge { limit } => Problem {
+            close: true,
+            ..Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {limit} bytes"),
+            )
         },
+        UpstreamError::ClientBody(_) => Problem {
+            close: true,
+            ..Problem::new(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        },
+        UpstreamError::Connect { backend, .. }
+        | UpstreamError::Failed { backend, .. }
+        | UpstreamError::UnexpectedSwitch { backend, .. }
+        | UpstreamError::AnswerBody { backend, .. }
+        | UpstreamError::BadTarget { backend, .. } => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the upstream `{backend}` failed"),
+        ),
+        UpstreamError::Unavailable { backend, reason } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            match reason {
+                Unavailable::MaxInFlight => format!("the upstream `{backend}` has no capacity now"),
+                Unavailable::NoHealthyEndpoint => {
+                    format!("the upstream `{backend}` has no healthy endpoint now")
+                }
+            },
+        ),
+        UpstreamError::Timeout { backend } => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the upstream `{backend}` did not answer in time"),
+        ),
     }
 }
 
@@ -244,6 +306,10 @@ pub(crate) fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -
             HeaderValue::from_static("false"),
         );
         headers.insert(X_FNGATE_FAILED.clone(), failed);
+    }
+    if let Some(id) = p.dead_job {
+        headers.insert(X_FNGATE_JOB_ID.clone(), id);
+        headers.insert(X_FNGATE_JOB_STATE.clone(), HeaderValue::from_static("dead"));
     }
     res.extensions_mut()
         .insert(ErrorDetail(err.to_string().into()));

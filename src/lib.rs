@@ -18,6 +18,7 @@ mod context;
 mod dispatch;
 mod error;
 mod idle;
+mod jobs;
 mod metrics;
 mod middleware;
 mod normalize;

@@ -72,6 +72,17 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct JobLabels {
+    pub route: Name,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric fngate exports. One instance per running gateway.
@@ -88,6 +99,12 @@ pub struct Metrics {
     pub rate_limited: Family<RouteLabel, Counter>,
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     pub aggregate_calls: Family<AggregateLabels, Counter>,
+    pub jobs: Family<JobLabels, Counter>,
+    pub jobs_pending: Family<BackendLabel, Gauge>,
+    pub job_oldest: Family<BackendLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub job_attempts: Histograms<RouteLabel>,
+    pub store_up: Gauge,
+    pub store_operation: Histograms<OpLabel>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,8 +198,52 @@ impl Metrics {
             "Calls of aggregate routes, by route, call and outcome (ok, error, timeout, skipped, fallback)",
             aggregate_calls.clone(),
         );
+        let jobs = Family::default();
+        registry.register(
+            "jobs",
+            "Background jobs by route and outcome (accepted, succeeded, retried, dead, cancelled, deduplicated)",
+            jobs.clone(),
+        );
+        let jobs_pending = Family::default();
+        registry.register(
+            "jobs_pending",
+            "Jobs not finished (queued, running, waiting to retry), by backend",
+            jobs_pending.clone(),
+        );
+        let job_oldest = Family::default();
+        registry.register(
+            "job_oldest_seconds",
+            "Age of the oldest unfinished job, by backend",
+            job_oldest.clone(),
+        );
+        let job_attempts: Histograms<RouteLabel> = Family::new_with_constructor(|| {
+            Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0])
+        });
+        registry.register(
+            "job_attempts",
+            "Attempts a finished job took, by route",
+            job_attempts.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the job store answers; 0 while it fails or is not open",
+            store_up.clone(),
+        );
+        let store_operation: Histograms<OpLabel> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "store_operation_seconds",
+            "Time of job store operations, by operation",
+            store_operation.clone(),
+        );
         Self {
             registry,
+            jobs,
+            jobs_pending,
+            job_oldest,
+            job_attempts,
+            store_up,
+            store_operation,
             rate_limited,
             auth_failures,
             aggregate_calls,
@@ -222,6 +283,21 @@ impl Metrics {
                 .get_or_create(&RouteLabel { route })
                 .observe(elapsed.as_secs_f64()),
         }
+    }
+
+    pub(crate) fn job(&self, route: &str, outcome: &'static str) {
+        self.jobs
+            .get_or_create(&JobLabels {
+                route: Name(route.into()),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn store_op(&self, op: &'static str, elapsed: Duration) {
+        self.store_operation
+            .get_or_create(&OpLabel { op })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A route's latency histogram, resolved once per snapshot.

@@ -3,6 +3,7 @@
 //! a whole config, written back, then swapped in.
 
 mod doc;
+mod jobs;
 mod schema;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::config::Config;
+use crate::jobs::Jobs;
 use crate::state::{Change, ChangeError, Edit, Reloaded, Snapshot, Source, State};
 use doc::{Doc, EditError, Kind};
 
@@ -31,11 +33,12 @@ pub(crate) struct AdminState {
     state: Arc<State>,
     /// False once a shutdown has begun: load balancers stop sending traffic.
     ready: Arc<AtomicBool>,
+    jobs: Arc<Jobs>,
 }
 
 impl AdminState {
-    pub(crate) fn new(state: Arc<State>, ready: Arc<AtomicBool>) -> Self {
-        Self { state, ready }
+    pub(crate) fn new(state: Arc<State>, ready: Arc<AtomicBool>, jobs: Arc<Jobs>) -> Self {
+        Self { state, ready, jobs }
     }
 }
 
@@ -68,6 +71,14 @@ enum AdminError {
     RunningUnparsable,
     #[error(transparent)]
     Change(ChangeError),
+    #[error("no job `{0}`")]
+    NoJob(String),
+    #[error("job `{0}` is not dead; only dead jobs are redriven")]
+    NotDead(String),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error("the job store is not available: {0}")]
+    JobStore(String),
 }
 
 /// One config error in a 422 answer.
@@ -113,6 +124,10 @@ impl IntoResponse for AdminError {
             Self::Change(ChangeError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Change(ChangeError::Write { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Change(ChangeError::UnknownVersion(_)) => StatusCode::NOT_FOUND,
+            Self::NoJob(_) => StatusCode::NOT_FOUND,
+            Self::NotDead(_) => StatusCode::CONFLICT,
+            Self::BadQuery(_) => StatusCode::BAD_REQUEST,
+            Self::JobStore(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let detail = match &self {
             Self::Change(ChangeError::Write { .. }) => {
@@ -164,7 +179,8 @@ type Result<T, E = AdminError> = std::result::Result<T, E>;
         routes::list, routes::get_one, routes::put_one, routes::delete_one,
         backends::list, backends::get_one, backends::put_one, backends::delete_one,
         auth::list, auth::get_one, auth::put_one, auth::delete_one,
-        rate_limits::list, rate_limits::get_one, rate_limits::put_one, rate_limits::delete_one),
+        rate_limits::list, rate_limits::get_one, rate_limits::put_one, rate_limits::delete_one,
+        jobs::list, jobs::get_one, jobs::redrive, jobs::purge),
     components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated)),
     modifiers(&BearerAuth)
 )]
@@ -198,6 +214,7 @@ pub(crate) fn router(admin: AdminState) -> Router {
         .merge(backends::routes())
         .merge(auth::routes())
         .merge(rate_limits::routes())
+        .merge(jobs::routes())
         .route("/{collection}", any(unknown_collection))
         .route("/{collection}/{name}", any(unknown_entity))
         .layer(middleware::from_fn_with_state(admin.clone(), guard))

@@ -58,6 +58,27 @@ pub(super) struct Route {
     max_body: Option<Size>,
     cors: Option<Cors>,
     aggregate: Option<Aggregate>,
+    /// `sync` (default), `async` (a durable job: 202 and a job URL) or
+    /// `either` (async when the client sends `Prefer: respond-async`).
+    invoke: Option<String>,
+    delivery: Option<Delivery>,
+}
+
+/// How an async route's jobs are delivered and kept (defaults in SPEC §7).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Delivery {
+    /// Total attempts, the first included (at least 1).
+    attempts: Option<u32>,
+    /// `["1s", "5m"]`: exponential backoff with full jitter between these.
+    backoff: Option<Vec<String>>,
+    max_age: Option<String>,
+    /// Per attempt, until the answer has been read.
+    timeout: Option<String>,
+    concurrency: Option<u32>,
+    result_ttl: Option<String>,
+    max_result: Option<Size>,
+    max_wait: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -289,6 +289,7 @@ impl Task {
                     log: None,
                     response_edits: &NO_EDITS,
                     upgrade: false,
+                    attempt_timeout: None,
                 })
                 .await
                 .map_err(|e| match e {

@@ -47,6 +47,10 @@ pub(super) fn parse(
         Some(obj) => server(&mut ctx, obj, base),
         None => server_defaults(),
     };
+    let store = match root.table(&mut ctx, "store") {
+        Some(obj) => super::jobs::store(&mut ctx, obj, base),
+        None => super::jobs::store_default(base),
+    };
     let admin_table = root.table(&mut ctx, "admin");
     let admin = admin(&mut ctx, admin_table);
     let mut backends = Vec::new();
@@ -115,6 +119,7 @@ pub(super) fn parse(
         auth,
         rate_limits,
         routes,
+        store,
     })
 }
 

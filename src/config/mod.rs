@@ -12,6 +12,7 @@ mod decode;
 mod error;
 mod file;
 mod headers;
+mod jobs;
 pub mod json;
 mod load;
 pub mod path;
@@ -32,6 +33,7 @@ pub use auth::{
 pub use backend::{Backend, Balance, Endpoint, HealthCheck, Protocol};
 pub use error::{ConfigError, ConfigErrors};
 pub use headers::HeaderEdits;
+pub use jobs::{Delivery, Invoke, Store};
 pub use path::{HostPattern, Param, PathPattern, Template};
 pub use rate_limit::{LimitKey, RateLimit};
 pub use route::{Action, Cors, Forward, HostShapes, Route, Shapes, Target};
@@ -51,6 +53,7 @@ pub struct Config {
     pub auth: Vec<Arc<AuthPolicy>>,
     pub rate_limits: Vec<Arc<RateLimit>>,
     pub routes: Vec<Arc<Route>>,
+    pub store: Store,
 }
 
 impl Config {
@@ -98,6 +101,11 @@ impl Config {
 
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| &*r.name == name)
+    }
+
+    /// Whether jobs can arrive: a route takes them, or `[store]` asks for the store anyway.
+    pub fn needs_store(&self) -> bool {
+        self.store.explicit || self.routes.iter().any(|r| r.invoke != Invoke::Sync)
     }
 }
 

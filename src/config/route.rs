@@ -33,6 +33,9 @@ pub struct Route {
     pub scopes: Vec<String>,
     /// Checked in order; all must pass.
     pub rate_limits: Vec<Arc<RateLimit>>,
+    /// Synchronous, a durable job, or either at the client's choice (SPEC §7).
+    pub invoke: Invoke,
+    pub delivery: Delivery,
 }
 
 /// A route forwards to one backend or fans out to several calls.
@@ -342,6 +345,42 @@ pub(super) fn route(
         ),
         _ => None,
     };
+    let invoke = super::jobs::invoke(ctx, &mut obj);
+    let delivery = obj
+        .table(ctx, "delivery")
+        .map(|d| super::jobs::delivery(ctx, d))
+        .unwrap_or_default();
+    if invoke != Invoke::Sync && obj.has("aggregate") {
+        ctx.error(
+            obj.key_span("invoke"),
+            obj.key_path("invoke"),
+            "an aggregate route answers inline; jobs go to one backend (`backend`)",
+        );
+    }
+    if invoke == Invoke::Sync && obj.has("delivery") {
+        ctx.error(
+            obj.key_span("delivery"),
+            obj.key_path("delivery"),
+            "`delivery` needs `invoke = \"async\"` or `\"either\"`",
+        );
+    }
+    if let Some(p) = &path {
+        let jobs = &server.jobs_path;
+        let literal = p.literal_prefix();
+        let under = literal.starts_with(jobs.as_str())
+            && matches!(literal.as_bytes().get(jobs.len()), None | Some(b'/'));
+        // A wider pattern (`/{*rest}`) may stay: the jobs path is matched before any route.
+        if under {
+            ctx.error(
+                obj.key_span("path"),
+                obj.key_path("path"),
+                format!(
+                    "`{}` would take requests under server.jobs_path `{jobs}`, where clients read their jobs",
+                    p.raw
+                ),
+            );
+        }
+    }
     not_yet(ctx, &mut obj, &["mode"]);
     obj.finish(ctx);
     // A route forwards to its backend or fans out; validation keeps the two apart.
@@ -368,6 +407,8 @@ pub(super) fn route(
         auth: policy,
         scopes,
         rate_limits: limits,
+        invoke,
+        delivery,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Server {
     pub tls: Option<ServerTls>,
     pub watch: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// Where clients read and cancel their jobs (`{jobs_path}/{id}`); no route may live under it.
+    pub jobs_path: String,
 }
 
 #[derive(Clone, PartialEq)]
@@ -75,6 +77,7 @@ pub(super) fn server_defaults() -> Server {
         tls: None,
         watch: true,
         trusted_proxies: Vec::new(),
+        jobs_path: "/jobs".to_owned(),
     }
 }
 
@@ -159,6 +162,24 @@ pub(super) fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Server
                     cidr.value
                 ),
             ),
+        }
+    }
+    if let Some(p) = obj.string(ctx, "jobs_path") {
+        let trimmed = p.value.trim_end_matches('/');
+        let valid = p.value.starts_with('/')
+            && trimmed.len() > 1
+            && trimmed
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+            && !trimmed.contains("//");
+        if valid {
+            s.jobs_path = trimmed.to_owned();
+        } else {
+            ctx.error(
+                p.span,
+                obj.key_path("jobs_path"),
+                format!("`{}` is not a path prefix such as \"/jobs\"", p.value),
+            );
         }
     }
     s.tls = obj

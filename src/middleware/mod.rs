@@ -20,6 +20,7 @@ pub(crate) use route::RouteLayer;
 
 use crate::body::Body;
 use crate::dispatch::Dispatch;
+use crate::jobs::Jobs;
 use crate::middleware::rate_limit::Phase;
 use crate::state::State;
 
@@ -27,6 +28,7 @@ use crate::state::State;
 /// answers rendered through `error.rs`, never `Err`.
 pub(crate) fn stack(
     state: Arc<State>,
+    jobs: Arc<Jobs>,
 ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
        + Clone
        + Send
@@ -38,7 +40,7 @@ pub(crate) fn stack(
         // Outside the router, so unroutable requests are logged and counted too.
         .layer(AccessLogLayer::new(metrics.clone()))
         // Loads the snapshot once; everything below sees the same config.
-        .layer(RouteLayer::new(state))
+        .layer(RouteLayer::new(state, jobs.clone()))
         // Preflights are answered before any rate limit or auth (SPEC §3).
         .layer(cors::CorsLayer)
         // Everything that refuses comes before the proxy, so a refused request
@@ -55,7 +57,7 @@ pub(crate) fn stack(
             Phase::AfterAuth,
         ))
         // Forward or aggregate, by the route's action.
-        .service(Dispatch::new(metrics))
+        .service(Dispatch::new(metrics, jobs))
 }
 
 /// The stack driven as a service (`oneshot`), no sockets: what each layer
@@ -101,7 +103,8 @@ mod tests {
             Arc::new(Metrics::new()),
             Clock::default(),
         ));
-        stack(state)
+        let jobs = Jobs::new(state.clone());
+        stack(state, jobs)
     }
 
     fn request(method: &str, path: &str) -> Request<Body> {

@@ -3,7 +3,9 @@
 //! reach a backend.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,6 +18,7 @@ use tower::{Layer, Service};
 use crate::body::Body;
 use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error;
+use crate::jobs::{JobError, JobRequest, Jobs};
 use crate::normalize::normalize_path;
 use crate::router::{host_only, Lookup, RouteError};
 use crate::state::RouteContext;
@@ -24,11 +27,12 @@ use crate::state::State;
 #[derive(Debug, Clone)]
 pub(crate) struct RouteLayer {
     state: Arc<State>,
+    jobs: Arc<Jobs>,
 }
 
 impl RouteLayer {
-    pub(crate) fn new(state: Arc<State>) -> Self {
-        Self { state }
+    pub(crate) fn new(state: Arc<State>, jobs: Arc<Jobs>) -> Self {
+        Self { state, jobs }
     }
 }
 
@@ -39,6 +43,7 @@ impl<S> Layer<S> for RouteLayer {
         RouteService {
             inner,
             state: self.state.clone(),
+            jobs: self.jobs.clone(),
         }
     }
 }
@@ -47,23 +52,37 @@ impl<S> Layer<S> for RouteLayer {
 pub(crate) struct RouteService<S> {
     inner: S,
     state: Arc<State>,
+    jobs: Arc<Jobs>,
 }
 
 type Ready = std::future::Ready<Result<Response<Body>, Infallible>>;
+type Boxed = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 impl<S> Service<Request<Body>> for RouteService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<S::Future, Ready>;
+    type Future = Either<S::Future, Either<Ready, Boxed>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if let Some(id) = self.job_id(&req) {
+            let inner = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, inner);
+            let (jobs, state) = (self.jobs.clone(), self.state.clone());
+            return Either::Right(Either::Right(Box::pin(job_request(
+                inner, jobs, state, id, req,
+            ))));
+        }
         match self.route(&req) {
             Ok(ctx) => {
                 if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
@@ -81,13 +100,85 @@ where
             }
             Err(e) => {
                 let id = req.extensions().get::<RequestId>().map(|r| &r.0);
-                Either::Right(std::future::ready(Ok(error::respond(e, id))))
+                Either::Right(Either::Left(std::future::ready(Ok(error::respond(e, id)))))
             }
         }
     }
 }
 
+/// Routes `{jobs_path}/{id}` as the job's route, so its CORS and authentication
+/// apply; the dispatcher answers from the store. An unknown job is 404 here.
+async fn job_request<S>(
+    mut inner: S,
+    jobs: Arc<Jobs>,
+    state: Arc<State>,
+    id: String,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Infallible>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Send,
+    S::Future: Send + 'static,
+{
+    let rid = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let job = match jobs.get(&id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return Ok(error::respond(JobError::NotFound, rid.as_ref())),
+        Err(e) => return Ok(error::respond(JobError::Store(e), rid.as_ref())),
+    };
+    let snapshot = state.load();
+    let route = snapshot
+        .config
+        .routes
+        .iter()
+        .position(|r| *r.name == job.route);
+    let peer = req
+        .extensions()
+        .get::<ConnInfo>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
+    let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
+    if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
+        let name: Arc<str> = job.route.as_str().into();
+        log.update(|f| {
+            f.route = Some(name);
+            f.client_ip = Some(client_ip);
+        });
+    }
+    // A job whose route is gone keeps no policy to check: its consumer check alone decides.
+    if let Some(route) = route {
+        let host = request_host(&req).ok().flatten().map(|h| h.0);
+        let path = req.uri().path().to_owned();
+        req.extensions_mut().insert(RouteContext {
+            route,
+            params: Vec::new(),
+            path,
+            host,
+            client_ip,
+            snapshot,
+        });
+    }
+    req.extensions_mut().insert(JobRequest { job });
+    // Boxed so this future never holds `S::Future` (see middleware/auth.rs).
+    let call: Boxed = Box::pin(inner.call(req));
+    call.await
+}
+
 impl<S> RouteService<S> {
+    /// The id in `{jobs_path}/{id}`, when that is the path.
+    fn job_id(&self, req: &Request<Body>) -> Option<String> {
+        let snapshot = self.state.load();
+        let rest = req
+            .uri()
+            .path()
+            .strip_prefix(snapshot.config.server.jobs_path.as_str())?
+            .strip_prefix('/')?;
+        (!rest.is_empty()
+            && rest.len() <= 128
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_@.".contains(&b)))
+        .then(|| rest.to_owned())
+    }
+
     fn route(&self, req: &Request<Body>) -> Result<RouteContext, RouteError> {
         let snapshot = self.state.load();
         let host = request_host(req)?;

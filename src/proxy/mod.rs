@@ -26,12 +26,8 @@ pub(crate) async fn forward(
     let log = req.extensions().get::<Arc<RequestLog>>().cloned();
     // x-forwarded-for records the hop we saw, which is the client itself only
     // when no trusted proxy stands between.
-    let (peer, tls) = match req.extensions().get::<ConnInfo>() {
-        Some(c) => (c.peer_value.clone(), c.tls),
-        None => (HeaderValue::from_static("unknown"), false),
-    };
+    let (peer, tls) = peer_of(&req);
     let route = &ctx.active().config;
-    let backend = &to.backend;
     let server = &ctx.snapshot.config.server;
     let started = Instant::now();
     let deadline = started + route.timeout.unwrap_or(server.request_timeout);
@@ -40,20 +36,8 @@ pub(crate) async fn forward(
     let tunnel = tunnel_of(&req);
     let client_upgrade = tunnel.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let params: Vec<&str> = match to.target {
-        Target::Rewrite(_) => ctx.params().collect(),
-        _ => Vec::new(),
-    };
-    let suffix = to.target.render(&ctx.path, &params);
+    let suffix = prepare_parts(&mut parts, ctx, to, peer, tls);
     let query = parts.uri.query();
-    upstream::headers::upstream_request(
-        &mut parts.headers,
-        peer,
-        tls,
-        ctx.host.as_ref(),
-        &route.request_headers,
-        &backend.headers,
-    );
     let upgrade = match &tunnel {
         Some(Tunnel::Upgrade) => Some(HeaderValue::from_static("websocket")),
         Some(Tunnel::H2WebSocket) => {
@@ -103,6 +87,7 @@ pub(crate) async fn forward(
             log,
             response_edits: &route.response_headers,
             upgrade: upgrade.is_some(),
+            attempt_timeout: None,
         })
         .await?;
     if let Some(client) = client_upgrade {
@@ -129,6 +114,40 @@ pub(crate) async fn forward(
         }
     }
     Ok(res)
+}
+
+/// The request as it goes to the backend: the target path (returned, before
+/// the endpoint's base path) and the header rules (hop-by-hop, forwarded,
+/// the route's and the backend's). A job stores exactly this.
+pub(crate) fn prepare_parts(
+    parts: &mut http::request::Parts,
+    ctx: &RouteContext,
+    to: &Forward,
+    peer: HeaderValue,
+    tls: bool,
+) -> String {
+    let params: Vec<&str> = match to.target {
+        Target::Rewrite(_) => ctx.params().collect(),
+        _ => Vec::new(),
+    };
+    let suffix = to.target.render(&ctx.path, &params);
+    upstream::headers::upstream_request(
+        &mut parts.headers,
+        peer,
+        tls,
+        ctx.host.as_ref(),
+        &ctx.active().config.request_headers,
+        &to.backend.headers,
+    );
+    suffix
+}
+
+/// The hop the request came from, and whether over TLS.
+pub(crate) fn peer_of<B>(req: &Request<B>) -> (HeaderValue, bool) {
+    match req.extensions().get::<ConnInfo>() {
+        Some(c) => (c.peer_value.clone(), c.tls),
+        None => (HeaderValue::from_static("unknown"), false),
+    }
 }
 
 /// A request that asks for a tunnel.

@@ -200,7 +200,7 @@ impl Limiter {
     pub fn check(&self, key: Key) -> Verdict {
         // Past the cap, requests share one bucket until the sweep frees room.
         let n = self.checks.fetch_add(1, Ordering::Relaxed);
-        if n % COUNT_EVERY == 0 || self.near_cap.load(Ordering::Relaxed) {
+        if n.is_multiple_of(COUNT_EVERY) || self.near_cap.load(Ordering::Relaxed) {
             self.count();
         }
         let key = if self.over_cap.load(Ordering::Relaxed) {

@@ -49,6 +49,9 @@ pub enum StartError {
     },
     #[error("the admin API would listen on {addr} (not loopback) but ${env} is not set: set a token or listen on 127.0.0.1")]
     AdminToken { addr: SocketAddr, env: String },
+    /// The job store could not be opened (its path and why).
+    #[error("{0}")]
+    Store(String),
     #[error("cannot watch {path} for changes (server.watch): {source}")]
     Watch { path: String, source: notify::Error },
 }
@@ -137,11 +140,17 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
         })?;
     }
 
+    let jobs = crate::jobs::Jobs::new(state.clone());
+    if state.load().config.needs_store() {
+        jobs.store().map_err(|e| StartError::Store(e.to_string()))?;
+    }
+    let deliverer = crate::jobs::spawn_deliverer(jobs.clone());
+
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
-        crate::admin::AdminState::new(state.clone(), ready.clone()),
+        crate::admin::AdminState::new(state.clone(), ready.clone(), jobs.clone()),
         stop_admin.clone(),
     ));
 
@@ -157,7 +166,7 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     let accept = tokio::spawn(accept_loop(
         listener,
         false,
-        state.clone(),
+        (state.clone(), jobs.clone()),
         stop_accepting.clone(),
         drain.clone(),
         tracker.clone(),
@@ -166,7 +175,7 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
         tokio::spawn(accept_loop(
             l,
             true,
-            state.clone(),
+            (state.clone(), jobs.clone()),
             stop_accepting.clone(),
             drain,
             tracker.clone(),
@@ -180,6 +189,8 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             shutdown.cancelled().await;
             let server = state.load().config.server.clone();
             ready.store(false, Ordering::SeqCst);
+            // Async routes answer 503 from now on; attempts running go on.
+            jobs.drain();
             tracing::info!(drain_delay = ?server.drain_delay, "shutting down: /readyz now fails");
             tokio::time::sleep(server.drain_delay).await;
             stop_accepting.cancel();
@@ -190,11 +201,16 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             draining_flag.store(true, Ordering::SeqCst);
             draining.cancel();
             tracker.close();
-            if tokio::time::timeout(server.shutdown_grace, tracker.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(grace = ?server.shutdown_grace, "requests still in flight after shutdown_grace; closing");
+            let mut deliverer = deliverer;
+            let grace = tokio::time::timeout(server.shutdown_grace, async {
+                tracker.wait().await;
+                let _ = (&mut deliverer).await;
+            });
+            if grace.await.is_err() {
+                tracing::warn!(grace = ?server.shutdown_grace, "requests or job attempts still in flight after shutdown_grace; closing");
+                // Attempts still running give their jobs back, queued for the next start.
+                jobs.stop();
+                let _ = tokio::time::timeout(Duration::from_secs(5), deliverer).await;
             }
             stop_admin.cancel();
             let _ = admin.await;
@@ -258,12 +274,12 @@ struct Drain {
 async fn accept_loop(
     listener: TcpListener,
     tls: bool,
-    state: Arc<State>,
+    (state, jobs): (Arc<State>, Arc<crate::jobs::Jobs>),
     stop: CancellationToken,
     draining: Drain,
     tracker: TaskTracker,
 ) {
-    let service = crate::middleware::stack(state.clone());
+    let service = crate::middleware::stack(state.clone(), jobs);
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,

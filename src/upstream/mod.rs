@@ -64,6 +64,8 @@ pub(crate) enum UpstreamError {
         backend: Arc<str>,
         endpoint: Arc<str>,
     },
+    #[error("reading the answer of backend `{backend}` failed: {}", chain(&**source))]
+    AnswerBody { backend: Arc<str>, source: BoxError },
     #[error("cannot build the upstream URI for backend `{backend}`: {source}")]
     BadTarget {
         backend: Arc<str>,
@@ -147,6 +149,11 @@ impl Upstream {
         upstream
     }
 
+    /// Whether a request would be admitted now (`max_in_flight`); a job waits for a slot.
+    pub(crate) fn free_slots(&self) -> usize {
+        self.pool.free_slots()
+    }
+
     /// Each endpoint's state, for the admin API.
     pub fn status(&self) -> Vec<EndpointStatus> {
         self.pool.status()
@@ -170,6 +177,8 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) response_edits: &'a crate::config::HeaderEdits,
     /// A 101 answer keeps its `Connection` and `Upgrade`.
     pub(crate) upgrade: bool,
+    /// Replaces the backend's `timeout` (a job's `delivery.timeout`).
+    pub(crate) attempt_timeout: Option<Duration>,
 }
 
 impl Upstream {
@@ -189,6 +198,7 @@ impl Upstream {
             log,
             response_edits,
             upgrade,
+            attempt_timeout,
         } = out;
         let backend = &self.backend;
         let name = || backend.name.clone();
@@ -261,8 +271,11 @@ impl Upstream {
                 log.update(|f| f.upstream = Some(url));
             }
 
-            let result =
-                tokio::time::timeout(backend.timeout.min(remaining), self.client.request(up)).await;
+            let result = tokio::time::timeout(
+                attempt_timeout.unwrap_or(backend.timeout).min(remaining),
+                self.client.request(up),
+            )
+            .await;
             let elapsed = sent.elapsed();
             let mut replayable = slot.is_none();
             let (outcome, answer) = match result {

@@ -117,6 +117,14 @@ impl Pool {
         (cap == 0 || n <= cap).then_some(guard)
     }
 
+    /// How many more requests `admit` would take now (`usize::MAX` without a cap).
+    pub(crate) fn free_slots(&self) -> usize {
+        match self.backend.max_in_flight {
+            0 => usize::MAX,
+            cap => cap.saturating_sub(self.in_flight.load(Ordering::Relaxed)) as usize,
+        }
+    }
+
     /// Counts the request's attempt on endpoint `i` too.
     pub(crate) fn attempt(&self, admitted: &mut InFlight, i: usize) {
         let c = &self.endpoints[i].in_flight;

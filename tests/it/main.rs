@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod cors;
 mod hostile;
+mod jobs;
 mod lifecycle;
 mod proxy;
 mod rate_limit;

@@ -1,0 +1,631 @@
+//! The deliverer (SPEC §7 "Delivery", "Fairness and back-pressure"): one loop
+//! claims due jobs backend by backend, never more than the backend's free
+//! `max_in_flight` slots nor a route's free `concurrency`, and runs each
+//! attempt as its own task under a lease it renews. Each backend is claimed
+//! from its own part of the store's due index, so one backend's burst never
+//! stands in front of another's jobs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::store::{
+    decode_headers, encode_headers, Attempt, Claim, Claimed, JobResult, Millis, Next, Policy,
+};
+use super::{now_ms, Jobs};
+use crate::config::{Action, Delivery, HeaderEdits, Invoke};
+use crate::upstream::{Outgoing, Prepared, Upstream, UpstreamError};
+
+/// How long an attempt's lease lasts; it is renewed at a third of that.
+pub(crate) const LEASE: Duration = Duration::from_secs(30);
+/// The longest a function's `Retry-After` is honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// The most attempts one claim takes for a backend.
+const CLAIM_MAX: usize = 256;
+/// Finished jobs past their `result_ttl` are swept this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Attempts in flight here, per route, to keep each under its `concurrency`.
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<String, usize>>);
+
+impl InFlight {
+    fn count(&self, route: &str) -> usize {
+        self.0
+            .lock()
+            .map_or(0, |m| m.get(route).copied().unwrap_or(0))
+    }
+
+    fn add(self: &Arc<Self>, route: &str) -> Slot {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(route.to_owned()).or_insert(0) += 1;
+        }
+        Slot {
+            of: self.clone(),
+            route: route.to_owned(),
+        }
+    }
+}
+
+/// One attempt's place in its route's concurrency.
+struct Slot {
+    of: Arc<InFlight>,
+    route: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.of.0.lock() {
+            if let Some(n) = m.get_mut(&self.route) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Starts the deliverer; it returns once draining began and every attempt
+/// ended (or was stopped by [`Jobs::stop`]).
+pub(crate) fn spawn(jobs: Arc<Jobs>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(jobs))
+}
+
+async fn run(jobs: Arc<Jobs>) {
+    let in_flight = Arc::new(InFlight::default());
+    let tasks = TaskTracker::new();
+    // A backend that answered 429 or 503 gets nothing before this.
+    let paused: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut last_sweep: Option<Instant> = None;
+    loop {
+        if jobs.draining() {
+            break;
+        }
+        let mut sleep = Duration::from_secs(1);
+        if let Some(store) = jobs.opened() {
+            let snapshot = jobs.state.load();
+            for upstream in &snapshot.upstreams {
+                let backend = &upstream.backend.name;
+                let now = Instant::now();
+                if let Some(until) = paused.lock().ok().and_then(|p| p.get(&**backend).copied()) {
+                    if until > now {
+                        sleep = sleep.min(until - now);
+                        continue;
+                    }
+                }
+                let limit = upstream.free_slots().min(CLAIM_MAX);
+                if limit == 0 {
+                    continue;
+                }
+                let mut route_free = HashMap::new();
+                for r in &snapshot.config.routes {
+                    let Action::Forward(f) = &r.action else {
+                        continue;
+                    };
+                    if r.invoke != Invoke::Sync && f.backend.name == *backend {
+                        let free = r
+                            .delivery
+                            .concurrency
+                            .saturating_sub(in_flight.count(&r.name));
+                        route_free.insert(r.name.to_string(), free);
+                    }
+                }
+                if route_free.values().all(|&f| f == 0) && !route_free.is_empty() {
+                    continue;
+                }
+                let wall = now_ms();
+                let claim = Claim {
+                    backend: backend.to_string(),
+                    owner: jobs.owner.clone(),
+                    now: wall,
+                    lease_until: wall + LEASE.as_millis() as Millis,
+                    limit,
+                    route_free,
+                    // A job whose route was removed still goes out, at the default concurrency.
+                    other_free: Delivery::default().concurrency,
+                };
+                let claimed = match jobs.timed("claim", store.claim(claim)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(backend = %backend, "claiming jobs failed: {e}");
+                        continue;
+                    }
+                };
+                for job in claimed {
+                    let route = snapshot.config.route(&job.route).cloned();
+                    let slot = in_flight.add(&job.route);
+                    let token = jobs.stop.child_token();
+                    if let Ok(mut r) = jobs.running.lock() {
+                        r.insert(job.id.clone(), token.clone());
+                    }
+                    let edits = route
+                        .as_ref()
+                        .map(|r| r.response_headers.clone())
+                        .unwrap_or_default();
+                    tasks.spawn(attempt(
+                        jobs.clone(),
+                        upstream.clone(),
+                        job,
+                        edits,
+                        token,
+                        paused.clone(),
+                        slot,
+                    ));
+                }
+            }
+            match jobs.timed("backlog", store.backlog(now_ms())).await {
+                Ok(b) => {
+                    jobs.metrics.jobs_pending.clear();
+                    jobs.metrics.job_oldest.clear();
+                    let wall = now_ms();
+                    for (backend, n, oldest) in &b.backends {
+                        let label = crate::metrics::BackendLabel {
+                            backend: crate::metrics::Name(backend.as_str().into()),
+                        };
+                        jobs.metrics
+                            .jobs_pending
+                            .get_or_create(&label)
+                            .set(*n as i64);
+                        jobs.metrics
+                            .job_oldest
+                            .get_or_create(&label)
+                            .set((wall - oldest).max(0) as f64 / 1000.0);
+                    }
+                    if let Some(due) = b.next_due {
+                        let wait = u64::try_from(due - wall).unwrap_or(0);
+                        // Due now but not claimed: every slot is taken; a freed one rings `wake`.
+                        if wait > 0 {
+                            sleep = sleep.min(Duration::from_millis(wait));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("reading the job backlog failed: {e}"),
+            }
+            if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                last_sweep = Some(Instant::now());
+                if let Err(e) = jobs.timed("sweep", store.sweep(now_ms())).await {
+                    tracing::warn!("sweeping expired jobs failed: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            () = jobs.wake.notified() => {}
+            () = tokio::time::sleep(sleep) => {}
+        }
+    }
+    // Draining: no new attempt; those running finish, or stop with the grace.
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// How a finished attempt went, for the log and the metrics.
+enum Outcome {
+    Answered(u16),
+    Failed(String),
+    TimedOut,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    jobs: Arc<Jobs>,
+    upstream: Arc<Upstream>,
+    job: Claimed,
+    edits: HeaderEdits,
+    token: CancellationToken,
+    paused: Arc<Mutex<HashMap<String, Instant>>>,
+    slot: Slot,
+) {
+    let Some(store) = jobs.opened() else { return };
+    let policy = job.policy;
+    let started_wall = now_ms();
+    let started = Instant::now();
+    let backend = upstream.backend.name.clone();
+    let finish = |attempt: Option<Attempt>, next: Next| {
+        let (store, jobs, id) = (store.clone(), jobs.clone(), job.id.clone());
+        async move {
+            let recorded = jobs
+                .timed(
+                    "finish",
+                    store.finish(&id, &jobs.owner, attempt, next, now_ms()),
+                )
+                .await;
+            if let Err(e) = &recorded {
+                tracing::warn!(job_id = %id, "recording an attempt failed: {e}");
+            }
+            recorded.unwrap_or(false)
+        }
+    };
+
+    if started_wall > job.created.saturating_add(policy.max_age_ms as Millis) {
+        let next = Next::Dead {
+            result: None,
+            timed_out: false,
+        };
+        let a = Attempt {
+            n: job.attempt,
+            at: started_wall,
+            status: None,
+            duration_ms: 0,
+            error: Some("max_age passed before the job was delivered".into()),
+        };
+        if finish(Some(a), next).await {
+            done(&jobs, &job, "dead");
+        }
+        forget(&jobs, &job.id);
+        return;
+    }
+
+    // The lease is renewed while the attempt runs; losing it (cancelled,
+    // taken over) aborts the attempt.
+    let renew = {
+        let (store, jobs, id, token) = (store.clone(), jobs.clone(), job.id.clone(), token.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(LEASE / 3) => {}
+                }
+                let until = now_ms() + LEASE.as_millis() as Millis;
+                match jobs
+                    .timed("renew", store.renew(&id, &jobs.owner, until))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        token.cancel();
+                        return;
+                    }
+                    Err(e) => tracing::warn!(job_id = %id, "renewing a lease failed: {e}"),
+                }
+            }
+        })
+    };
+
+    let timeout = Duration::from_millis(policy.timeout_ms);
+    let sent = send(&upstream, &job, &edits, timeout, policy.max_result);
+    let result = tokio::select! {
+        r = tokio::time::timeout(timeout, sent) => Some(r.unwrap_or(Err(UpstreamError::Timeout { backend: backend.clone() }))),
+        () = token.cancelled() => None,
+    };
+    renew.abort();
+    let elapsed = started.elapsed();
+    let Some(result) = result else {
+        // Cancelled (the job is gone) or stopped at shutdown: give the attempt back.
+        if jobs.stop.is_cancelled() {
+            let _ = finish(None, Next::Release { at: now_ms() }).await;
+        }
+        forget(&jobs, &job.id);
+        return;
+    };
+
+    let now = now_ms();
+    let deadline = job.created.saturating_add(policy.max_age_ms as Millis);
+    // The next attempt, unless attempts are spent or it would start past max_age.
+    let retry = |after: Option<Duration>| {
+        let at = now
+            + after
+                .unwrap_or_else(|| backoff(&policy, job.attempt))
+                .as_millis() as Millis;
+        (job.attempt < policy.attempts && at <= deadline).then_some(at)
+    };
+    let mut past_max_age = false;
+    let (outcome, next) = match result {
+        Ok((status, result, retry_after)) => {
+            let outcome = Outcome::Answered(status);
+            let retryable = matches!(status, 408 | 429 | 500 | 502..=599);
+            let next = match (status, retryable.then(|| retry(retry_after)).flatten()) {
+                (200..=399, _) => Next::Succeeded(result),
+                (_, Some(at)) => {
+                    if matches!(status, 429 | 503) {
+                        let pause = retry_after.unwrap_or_else(|| backoff(&policy, job.attempt));
+                        if let Ok(mut p) = paused.lock() {
+                            p.insert(backend.to_string(), Instant::now() + pause);
+                        }
+                    }
+                    Next::Retry {
+                        at,
+                        timed_out: false,
+                    }
+                }
+                _ => {
+                    past_max_age = retryable && job.attempt < policy.attempts;
+                    Next::Dead {
+                        result: Some(result),
+                        timed_out: false,
+                    }
+                }
+            };
+            (outcome, next)
+        }
+        Err(UpstreamError::Unavailable { reason, .. }) => {
+            // No slot or no healthy endpoint: no attempt was made, none is spent.
+            tracing::debug!(job_id = %job.id, "delivery waits: {reason}");
+            let _ = finish(None, Next::Release { at: now + 250 }).await;
+            forget(&jobs, &job.id);
+            drop(slot);
+            return;
+        }
+        Err(e) => {
+            let timed_out = matches!(e, UpstreamError::Timeout { .. });
+            let outcome = if timed_out {
+                Outcome::TimedOut
+            } else {
+                Outcome::Failed(e.to_string())
+            };
+            let next = match retry(None) {
+                Some(at) => Next::Retry { at, timed_out },
+                None => {
+                    past_max_age = job.attempt < policy.attempts;
+                    Next::Dead {
+                        result: None,
+                        timed_out,
+                    }
+                }
+            };
+            (outcome, next)
+        }
+    };
+    let (status, error) = match &outcome {
+        Outcome::Answered(s) => (
+            Some(*s),
+            (*s >= 400).then(|| format!("the function answered {s}")),
+        ),
+        Outcome::Failed(e) => (None, Some(e.clone())),
+        Outcome::TimedOut => (
+            None,
+            Some(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            )),
+        ),
+    };
+    let error = match error {
+        Some(e) if past_max_age => Some(format!("{e}; the next attempt would pass max_age")),
+        e => e,
+    };
+    let label = match &next {
+        Next::Succeeded(_) => "succeeded",
+        Next::Dead { .. } => "dead",
+        Next::Retry { .. } => "retried",
+        Next::Release { .. } => "released",
+    };
+    tracing::info!(
+        target: "fngate::access",
+        ts = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+        job_id = %job.id,
+        attempt = job.attempt,
+        route = %job.route,
+        backend = %backend,
+        method = %job.request.method,
+        status = status.unwrap_or(0),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        outcome = label,
+        error = error.as_deref().unwrap_or("-"),
+    );
+    let record = Attempt {
+        n: job.attempt,
+        at: started_wall,
+        status,
+        duration_ms: elapsed.as_millis() as u64,
+        error,
+    };
+    let finished = matches!(next, Next::Succeeded(_) | Next::Dead { .. });
+    if finish(Some(record), next).await {
+        if finished {
+            done(&jobs, &job, label);
+        } else {
+            jobs.metrics.job(&job.route, "retried");
+        }
+    }
+    forget(&jobs, &job.id);
+    drop(slot);
+    // A slot is free: the deliverer may have jobs waiting for it.
+    jobs.wake.notify_one();
+}
+
+fn done(jobs: &Jobs, job: &Claimed, outcome: &'static str) {
+    jobs.metrics.job(&job.route, outcome);
+    jobs.metrics
+        .job_attempts
+        .get_or_create(&crate::metrics::RouteLabel {
+            route: crate::metrics::Name(job.route.as_str().into()),
+        })
+        .observe(f64::from(job.attempt));
+    jobs.finished(&job.id);
+}
+
+fn forget(jobs: &Jobs, id: &str) {
+    if let Ok(mut r) = jobs.running.lock() {
+        r.remove(id);
+    }
+}
+
+/// Sends one attempt and reads the answer, keeping at most `max_result` of its body.
+async fn send(
+    upstream: &Upstream,
+    job: &Claimed,
+    edits: &HeaderEdits,
+    timeout: Duration,
+    max_result: u64,
+) -> Result<(u16, JobResult, Option<Duration>), UpstreamError> {
+    let r = &job.request;
+    let (path, query) = match r.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (r.target.as_str(), None),
+    };
+    let mut headers = decode_headers(&r.headers);
+    if let Ok(v) = HeaderValue::try_from(format!("\"{}\"", job.id)) {
+        headers.insert("idempotency-key", v);
+    }
+    if let Ok(v) = HeaderValue::try_from(&job.id) {
+        headers.insert("x-fngate-job-id", v);
+    }
+    headers.insert("x-fngate-attempt", HeaderValue::from(job.attempt));
+    if let Some(tp) = job.traceparent.as_deref().and_then(child_traceparent) {
+        headers.insert("traceparent", tp);
+    }
+    let started = Instant::now();
+    let res = upstream
+        .send(Outgoing {
+            method: Method::from_bytes(r.method.as_bytes()).unwrap_or(Method::POST),
+            path,
+            query,
+            headers,
+            body: if r.body.is_empty() {
+                Prepared::Empty
+            } else {
+                Prepared::Full(r.body.clone())
+            },
+            host: r
+                .host
+                .as_deref()
+                .and_then(|h| HeaderValue::try_from(h).ok()),
+            started,
+            deadline: started + timeout,
+            max_body: u64::MAX,
+            log: None,
+            response_edits: edits,
+            upgrade: false,
+            attempt_timeout: Some(timeout),
+        })
+        .await?;
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| retry_after(v.as_bytes()));
+    let (mut parts, mut body) = res.into_parts();
+    let mut kept = BytesMut::new();
+    let mut dropped = false;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::AnswerBody {
+            backend: upstream.backend.name.clone(),
+            source: e,
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if !dropped && (kept.len() + data.len()) as u64 <= max_result {
+                kept.extend_from_slice(&data);
+            } else {
+                dropped = true;
+                kept.clear();
+            }
+        }
+    }
+    if dropped {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        parts.headers.insert(
+            "x-fngate-result-dropped",
+            HeaderValue::from_static("too-large"),
+        );
+    }
+    Ok((
+        status,
+        JobResult {
+            status,
+            headers: encode_headers(&parts.headers),
+            body: Bytes::from(kept),
+        },
+        retry_after,
+    ))
+}
+
+/// `Retry-After` as seconds or an HTTP date, at most an hour.
+fn retry_after(v: &[u8]) -> Option<Duration> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let after = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(s)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(after.min(MAX_RETRY_AFTER))
+}
+
+/// Exponential backoff with full jitter, within the route's bounds: before
+/// attempt n+1 the delay is uniform between the lower bound and
+/// min(upper, lower * 2^(n-1)).
+pub(crate) fn backoff(policy: &Policy, attempt: u32) -> Duration {
+    let (lo, hi) = policy.backoff_ms;
+    let cap = lo
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(40))
+        .min(hi)
+        .max(lo);
+    Duration::from_millis(fastrand::u64(lo..=cap))
+}
+
+/// The job's trace, with a new parent id for this attempt (SPEC §12).
+fn child_traceparent(tp: &str) -> Option<HeaderValue> {
+    let b = tp.as_bytes();
+    if b.len() != 55 {
+        return None;
+    }
+    let mut out = b.to_vec();
+    let span = fastrand::u64(1..);
+    for (i, slot) in out[36..52].iter_mut().enumerate() {
+        let nibble = (span >> (60 - 4 * i)) & 15;
+        *slot = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(lo: u64, hi: u64) -> Policy {
+        Policy {
+            attempts: 8,
+            backoff_ms: (lo, hi),
+            max_age_ms: 1000,
+            timeout_ms: 1000,
+            result_ttl_ms: 1000,
+            max_result: 10,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_within_its_bounds() {
+        let p = policy(100, 1000);
+        for _ in 0..200 {
+            assert_eq!(backoff(&p, 1), Duration::from_millis(100));
+            let d = backoff(&p, 2).as_millis();
+            assert!((100..=200).contains(&d), "{d}");
+            let d = backoff(&p, 4).as_millis();
+            assert!((100..=800).contains(&d), "{d}");
+            let d = backoff(&p, 30).as_millis();
+            assert!((100..=1000).contains(&d), "{d}");
+        }
+        // Jitter spreads the delays: not every draw is the same.
+        let draws: std::collections::HashSet<_> = (0..50).map(|_| backoff(&p, 5)).collect();
+        assert!(draws.len() > 10);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_caps_at_an_hour() {
+        assert_eq!(retry_after(b"7"), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(b"999999"), Some(MAX_RETRY_AFTER));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+        let d = retry_after(soon.as_bytes()).expect("date");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(retry_after(b"soon"), None);
+    }
+
+    #[test]
+    fn an_attempt_keeps_the_trace_and_gets_its_own_parent() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let child = child_traceparent(tp).expect("valid");
+        let child = child.to_str().expect("ascii");
+        assert_eq!(&child[..36], &tp[..36]);
+        assert_eq!(&child[52..], &tp[52..]);
+        assert_ne!(&child[36..52], &tp[36..52]);
+    }
+}

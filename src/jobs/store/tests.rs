@@ -1,0 +1,318 @@
+//! The store's conformance suite: written against the `Store` trait, run on
+//! every implementation (the embedded one now; Redis joins with SPEC §10).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::*;
+
+fn policy() -> Policy {
+    Policy {
+        attempts: 3,
+        backoff_ms: (10, 100),
+        max_age_ms: 60_000,
+        timeout_ms: 1_000,
+        result_ttl_ms: 1_000,
+        max_result: 1 << 20,
+    }
+}
+
+fn job(id: &str, route: &str, now: Millis) -> NewJob {
+    NewJob {
+        id: id.into(),
+        route: route.into(),
+        backend: "fn".into(),
+        consumer: Some("alice".into()),
+        idempotency: None,
+        request: StoredRequest {
+            method: "POST".into(),
+            target: "/work?x=1".into(),
+            headers: Bytes::from_static(b"content-type: text/plain\n"),
+            body: Bytes::from_static(b"payload"),
+            host: None,
+        },
+        traceparent: None,
+        policy: policy(),
+        now,
+    }
+}
+
+fn claim(now: Millis, limit: usize, free: &[(&str, usize)]) -> Claim {
+    Claim {
+        backend: "fn".into(),
+        owner: "me".into(),
+        now,
+        lease_until: now + 30_000,
+        limit,
+        route_free: free
+            .iter()
+            .map(|(r, n)| (r.to_string(), *n))
+            .collect::<HashMap<_, _>>(),
+        other_free: 16,
+    }
+}
+
+/// Every implementation, fresh.
+fn stores(dir: &tempfile::TempDir) -> Vec<Arc<dyn Store>> {
+    let sqlite: Arc<dyn Store> = Sqlite::open(&dir.path().join("conformance.db")).expect("opens");
+    vec![sqlite]
+}
+
+#[tokio::test]
+async fn accepted_jobs_are_claimed_once_within_the_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        for (i, route) in ["a", "a", "a", "b"].iter().enumerate() {
+            let r = s
+                .accept(job(&format!("j{i}"), route, 1_000 + i as i64))
+                .await
+                .expect("accept");
+            assert!(matches!(r, Accepted::New(_)));
+        }
+        let got = s
+            .get("j0", false, 2_000)
+            .await
+            .expect("get")
+            .expect("found");
+        assert_eq!(
+            (got.state, got.attempts, got.consumer.as_deref()),
+            (JobState::Queued, 0, Some("alice"))
+        );
+        // Route a has one free slot: one of its jobs, and b's.
+        let taken = s
+            .claim(claim(5_000, 10, &[("a", 1), ("b", 5)]))
+            .await
+            .expect("claim");
+        let ids: Vec<&str> = taken.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["j0", "j3"]);
+        assert_eq!(taken[0].attempt, 1);
+        assert_eq!(taken[0].request.body, Bytes::from_static(b"payload"));
+        assert_eq!(taken[0].request.target, "/work?x=1");
+        assert_eq!(taken[0].policy, policy());
+        // Claimed jobs are leased: not taken again while the lease holds.
+        let again = s
+            .claim(claim(5_000, 10, &[("a", 10), ("b", 10)]))
+            .await
+            .expect("claim");
+        let ids: Vec<&str> = again.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["j1", "j2"]);
+        // Not yet due: nothing.
+        assert!(s
+            .claim(claim(500, 10, &[]))
+            .await
+            .expect("claim")
+            .is_empty());
+    }
+}
+
+#[tokio::test]
+async fn leases_belong_to_their_holder_and_lapse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        s.accept(job("j", "a", 0)).await.expect("accept");
+        let taken = s.claim(claim(10, 1, &[])).await.expect("claim");
+        assert_eq!(taken.len(), 1);
+        assert!(s.renew("j", "me", 60_000).await.expect("renew"));
+        assert!(!s.renew("j", "someone-else", 90_000).await.expect("renew"));
+        // Past the lease, another instance takes it over; the old holder's answer is refused.
+        let mut other = claim(60_001, 1, &[]);
+        other.owner = "other".into();
+        let taken = s.claim(other).await.expect("claim");
+        assert_eq!(taken[0].attempt, 2);
+        let late = s.finish(
+            "j",
+            "me",
+            None,
+            Next::Retry {
+                at: 0,
+                timed_out: false,
+            },
+            60_002,
+        );
+        assert!(!late.await.expect("finish"), "a lost lease writes nothing");
+        let r = JobResult {
+            status: 201,
+            headers: Bytes::new(),
+            body: Bytes::from_static(b"done"),
+        };
+        let a = Attempt {
+            n: 2,
+            at: 60_001,
+            status: Some(201),
+            duration_ms: 3,
+            error: None,
+        };
+        assert!(s
+            .finish(
+                "j",
+                "other",
+                Some(a.clone()),
+                Next::Succeeded(r.clone()),
+                60_010
+            )
+            .await
+            .expect("finish"));
+        let job = s.get("j", true, 60_020).await.expect("get").expect("found");
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.result, Some(r));
+        assert_eq!(job.log, vec![a]);
+        // Finished jobs are kept result_ttl (1 s), then swept.
+        assert!(s.get("j", false, 61_011).await.expect("get").is_none());
+        assert_eq!(s.sweep(61_011).await.expect("sweep"), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_release_spends_no_attempt_and_retries_wait_their_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        s.accept(job("j", "a", 0)).await.expect("accept");
+        s.claim(claim(0, 1, &[])).await.expect("claim");
+        assert!(s
+            .finish("j", "me", None, Next::Release { at: 100 }, 1)
+            .await
+            .expect("finish"));
+        let j = s.get("j", false, 2).await.expect("get").expect("found");
+        assert_eq!(
+            (j.state, j.attempts, j.next_attempt),
+            (JobState::Queued, 0, Some(100))
+        );
+        let t = s.claim(claim(100, 1, &[])).await.expect("claim");
+        assert_eq!(t[0].attempt, 1);
+        let a = Attempt {
+            n: 1,
+            at: 100,
+            status: Some(503),
+            duration_ms: 1,
+            error: Some("503".into()),
+        };
+        s.finish(
+            "j",
+            "me",
+            Some(a),
+            Next::Retry {
+                at: 500,
+                timed_out: false,
+            },
+            101,
+        )
+        .await
+        .expect("finish");
+        let j = s.get("j", false, 102).await.expect("get").expect("found");
+        assert_eq!(
+            (j.state, j.last_error.as_deref()),
+            (JobState::Retrying, Some("503"))
+        );
+        assert!(s.claim(claim(499, 1, &[])).await.expect("claim").is_empty());
+        assert_eq!(
+            s.claim(claim(500, 1, &[])).await.expect("claim")[0].attempt,
+            2
+        );
+        let b = s.backlog(600).await.expect("backlog");
+        assert_eq!(b.backends, vec![("fn".to_string(), 1, 0)]);
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_job_or_refuse_another_payload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        let keyed = |id: &str, fp: u8| {
+            let mut j = job(id, "a", 0);
+            j.idempotency = Some(Idempotency {
+                scope: "a\nalice".into(),
+                key: "k".into(),
+                fingerprint: [fp; 32],
+            });
+            j
+        };
+        assert!(matches!(
+            s.accept(keyed("first", 1)).await.expect("accept"),
+            Accepted::New(_)
+        ));
+        match s.accept(keyed("second", 1)).await.expect("accept") {
+            Accepted::Existing(j) => assert_eq!(j.id, "first"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.accept(keyed("third", 2)).await.expect("accept"),
+            Accepted::Mismatch
+        ));
+        assert!(
+            s.get("second", false, 0).await.expect("get").is_none(),
+            "no second job"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cancel_redrive_and_purge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        s.accept(job("c", "a", 0)).await.expect("accept");
+        assert_eq!(s.cancel("c").await.expect("cancel"), Cancel::Cancelled);
+        assert_eq!(s.cancel("c").await.expect("cancel"), Cancel::Missing);
+        s.accept(job("d", "a", 0)).await.expect("accept");
+        s.claim(claim(0, 1, &[])).await.expect("claim");
+        assert_eq!(s.redrive("d", 1).await.expect("redrive"), Redrive::NotDead);
+        s.finish(
+            "d",
+            "me",
+            None,
+            Next::Dead {
+                result: None,
+                timed_out: true,
+            },
+            1,
+        )
+        .await
+        .expect("finish");
+        assert_eq!(s.cancel("d").await.expect("cancel"), Cancel::Finished);
+        let dead = s
+            .list(
+                ListFilter {
+                    state: Some(JobState::Dead),
+                    route: None,
+                    limit: 10,
+                },
+                2,
+            )
+            .await
+            .expect("list");
+        assert_eq!((dead.len(), dead[0].timed_out), (1, true));
+        assert_eq!(s.redrive("d", 5).await.expect("redrive"), Redrive::Queued);
+        let j = s.get("d", false, 6).await.expect("get").expect("found");
+        assert_eq!((j.state, j.attempts), (JobState::Queued, 0));
+        assert!(s.purge("d").await.expect("purge"));
+        assert!(!s.purge("d").await.expect("purge"));
+    }
+}
+
+#[tokio::test]
+async fn a_reopened_store_takes_up_the_attempts_of_a_process_that_died() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("crash.db");
+    {
+        let s = Sqlite::open(&path).expect("opens");
+        s.accept(job("j", "a", 0)).await.expect("accept");
+        assert_eq!(s.claim(claim(0, 1, &[])).await.expect("claim").len(), 1);
+        // A second process cannot open a store in use.
+        let busy = Sqlite::open(&path).expect_err("locked");
+        assert!(busy.to_string().contains("another fngate"), "{busy}");
+    }
+    let s = Sqlite::open(&path).expect("reopens");
+    let t = s.claim(claim(1, 1, &[])).await.expect("claim");
+    assert_eq!((t.len(), t[0].attempt), (1, 2), "due at once, lease or not");
+}
+
+#[test]
+fn headers_survive_encoding() {
+    let mut h = http::HeaderMap::new();
+    h.append("x-a", http::HeaderValue::from_static("1"));
+    h.append("x-a", http::HeaderValue::from_static("two: colons"));
+    h.insert(
+        "x-b",
+        http::HeaderValue::from_bytes(b"\xff bytes").expect("value"),
+    );
+    assert_eq!(decode_headers(&encode_headers(&h)), h);
+}

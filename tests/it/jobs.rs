@@ -1,0 +1,711 @@
+//! Background jobs (SPEC §7): accepted durably, delivered with retries, read
+//! back by the client; against real function backends on loopback.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+
+use crate::common::*;
+
+/// A gateway with one async route `/work` to `url`, its store in `dir`.
+fn async_config(dir: &tempfile::TempDir, url: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+[store]
+path = "{}/jobs.db"
+[backends.fn]
+urls = ["{url}"]
+retries = 0
+[[routes]]
+name = "work"
+path = "/work"
+backend = "fn"
+invoke = "async"
+{route_extra}
+"#,
+        dir.path().display()
+    )
+}
+
+async fn post(gw: &Gw, path: &str, body: &'static str, headers: &[(&str, &str)]) -> Answer {
+    let mut req = Request::post(gw.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(req.body(full(body)).unwrap()).await
+}
+
+/// Polls the job with `Prefer: wait` (the gateway answers once it finished) until it did.
+async fn finished(gw: &Gw, location: &str, headers: &[(&str, &str)]) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut req = Request::get(gw.url(location)).header("prefer", "wait=10");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let a = send(req.body(empty()).unwrap()).await;
+        if a.status != 202 {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job never finished: {}",
+            a.text()
+        );
+    }
+}
+
+async fn admin_job(gw: &Gw, id: &str) -> serde_json::Value {
+    let a = send(
+        Request::get(format!("http://{}/jobs/{id}", gw.admin))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()
+}
+
+/// A backend that answers each request with the next status of `script`
+/// (the last repeats), with `extra` headers on every answer.
+async fn scripted(
+    script: &'static [u16],
+    extra: &'static [(&'static str, &'static str)],
+) -> Backend {
+    let n = Arc::new(AtomicUsize::new(0));
+    Backend::with(move |_| {
+        let n = n.clone();
+        async move {
+            let i = n.fetch_add(1, Ordering::SeqCst).min(script.len() - 1);
+            let mut res = Response::builder().status(script[i]);
+            for (k, v) in extra {
+                res = res.header(*k, *v);
+            }
+            res.body(full(format!("answer {}", i + 1))).unwrap()
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_async_request_is_accepted_then_delivered_and_its_answer_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let gw = Gw::start(&async_config(&dir, &fun.url(), "")).await;
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let a = post(&gw, "/work?size=3", "picture", &[("traceparent", tp)]).await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let location = a.header("location").unwrap().to_owned();
+    let id = location.strip_prefix("/jobs/").unwrap().to_owned();
+    assert_eq!(id.len(), 32, "128 bits as hex");
+    assert_eq!(a.header("retry-after"), Some("1"));
+    assert_eq!(
+        a.header("preference-applied"),
+        None,
+        "the client asked nothing"
+    );
+    let doc = a.json();
+    assert_eq!(doc["id"], id.as_str());
+    assert_eq!(doc["route"], "work");
+    assert!(
+        ["queued", "running"].contains(&doc["state"].as_str().unwrap()),
+        "{doc}"
+    );
+    for key in [
+        "attempts",
+        "created",
+        "updated",
+        "next_attempt",
+        "last_error",
+    ] {
+        assert!(doc.get(key).is_some(), "{key} in {doc}");
+    }
+
+    let done = finished(&gw, &location, &[]).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.header("x-fngate-job-state"), Some("succeeded"));
+    assert_eq!(done.header("x-fngate-job-id"), Some(id.as_str()));
+    assert_eq!(
+        done.header("x-backend"),
+        Some("fn"),
+        "the function's own headers"
+    );
+    assert_eq!(
+        done.header("x-hop"),
+        None,
+        "hop-by-hop rules apply to the result"
+    );
+    let seen = done.json();
+    assert_eq!(seen["uri"], "/work?size=3");
+    assert_eq!(seen["body"], "picture");
+    assert_eq!(seen["headers"]["idempotency-key"], format!("\"{id}\""));
+    assert_eq!(seen["headers"]["x-fngate-job-id"], id.as_str());
+    assert_eq!(seen["headers"]["x-fngate-attempt"], "1");
+    assert!(
+        seen["headers"]["x-forwarded-for"].is_string(),
+        "forwarded as synchronously"
+    );
+    let sent_tp = seen["headers"]["traceparent"].as_str().unwrap();
+    assert_eq!(
+        &sent_tp[..36],
+        &tp[..36],
+        "the attempt is in the request's trace"
+    );
+    assert_eq!(fun.count(), 1);
+}
+
+#[tokio::test]
+async fn either_routes_go_async_only_when_the_client_prefers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let config = async_config(&dir, &fun.url(), "").replace("\"async\"", "\"either\"");
+    let gw = Gw::start(&config).await;
+    let sync = post(&gw, "/work", "x", &[]).await;
+    assert_eq!(sync.status, 200);
+    assert_eq!(sync.header("x-fngate-job-id"), None);
+    let a = post(&gw, "/work", "x", &[("prefer", "respond-async")]).await;
+    assert_eq!(a.status, 202);
+    assert_eq!(a.header("preference-applied"), Some("respond-async"));
+    // Waiting a little: a fast function's answer comes inline.
+    let w = post(&gw, "/work", "y", &[("prefer", "respond-async, wait=10")]).await;
+    assert_eq!(w.status, 200, "{}", w.text());
+    assert_eq!(w.header("preference-applied"), Some("wait=10"));
+    assert_eq!(w.header("x-fngate-job-state"), Some("succeeded"));
+    assert_eq!(w.json()["body"], "y");
+}
+
+#[tokio::test]
+async fn prefer_wait_is_capped_by_max_wait_and_then_answers_202() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let fun = Backend::with(move |_| {
+        let r = r.clone();
+        async move {
+            r.notified().await;
+            Response::new(full("late"))
+        }
+    })
+    .await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nmax_wait = \"300ms\"",
+    ))
+    .await;
+    let started = Instant::now();
+    let a = post(&gw, "/work", "x", &[("prefer", "wait=30")]).await;
+    assert_eq!(a.status, 202);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "max_wait caps the wait"
+    );
+    assert_eq!(a.header("preference-applied"), None);
+    release.notify_waiters();
+}
+
+#[tokio::test]
+async fn retryable_answers_are_retried_and_every_attempt_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = scripted(&[503, 500, 408, 429, 200], &[]).await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nbackoff = [\"10ms\", \"40ms\"]",
+    ))
+    .await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    let location = a.header("location").unwrap().to_owned();
+    let done = finished(&gw, &location, &[]).await;
+    assert_eq!(done.status, 200);
+    assert_eq!(done.text(), "answer 5");
+    let job = admin_job(&gw, location.trim_start_matches("/jobs/")).await;
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["attempts"], 5);
+    let statuses: Vec<u64> = job["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [503, 500, 408, 429, 200]);
+    let attempts: Vec<String> = fun
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-fngate-attempt"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3", "4", "5"]);
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("fngate_jobs_total{route=\"work\",outcome=\"retried\"} 4"),
+        "{m}"
+    );
+    assert!(
+        m.contains("fngate_jobs_total{route=\"work\",outcome=\"succeeded\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("fngate_jobs_total{route=\"work\",outcome=\"accepted\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("fngate_job_attempts_sum{route=\"work\"} 5.0"),
+        "{m}"
+    );
+    assert!(m.contains("fngate_store_up 1"), "{m}");
+    assert!(
+        m.contains("fngate_store_operation_seconds_count{op=\"accept\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_error_or_501_is_dead_at_once_with_the_functions_answer() {
+    for status in [400u16, 404, 422, 501] {
+        let dir = tempfile::tempdir().unwrap();
+        let script: &'static [u16] = Box::leak(Box::new([status, 200]));
+        let fun = scripted(script, &[]).await;
+        let gw = Gw::start(&async_config(&dir, &fun.url(), "")).await;
+        let a = post(&gw, "/work", "x", &[]).await;
+        let location = a.header("location").unwrap().to_owned();
+        let done = finished(&gw, &location, &[]).await;
+        assert_eq!(done.status, status);
+        assert_eq!(done.header("x-fngate-job-state"), Some("dead"));
+        assert_eq!(done.text(), "answer 1");
+        assert_eq!(fun.count(), 1, "{status} is not retried");
+    }
+}
+
+#[tokio::test]
+async fn attempts_run_out_on_connection_failures_and_the_job_is_dead_with_502() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dead_addr().await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &format!("http://{dead}"),
+        "[routes.delivery]\nattempts = 3\nbackoff = [\"10ms\", \"20ms\"]",
+    ))
+    .await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    let location = a.header("location").unwrap().to_owned();
+    let done = finished(&gw, &location, &[]).await;
+    done.problem(502);
+    assert_eq!(done.header("x-fngate-job-state"), Some("dead"));
+    let id = location.trim_start_matches("/jobs/");
+    assert_eq!(done.header("x-fngate-job-id"), Some(id));
+    let job = admin_job(&gw, id).await;
+    assert_eq!(job["attempts"], 3);
+    let log = job["attempt_log"].as_array().unwrap();
+    assert_eq!(log.len(), 3);
+    assert!(
+        log.iter()
+            .all(|a| a["status"].is_null() && a["error"].is_string()),
+        "{job}"
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains("fngate_jobs_total{route=\"work\",outcome=\"dead\"} 1"));
+}
+
+#[tokio::test]
+async fn an_attempt_that_times_out_is_retried_and_a_dead_job_is_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::with(|_| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("too late"))
+    })
+    .await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nattempts = 2\ntimeout = \"100ms\"\nbackoff = [\"10ms\", \"10ms\"]",
+    ))
+    .await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    let done = finished(&gw, a.header("location").unwrap(), &[]).await;
+    done.problem(504);
+    assert_eq!(done.header("x-fngate-job-state"), Some("dead"));
+    assert_eq!(fun.heads(), 2);
+}
+
+#[tokio::test]
+async fn retry_after_from_the_function_sets_the_next_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = scripted(&[429, 200], &[("retry-after", "1")]).await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nbackoff = [\"10ms\", \"10ms\"]",
+    ))
+    .await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    let started = Instant::now();
+    let done = finished(&gw, a.header("location").unwrap(), &[]).await;
+    assert_eq!(done.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the second attempt waited the function's Retry-After, not the 10ms backoff: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_job_past_max_age_is_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = scripted(&[500], &[]).await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nattempts = 1000\nmax_age = \"300ms\"\nbackoff = [\"50ms\", \"50ms\"]",
+    ))
+    .await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    let location = a.header("location").unwrap().to_owned();
+    let done = finished(&gw, &location, &[]).await;
+    assert_eq!(done.status, 500, "dead with the last answer");
+    assert_eq!(done.header("x-fngate-job-state"), Some("dead"));
+    let job = admin_job(&gw, location.trim_start_matches("/jobs/")).await;
+    assert!(
+        job["last_error"].as_str().unwrap().contains("max_age"),
+        "{job}"
+    );
+    assert!(
+        fun.count() < 20,
+        "stopped at max_age, not after 1000 attempts"
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_name_one_job_per_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let gw = Gw::start(&async_config(&dir, &fun.url(), "")).await;
+    let first = post(&gw, "/work", "order", &[("idempotency-key", "\"order-1\"")]).await;
+    assert_eq!(first.status, 202);
+    let again = post(&gw, "/work", "order", &[("idempotency-key", "\"order-1\"")]).await;
+    assert!([200, 202].contains(&again.status.as_u16()));
+    let location = first.header("location").unwrap().to_owned();
+    if again.status == 202 {
+        assert_eq!(
+            again.header("location"),
+            Some(location.as_str()),
+            "the same job"
+        );
+    } else {
+        assert_eq!(
+            again.header("x-fngate-job-id"),
+            Some(location.trim_start_matches("/jobs/"))
+        );
+    }
+    let other = post(
+        &gw,
+        "/work",
+        "another order",
+        &[("idempotency-key", "\"order-1\"")],
+    )
+    .await;
+    other.problem(422);
+    let bad = post(&gw, "/work", "x", &[("idempotency-key", "\"unterminated")]).await;
+    bad.problem(400);
+    let second = post(&gw, "/work", "order", &[("idempotency-key", "order-2")]).await;
+    assert_eq!(second.status, 202);
+    assert_ne!(second.header("location"), Some(location.as_str()));
+    finished(&gw, &location, &[]).await;
+    finished(&gw, second.header("location").unwrap(), &[]).await;
+    // Once finished, the key answers with the result.
+    let replay = post(&gw, "/work", "order", &[("idempotency-key", "\"order-1\"")]).await;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.header("x-fngate-job-state"), Some("succeeded"));
+    assert_eq!(fun.count(), 2, "one delivery per key");
+    assert!(gw.metrics().await.contains("outcome=\"deduplicated\"} 2"));
+}
+
+#[tokio::test]
+async fn a_pending_job_can_be_cancelled_a_finished_one_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::with(|_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(full("never read"))
+    })
+    .await;
+    let gw = Gw::start(&async_config(&dir, &fun.url(), "")).await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    let location = a.header("location").unwrap().to_owned();
+    fun.wait_for(1).await;
+    send(Request::put(gw.url(&location)).body(empty()).unwrap())
+        .await
+        .problem(405);
+    let del = send(Request::delete(gw.url(&location)).body(empty()).unwrap()).await;
+    assert_eq!(del.status, 204, "{}", del.text());
+    gw.get(&location).await.problem(404);
+    send(Request::delete(gw.url(&location)).body(empty()).unwrap())
+        .await
+        .problem(404);
+
+    let echo = Backend::echo("fn").await;
+    let dir2 = tempfile::tempdir().unwrap();
+    let gw2 = Gw::start(&async_config(&dir2, &echo.url(), "")).await;
+    let b = post(&gw2, "/work", "x", &[]).await;
+    let loc = b.header("location").unwrap().to_owned();
+    finished(&gw2, &loc, &[]).await;
+    send(Request::delete(gw2.url(&loc)).body(empty()).unwrap())
+        .await
+        .problem(409);
+    gw2.get("/jobs/00000000000000000000000000000000")
+        .await
+        .problem(404);
+}
+
+#[tokio::test]
+async fn only_the_consumer_that_made_a_job_can_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    // sha256("a-key") and sha256("b-key")
+    let auth = format!(
+        "[auth.keys]\ntype = \"api_key\"\nkeys = [{{ id = \"alice\", sha256 = \"{}\" }}, {{ id = \"bob\", sha256 = \"{}\" }}]\n",
+        sha256_hex("a-key"),
+        sha256_hex("b-key")
+    );
+    let config = async_config(&dir, &fun.url(), "auth = \"keys\"").replacen(
+        "[backends.fn]",
+        &format!("{auth}[backends.fn]"),
+        1,
+    );
+    let gw = Gw::start(&config).await;
+    post(&gw, "/work", "x", &[]).await.problem(401);
+    let a = post(&gw, "/work", "x", &[("x-api-key", "a-key")]).await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let location = a.header("location").unwrap().to_owned();
+    gw.get(&location).await.problem(401);
+    let bob = finished(&gw, &location, &[("x-api-key", "b-key")]).await;
+    bob.problem(404);
+    let alice = finished(&gw, &location, &[("x-api-key", "a-key")]).await;
+    assert_eq!(alice.status, 200);
+    assert_eq!(
+        alice.upstream_header("x-consumer-id").as_deref(),
+        Some("alice")
+    );
+}
+
+/// SHA-256 of a test key, as `sha256` in routes.toml wants it.
+fn sha256_hex(key: &str) -> &'static str {
+    match key {
+        "a-key" => "2a8a1240f50636655520ac8ed22aa29473b8517b4abfdbc3bc03bcad73fc8849",
+        "b-key" => "912cf63e4e97cfdaa27ba19112c7881169eaa82676c40b0ce253f165738dafd2",
+        other => panic!("no hash for {other}"),
+    }
+}
+
+#[tokio::test]
+async fn delivery_never_exceeds_the_routes_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (now.clone(), peak.clone());
+    let fun = Backend::with(move |_| {
+        let (n, p) = (n.clone(), p.clone());
+        async move {
+            let c = n.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(c, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            n.fetch_sub(1, Ordering::SeqCst);
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nconcurrency = 2",
+    ))
+    .await;
+    let mut locations = Vec::new();
+    for _ in 0..12 {
+        locations.push(
+            post(&gw, "/work", "x", &[])
+                .await
+                .header("location")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for l in &locations {
+        assert_eq!(finished(&gw, l, &[]).await.status, 200);
+    }
+    assert_eq!(fun.count(), 12);
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "two at a time, never more");
+}
+
+#[tokio::test]
+async fn one_backends_slow_burst_does_not_delay_another_backends_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Backend::with(|_| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Response::new(full("slow"))
+    })
+    .await;
+    let fast = Backend::echo("fast").await;
+    let config = format!(
+        "{}\n[backends.fast]\nurls = [\"{}\"]\n[[routes]]\nname = \"quick\"\npath = \"/quick\"\nbackend = \"fast\"\ninvoke = \"async\"\n",
+        async_config(&dir, &slow.url(), "[routes.delivery]\nconcurrency = 1"),
+        fast.url()
+    );
+    let gw = Gw::start(&config).await;
+    for _ in 0..20 {
+        assert_eq!(post(&gw, "/work", "x", &[]).await.status, 202);
+    }
+    let started = Instant::now();
+    let q = post(&gw, "/quick", "y", &[("prefer", "wait=10")]).await;
+    assert_eq!(q.status, 200, "{}", q.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the fast backend's job waited behind 10 s of slow ones: {:?}",
+        started.elapsed()
+    );
+    assert!(slow.count() < 10, "the slow burst is still going");
+}
+
+#[tokio::test]
+async fn operators_list_redrive_and_purge_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = scripted(&[400, 200], &[]).await;
+    let gw = Gw::start(&async_config(&dir, &fun.url(), "")).await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    let location = a.header("location").unwrap().to_owned();
+    let id = location.trim_start_matches("/jobs/").to_owned();
+    assert_eq!(finished(&gw, &location, &[]).await.status, 400);
+    let admin = |m: &str, p: &str| {
+        Request::builder()
+            .method(m)
+            .uri(format!("http://{}{p}", gw.admin))
+            .body(empty())
+            .unwrap()
+    };
+    let dead = send(admin("GET", "/jobs?state=dead&route=work")).await;
+    assert_eq!(dead.status, 200);
+    let list = dead.json();
+    assert_eq!(list["jobs"][0]["id"], id.as_str());
+    assert_eq!(list["jobs"][0]["attempt_log"][0]["status"], 400);
+    let none = send(admin("GET", "/jobs?state=succeeded")).await.json();
+    assert_eq!(none["jobs"].as_array().unwrap().len(), 0);
+    send(admin("GET", "/jobs?state=bogus")).await.problem(400);
+
+    let r = send(admin("POST", &format!("/jobs/{id}/redrive"))).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let done = finished(&gw, &location, &[]).await;
+    assert_eq!(done.status, 200, "redriven, delivered again");
+    assert_eq!(
+        admin_job(&gw, &id).await["attempts"],
+        1,
+        "attempts were reset"
+    );
+    send(admin("POST", &format!("/jobs/{id}/redrive")))
+        .await
+        .problem(409);
+
+    let p = send(admin("DELETE", &format!("/jobs/{id}"))).await;
+    assert_eq!(p.status, 204);
+    send(admin("GET", &format!("/jobs/{id}")))
+        .await
+        .problem(404);
+    gw.get(&location).await.problem(404);
+    let doc = send(admin("GET", "/openapi.json")).await.json();
+    for path in ["/jobs", "/jobs/{id}", "/jobs/{id}/redrive"] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} in the OpenAPI description"
+        );
+    }
+}
+
+#[tokio::test]
+async fn body_limits_and_auth_run_before_a_job_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let gw = Gw::start(&async_config(&dir, &fun.url(), "max_body = 4")).await;
+    post(&gw, "/work", "far too long", &[]).await.problem(413);
+    let list = send(
+        Request::get(format!("http://{}/jobs", gw.admin))
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        0,
+        "no job for a refused request"
+    );
+}
+
+#[tokio::test]
+async fn job_settings_are_validated_with_their_position() {
+    let bad = [
+        ("[routes.delivery]\nattempts = 0", "attempts", "at least 1"),
+        (
+            "[routes.delivery]\nbackoff = [\"5m\", \"1s\"]",
+            "backoff",
+            "exceeds",
+        ),
+        (
+            "[routes.delivery]\nbackoff = [\"1s\"]",
+            "backoff",
+            "two durations",
+        ),
+        (
+            "[routes.delivery]\nconcurrency = 0",
+            "concurrency",
+            "at least 1",
+        ),
+        ("[routes.delivery]\nsurprise = 1", "surprise", "unknown key"),
+    ];
+    for (extra, key, words) in bad {
+        let text = format!(
+            "[backends.fn]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"work\"\npath = \"/work\"\nbackend = \"fn\"\ninvoke = \"async\"\n{extra}\n"
+        );
+        let err = fngate::Config::parse(&text, "r.toml", &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key) && err.contains(words), "{extra}: {err}");
+        assert!(err.contains("r.toml:"), "file:line:col in {err}");
+    }
+    let under = "[backends.fn]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"w\"\npath = \"/jobs/{id}\"\nbackend = \"fn\"\n";
+    let err = fngate::Config::parse(under, "r.toml", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("jobs_path"), "{err}");
+    let moved = format!("[server]\njobs_path = \"/tasks\"\n{under}");
+    assert!(fngate::Config::parse(&moved, "r.toml", &|_| None).is_ok());
+    let invoke = "[backends.fn]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"w\"\npath = \"/w\"\nbackend = \"fn\"\ninvoke = \"later\"\n";
+    let err = fngate::Config::parse(invoke, "r.toml", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"sync\", \"async\", \"either\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_opened_stops_start_up_naming_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the store's parent directory should be.
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let not_a_store = dir.path().join("garbage.db");
+    std::fs::write(&not_a_store, vec![0x5a; 8192]).unwrap();
+    for path in [blocker.join("jobs.db"), not_a_store] {
+        let text = format!(
+            "[store]\npath = \"{}\"\n[backends.fn]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"w\"\npath = \"/w\"\nbackend = \"fn\"\ninvoke = \"async\"\n",
+            path.display()
+        );
+        let config = fngate::Config::parse(&text, "r.toml", &|_| None).unwrap();
+        let opts = fngate::ServeOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+            clock: None,
+        };
+        let err = fngate::start(config, opts).await.unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+}
