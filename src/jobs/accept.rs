@@ -134,6 +134,9 @@ pub(crate) async fn accept(
         None => path,
     };
     let body = read_body(body, route.max_body).await?;
+    if let Some(log) = parts.extensions.get::<Arc<crate::context::RequestLog>>() {
+        log.add_bytes_in(body.len() as u64);
+    }
     let traceparent = parts
         .headers
         .get("traceparent")

@@ -78,7 +78,16 @@ impl Backend {
         F: Fn(Seen) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<BoxBody>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+    }
+
+    /// Like [`Backend::with`], on a given listener (a function that comes back
+    /// on the port a bound socket kept for it).
+    pub fn on<F, Fut>(listener: TcpListener, handler: F) -> Self
+    where
+        F: Fn(Seen) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
