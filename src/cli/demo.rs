@@ -57,7 +57,7 @@ pub async fn run(config: Config, opts: ServeOptions) -> Result<(), StartError> {
         )
     });
     println!(
-        "\nfngate demo is running. Try:\n\n  curl -i {base}/users/42\n  curl -i {base}/orders\n  curl -i -X POST {base}/orders -d '{{\"item\":\"book\"}}'\n  curl -i {base}/v1/orders/7/files/invoices/2026.pdf?dl=1\n  curl -i {base}/legacy/users/1\n  curl -i {base}/me/orders -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice --scope orders:read)\"\n  curl -i {base}/partner/orders -H 'x-api-key: demo-key-acme'\n  curl -i {base}/dashboard/42 -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice)\"\n  curl -i -X OPTIONS {base}/users/42 -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'\n  curl -i {base}/nope\n{https}  curl -s http://{}/metrics | grep fngate_requests\n\nCtrl-C stops it.\n",
+        "\nfngate demo is running. Try:\n\n  curl -i {base}/users/42\n  curl -i {base}/orders\n  curl -i -X POST {base}/orders -d '{{\"item\":\"book\"}}'\n  curl -i {base}/v1/orders/7/files/invoices/2026.pdf?dl=1\n  curl -i {base}/legacy/users/1\n  curl -i {base}/me/orders -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice --scope orders:read)\"\n  curl -i {base}/partner/orders -H 'x-api-key: demo-key-acme'\n  curl -i {base}/dashboard/42 -H \"authorization: Bearer $(cargo run -q --release -- token --sub alice)\"\n  curl -i -X OPTIONS {base}/users/42 -H 'origin: http://localhost:3000' -H 'access-control-request-method: GET'\n  curl -i {base}/nope\n  curl -i -X POST {base}/thumbnails -d 'cat.jpg'   # 202 and a job URL; then: curl -i {base}/jobs/<id>\n{https}  curl -s http://{}/metrics | grep fngate_requests\n\nCtrl-C stops it.\n",
         gateway.admin_addr
     );
     crate::server::run_until_signalled(gateway).await;
@@ -88,6 +88,10 @@ async fn function(listener: TcpListener, name: String) {
 }
 
 async fn answer(req: Request<Incoming>, name: &str, instance: &str) -> Response<Full<Bytes>> {
+    // The background-job demo's function is slow on purpose.
+    if name.split(',').any(|n| n == "thumbnails") {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()

@@ -80,7 +80,7 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml")).unwrap();
     let mut text = shipped.clone();
     text = text.replace("127.0.0.1:8443", "127.0.0.1:0");
-    for port in ["9101", "9102", "9103", "9104", "9105"] {
+    for port in ["9101", "9102", "9103", "9104", "9105", "9106"] {
         let free = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -131,6 +131,32 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
     assert_eq!(a.json()["body"], "{\"item\":\"book\"}");
     // CQRS: the write went to its own function, the read goes to another.
     assert_eq!(a.json()["function"], "orders-write");
+    // The background job: 202 and a job URL; the slow function's answer is kept.
+    let a = send(
+        Request::post(format!("http://{}/thumbnails", p.addr))
+            .body(full("cat.jpg"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let job = send(
+        Request::get(format!(
+            "http://{}{}",
+            p.addr,
+            a.header("location").unwrap()
+        ))
+        .header("prefer", "wait=10")
+        .body(empty())
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(job.status, 200, "{}", job.text());
+    assert_eq!(job.json()["function"], "thumbnails");
+    assert_eq!(job.json()["body"], "cat.jpg");
+    assert!(
+        dir.path().join("data/fngate.db").exists(),
+        "the store beside the config"
+    );
     let a = send(
         Request::get(format!("http://{}/orders", p.addr))
             .body(empty())

@@ -758,7 +758,7 @@ async fn a_job_accepted_while_its_function_is_down_is_delivered_after_a_kill_and
     });
     let second = Proc::start(&config, &[]);
     fun.wait_for(1).await;
-    assert_eq!(job_ids(&fun), [id.clone()]);
+    assert_eq!(job_ids(&fun), std::slice::from_ref(&id));
     assert_eq!(fun.seen()[0].body, "keep me");
     drop(second);
 }
@@ -926,8 +926,6 @@ async fn a_full_disk_answers_503_never_a_202_that_was_not_stored() {
     refused.problem(503);
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(promised > 0, "jobs were taken while there was room");
-    let m = gw.metrics().await;
-    assert!(m.contains("fngate_store_up 0"), "{m}");
     let list = send(
         Request::get(format!("http://{}/jobs?limit=1000", gw.admin))
             .body(empty())
