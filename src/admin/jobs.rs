@@ -1,6 +1,7 @@
 //! The admin API's jobs (SPEC §11): list, inspect with every attempt,
 //! redrive a dead job, purge one.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State as AxumState};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -59,11 +60,14 @@ fn store_error(e: crate::jobs::StoreError) -> AdminError {
 #[utoipa::path(get, path = "/jobs", security(("bearer" = [])), params(ListQuery), responses(
     (status = 200, description = "Jobs, newest first; dead ones with their attempts", body = Object),
     (status = 400, body = Problem, content_type = "application/problem+json"),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "The job store is not available", body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn list(
     AxumState(admin): AxumState<AdminState>,
-    Query(q): Query<ListQuery>,
+    query: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>> {
+    // A malformed query is a problem+json 400 like every other refusal.
+    let Query(q) = query.map_err(|e| AdminError::BadQuery(e.body_text()))?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {
@@ -86,13 +90,14 @@ pub(super) async fn list(
 #[utoipa::path(get, path = "/jobs/{id}", security(("bearer" = [])),
     params(("id" = String, Path, description = "The job id")), responses(
     (status = 200, description = "The job with every attempt (time, status, duration, error)", body = Object),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
     (status = 404, body = Problem, content_type = "application/problem+json"),
     (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn get_one(
     AxumState(admin): AxumState<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
-    match admin.jobs.get(&id).await.map_err(store_error)? {
+    match admin.jobs.get(&id, true).await.map_err(store_error)? {
         Some(job) => Ok(Json(detail(&job))),
         None => Err(AdminError::NoJob(id)),
     }
@@ -101,6 +106,7 @@ pub(super) async fn get_one(
 #[utoipa::path(post, path = "/jobs/{id}/redrive", security(("bearer" = [])),
     params(("id" = String, Path, description = "The job id")), responses(
     (status = 202, description = "The dead job is queued again, its attempts reset", body = Object),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
     (status = 404, body = Problem, content_type = "application/problem+json"),
     (status = 409, description = "The job is not dead", body = Problem, content_type = "application/problem+json"),
     (status = 503, body = Problem, content_type = "application/problem+json")))]
@@ -110,7 +116,7 @@ pub(super) async fn redrive(
 ) -> Result<(StatusCode, Json<serde_json::Value>)> {
     match admin.jobs.redrive(&id).await.map_err(store_error)? {
         Redrive::Queued => {
-            let job = admin.jobs.get(&id).await.map_err(store_error)?;
+            let job = admin.jobs.get(&id, true).await.map_err(store_error)?;
             let body = job.as_ref().map(detail).unwrap_or_default();
             Ok((StatusCode::ACCEPTED, Json(body)))
         }
@@ -122,6 +128,7 @@ pub(super) async fn redrive(
 #[utoipa::path(delete, path = "/jobs/{id}", security(("bearer" = [])),
     params(("id" = String, Path, description = "The job id")), responses(
     (status = 204, description = "Purged; an attempt in flight is aborted"),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
     (status = 404, body = Problem, content_type = "application/problem+json"),
     (status = 503, body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn purge(
