@@ -27,6 +27,23 @@ impl ConnInfo {
     }
 }
 
+/// Lower-case hex of `n`'s last `out.len()` digits, into `out` (no allocation).
+pub(crate) fn hex(out: &mut [u8], mut n: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
+/// A W3C `traceparent` in the same trace with a new parent id: what a hop
+/// fngate makes on its own (a job's attempt) sends on.
+pub(crate) fn child_traceparent(tp: &str) -> Option<HeaderValue> {
+    let mut out: [u8; 55] = tp.as_bytes().try_into().ok()?;
+    hex(&mut out[36..52], u128::from(fastrand::u64(1..)));
+    HeaderValue::from_bytes(&out).ok()
+}
+
 /// The request's id (client-sent when sane, else generated).
 #[derive(Debug, Clone)]
 pub(crate) struct RequestId(pub HeaderValue);
@@ -67,5 +84,28 @@ impl RequestLog {
 
     pub(crate) fn fields(&self) -> LogFields {
         self.fields.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_fills_its_buffer_from_the_right() {
+        let mut four = [0u8; 4];
+        hex(&mut four, 0x1abcd);
+        assert_eq!(&four, b"abcd");
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_gets_its_own_parent() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let child = child_traceparent(tp).expect("valid");
+        let child = child.to_str().expect("ascii");
+        assert_eq!(&child[..36], &tp[..36]);
+        assert_eq!(&child[52..], &tp[52..]);
+        assert_ne!(&child[36..52], &tp[36..52]);
+        assert!(child_traceparent("00-short").is_none());
     }
 }

@@ -47,8 +47,7 @@ impl tower::Service<Request<Body>> for Dispatch {
             let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
             // `{jobs_path}/{id}`: routed as the job's route, answered from the store.
             if req.extensions().get::<jobs::JobRequest>().is_some() {
-                let snapshot = jobs.snapshot();
-                let answer = jobs::job_answer(&jobs, req, &snapshot.config.server).await;
+                let answer = jobs::job_answer(&jobs, req).await;
                 return Ok(answer.unwrap_or_else(|e| error::respond(e, id.as_ref())));
             }
             // The route layer runs first and always leaves the context.

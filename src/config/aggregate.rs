@@ -76,14 +76,9 @@ pub(super) fn aggregate(
     default_timeout: Duration,
     max_body: u64,
 ) -> Option<Aggregate> {
-    let timeout = obj.duration(ctx, "timeout").unwrap_or(default_timeout);
-    if timeout.is_zero() {
-        ctx.error(
-            obj.key_span("timeout"),
-            obj.key_path("timeout"),
-            "must be longer than zero",
-        );
-    }
+    let timeout = obj
+        .positive_duration(ctx, "timeout")
+        .unwrap_or(default_timeout);
     let merge = match obj.string(ctx, "merge") {
         None => Merge::Object,
         Some(m) if m.value == "object" => Merge::Object,
@@ -233,14 +228,7 @@ pub(super) fn aggregate(
         let select = c
             .strings(ctx, "select")
             .map(|list| list.into_iter().map(|s| s.value).collect());
-        let timeout = c.duration(ctx, "timeout");
-        if timeout.is_some_and(|t| t.is_zero()) {
-            ctx.error(
-                c.key_span("timeout"),
-                c.key_path("timeout"),
-                "must be longer than zero",
-            );
-        }
+        let timeout = c.positive_duration(ctx, "timeout");
         c.finish(ctx);
         match (name, backend, path, method) {
             (Some(name), Some(backend), Some(path), Some(method)) => {

@@ -237,6 +237,24 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A duration that must be longer than zero (zero is reported and dropped).
+    pub(crate) fn positive_duration(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        key: &'static str,
+    ) -> Option<Duration> {
+        let d = self.duration(ctx, key)?;
+        if d.is_zero() {
+            ctx.error(
+                self.key_span(key),
+                self.key_path(key),
+                "must be longer than zero",
+            );
+            return None;
+        }
+        Some(d)
+    }
+
     /// A size: an integer number of bytes, or a string such as "10MiB".
     pub(crate) fn size(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<u64> {
         let item = self.item(key)?;

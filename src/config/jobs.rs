@@ -157,22 +157,15 @@ pub(super) fn delivery(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Delivery {
             ),
         }
     }
-    let mut positive = |ctx: &mut Ctx<'_>, key: &'static str, slot: &mut Duration| {
-        if let Some(v) = obj.duration(ctx, key) {
-            if v.is_zero() {
-                ctx.error(
-                    obj.key_span(key),
-                    obj.key_path(key),
-                    "must be longer than zero",
-                );
-            } else {
-                *slot = v;
-            }
+    for (key, slot) in [
+        ("max_age", &mut d.max_age),
+        ("timeout", &mut d.timeout),
+        ("result_ttl", &mut d.result_ttl),
+    ] {
+        if let Some(v) = obj.positive_duration(ctx, key) {
+            *slot = v;
         }
-    };
-    positive(ctx, "max_age", &mut d.max_age);
-    positive(ctx, "timeout", &mut d.timeout);
-    positive(ctx, "result_ttl", &mut d.result_ttl);
+    }
     if let Some(v) = obj.duration(ctx, "max_wait") {
         d.max_wait = v;
     }

@@ -70,15 +70,7 @@ pub(super) fn rate_limit(
             None
         }
     };
-    let per = match obj.duration(ctx, "per") {
-        Some(d) if d.is_zero() => {
-            ctx.error(
-                obj.key_span("per"),
-                obj.key_path("per"),
-                "must be longer than zero",
-            );
-            None
-        }
+    let per = match obj.positive_duration(ctx, "per") {
         Some(d) => Some(d),
         None => {
             if !obj.has("per") {

@@ -277,14 +277,7 @@ pub(super) fn route(
     let preserve_host = obj.bool(ctx, "preserve_host").unwrap_or(false);
     let request_headers = header_edits(ctx, &mut obj, "request_headers");
     let response_headers = header_edits(ctx, &mut obj, "response_headers");
-    let timeout = obj.duration(ctx, "timeout");
-    if timeout.is_some_and(|t| t.is_zero()) {
-        ctx.error(
-            obj.key_span("timeout"),
-            obj.key_path("timeout"),
-            "must be longer than zero",
-        );
-    }
+    let timeout = obj.positive_duration(ctx, "timeout");
     // 0 lifts the limit for this route (long gRPC or WebSocket-over-HTTP/2 streams).
     let max_body = match obj.size(ctx, "max_body") {
         Some(0) => u64::MAX,

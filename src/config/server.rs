@@ -104,40 +104,17 @@ pub(super) fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Server
             s.max_header_size = n as usize;
         }
     }
-    let positive =
-        |ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str, slot: &mut Duration| {
-            if let Some(d) = obj.duration(ctx, key) {
-                if d.is_zero() {
-                    ctx.error(
-                        obj.key_span(key),
-                        obj.key_path(key),
-                        "must be longer than zero",
-                    );
-                } else {
-                    *slot = d;
-                }
-            }
-        };
-    positive(
-        ctx,
-        &mut obj,
-        "header_read_timeout",
-        &mut s.header_read_timeout,
-    );
-    positive(ctx, &mut obj, "idle_timeout", &mut s.idle_timeout);
-    positive(ctx, &mut obj, "request_timeout", &mut s.request_timeout);
-    positive(
-        ctx,
-        &mut obj,
-        "websocket_idle_timeout",
-        &mut s.websocket_idle_timeout,
-    );
-    positive(
-        ctx,
-        &mut obj,
-        "websocket_max_lifetime",
-        &mut s.websocket_max_lifetime,
-    );
+    for (key, slot) in [
+        ("header_read_timeout", &mut s.header_read_timeout),
+        ("idle_timeout", &mut s.idle_timeout),
+        ("request_timeout", &mut s.request_timeout),
+        ("websocket_idle_timeout", &mut s.websocket_idle_timeout),
+        ("websocket_max_lifetime", &mut s.websocket_max_lifetime),
+    ] {
+        if let Some(d) = obj.positive_duration(ctx, key) {
+            *slot = d;
+        }
+    }
     if let Some(d) = obj.duration(ctx, "shutdown_grace") {
         s.shutdown_grace = d;
     }

@@ -190,54 +190,31 @@ pub(crate) async fn accept(
         now: now_ms(),
     };
     let store = jobs.store()?;
-    // Subscribed before the job exists, so a fast function cannot finish unseen.
-    let wait = prefer
-        .wait
-        .map(|n| Duration::from_secs(n).min(d.max_wait))
-        .filter(|w| !w.is_zero());
-    let mut waiting = wait.map(|_| jobs.waiter(&id));
-    let stored = jobs.timed("accept", store.accept(job)).await;
-    let job = match stored {
-        Ok(Accepted::New(job)) => {
+    let job = match jobs.timed("accept", store.accept(job)).await? {
+        Accepted::New(job) => {
             jobs.metrics.job(&route.name, "accepted");
             jobs.wake.notify_one();
             job
         }
-        Ok(Accepted::Existing(job)) => {
-            jobs.forget_waiter(&id);
+        Accepted::Existing(job) => {
             jobs.metrics.job(&route.name, "deduplicated");
             if job.state.finished() {
                 return result_of(job, server, None);
             }
-            waiting = wait.map(|_| jobs.waiter(&job.id));
             job
         }
-        Ok(Accepted::Mismatch) => {
-            jobs.forget_waiter(&id);
-            return Err(JobError::KeyReused);
-        }
-        Err(e) => {
-            drop(waiting);
-            jobs.forget_waiter(&id);
-            return Err(e.into());
-        }
+        Accepted::Mismatch => return Err(JobError::KeyReused),
     };
-    if let (Some(wait), Some(mut rx)) = (wait, waiting.take()) {
-        let done = tokio::time::timeout(wait, rx.wait_for(|d| *d))
-            .await
-            .map(|r| r.is_ok());
-        drop(rx);
-        jobs.forget_waiter(&job.id);
-        if done == Ok(true) {
+    let wait = prefer
+        .wait
+        .map(|n| Duration::from_secs(n).min(d.max_wait))
+        .filter(|w| !w.is_zero());
+    if let Some(wait) = wait {
+        // The job is stored: a store that fails now still gets the client its 202.
+        let done = jobs.finished_within(&job.id, wait).await.ok().flatten();
+        if let Some(done) = done.filter(|j| j.state.finished()) {
             let applied = HeaderValue::try_from(format!("wait={}", prefer.wait.unwrap_or(0))).ok();
-            if let Some(done) = jobs
-                .timed("get", store.get(&job.id, false, now_ms()))
-                .await?
-            {
-                if done.state.finished() {
-                    return result_of(done, server, applied);
-                }
-            }
+            return result_of(done, server, applied);
         }
     }
     Ok(accepted(&job, server, prefer.respond_async))

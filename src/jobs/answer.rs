@@ -1,6 +1,7 @@
 //! What a client reads about its job: the status document while it is
 //! pending, the function's answer once it finished (SPEC §7 "Status and result").
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -9,10 +10,11 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::store::{decode_headers, Job, JobState, Millis};
-use super::{now_ms, Cancel, JobError, Jobs};
+use super::{Cancel, JobError, Jobs};
 use crate::auth::Verified;
 use crate::body::Body;
 use crate::config::Server;
+use crate::state::Snapshot;
 
 pub(crate) static X_FNGATE_JOB_ID: HeaderName = HeaderName::from_static("x-fngate-job-id");
 pub(crate) static X_FNGATE_JOB_STATE: HeaderName = HeaderName::from_static("x-fngate-job-state");
@@ -22,6 +24,8 @@ pub(crate) static X_FNGATE_JOB_STATE: HeaderName = HeaderName::from_static("x-fn
 #[derive(Debug, Clone)]
 pub(crate) struct JobRequest {
     pub(crate) job: Job,
+    /// The config the request was routed in (for `jobs_path`).
+    pub(crate) snapshot: Arc<Snapshot>,
 }
 
 pub(crate) fn time(ms: Millis) -> String {
@@ -116,51 +120,41 @@ pub(crate) fn result_of(
 pub(crate) async fn job_answer(
     jobs: &Jobs,
     req: Request<Body>,
-    server: &Server,
 ) -> Result<Response<Body>, JobError> {
     let (parts, _) = req.into_parts();
-    let Some(JobRequest { job }) = parts.extensions.get::<JobRequest>().cloned() else {
+    let Some(JobRequest { job, snapshot }) = parts.extensions.get::<JobRequest>().cloned() else {
         return Err(JobError::NotFound);
     };
+    let server = &snapshot.config.server;
     // The consumer that made the job, or nobody: another consumer learns nothing.
     let caller = parts
         .extensions
-        .get::<std::sync::Arc<Verified>>()
+        .get::<Arc<Verified>>()
         .and_then(|v| v.consumer.as_deref());
     if job.consumer.is_some() && job.consumer.as_deref() != caller {
         return Err(JobError::NotFound);
     }
     match parts.method {
         Method::GET | Method::HEAD => {
-            if job.state.finished() {
-                return result_of(job, server, None);
-            }
             // `Prefer: wait=N` on a poll too: answer as soon as the job finishes.
             let wait = super::accept::prefer(&parts.headers)
                 .wait
-                .map(|n| Duration::from_secs(n.min(60)));
-            let mut applied = None;
-            if let Some(wait) = wait.filter(|w| !w.is_zero()) {
-                let mut rx = jobs.waiter(&job.id);
-                // Read after subscribing: a finish in between is seen either way.
-                let store = jobs.store()?;
-                let fresh = jobs
-                    .timed("get", store.get(&job.id, false, now_ms()))
-                    .await?;
-                if !fresh.as_ref().is_some_and(|j| j.state.finished()) {
-                    let _ = tokio::time::timeout(wait, rx.wait_for(|d| *d)).await;
-                }
-                drop(rx);
-                jobs.forget_waiter(&job.id);
-                applied = HeaderValue::try_from(format!("wait={}", wait.as_secs())).ok();
-            }
-            let store = jobs.store()?;
+                .map(|n| Duration::from_secs(n.min(60)))
+                .filter(|w| !w.is_zero());
+            let Some(wait) = wait.filter(|_| !job.state.finished()) else {
+                // The route layer read the job just now.
+                return result_of(job, server, None);
+            };
             let job = jobs
-                .timed("get", store.get(&job.id, false, now_ms()))
+                .finished_within(&job.id, wait)
                 .await?
                 .ok_or(JobError::NotFound)?;
-            let finished = job.state.finished();
-            result_of(job, server, applied.filter(|_| finished))
+            let applied = job
+                .state
+                .finished()
+                .then(|| HeaderValue::try_from(format!("wait={}", wait.as_secs())).ok())
+                .flatten();
+            result_of(job, server, applied)
         }
         Method::DELETE => match jobs.cancel(&job.id, &job.route).await? {
             Cancel::Cancelled => {

@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::store::{
-    decode_headers, encode_headers, Attempt, Claim, Claimed, JobResult, Millis, Next, Policy,
+    decode_headers, encode_headers, Attempt, Backlog, Claim, Claimed, JobResult, Millis, Next,
+    Policy,
 };
 use super::{now_ms, Jobs};
-use crate::config::{Action, Delivery, HeaderEdits, Invoke};
+use crate::config::{Action, Config, Delivery, HeaderEdits, Invoke};
+use crate::metrics::{BackendLabel, Metrics, Name};
 use crate::upstream::{Outgoing, Prepared, Upstream, UpstreamError};
 
 /// How long an attempt's lease lasts; it is renewed at a third of that.
@@ -82,6 +84,7 @@ async fn run(jobs: Arc<Jobs>) {
     // A backend that answered 429 or 503 gets nothing before this.
     let paused: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let mut last_sweep: Option<Instant> = None;
+    let mut warned_path = false;
     loop {
         if jobs.draining() {
             break;
@@ -89,7 +92,35 @@ async fn run(jobs: Arc<Jobs>) {
         let mut sleep = Duration::from_secs(1);
         if let Some(store) = jobs.opened() {
             let snapshot = jobs.state.load();
-            for upstream in &snapshot.upstreams {
+            let configured = &snapshot.config.store.path;
+            if !warned_path && jobs.store_path() != Some(configured.as_path()) {
+                warned_path = true;
+                tracing::warn!(configured = %configured.display(),
+                    "[store] path changed: the store in use stays until a restart");
+            }
+            // Only backends with unfinished jobs are claimed from.
+            let backlog = match jobs.timed("backlog", store.backlog(now_ms())).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("reading the job backlog failed: {e}");
+                    Backlog::default()
+                }
+            };
+            publish(&jobs.metrics, &backlog);
+            if let Some(due) = backlog.next_due {
+                // Due now but not claimed means every slot is taken; a freed one rings `wake`.
+                let wait = u64::try_from(due - now_ms()).unwrap_or(0);
+                if wait > 0 {
+                    sleep = sleep.min(Duration::from_millis(wait));
+                }
+            }
+            let pending = snapshot.upstreams.iter().filter(|u| {
+                backlog
+                    .backends
+                    .iter()
+                    .any(|(b, _, _)| *b == *u.backend.name)
+            });
+            for upstream in pending {
                 let backend = &upstream.backend.name;
                 let now = Instant::now();
                 if let Some(until) = paused.lock().ok().and_then(|p| p.get(&**backend).copied()) {
@@ -99,23 +130,8 @@ async fn run(jobs: Arc<Jobs>) {
                     }
                 }
                 let limit = upstream.free_slots().min(CLAIM_MAX);
-                if limit == 0 {
-                    continue;
-                }
-                let mut route_free = HashMap::new();
-                for r in &snapshot.config.routes {
-                    let Action::Forward(f) = &r.action else {
-                        continue;
-                    };
-                    if r.invoke != Invoke::Sync && f.backend.name == *backend {
-                        let free = r
-                            .delivery
-                            .concurrency
-                            .saturating_sub(in_flight.count(&r.name));
-                        route_free.insert(r.name.to_string(), free);
-                    }
-                }
-                if route_free.values().all(|&f| f == 0) && !route_free.is_empty() {
+                let route_free = free_by_route(&snapshot.config, backend, &in_flight);
+                if limit == 0 || (!route_free.is_empty() && route_free.values().all(|&f| f == 0)) {
                     continue;
                 }
                 let wall = now_ms();
@@ -137,16 +153,16 @@ async fn run(jobs: Arc<Jobs>) {
                     }
                 };
                 for job in claimed {
-                    let route = snapshot.config.route(&job.route).cloned();
+                    let edits = snapshot
+                        .config
+                        .route(&job.route)
+                        .map(|r| r.response_headers.clone())
+                        .unwrap_or_default();
                     let slot = in_flight.add(&job.route);
                     let token = jobs.stop.child_token();
                     if let Ok(mut r) = jobs.running.lock() {
                         r.insert(job.id.clone(), token.clone());
                     }
-                    let edits = route
-                        .as_ref()
-                        .map(|r| r.response_headers.clone())
-                        .unwrap_or_default();
                     tasks.spawn(attempt(
                         jobs.clone(),
                         upstream.clone(),
@@ -157,34 +173,6 @@ async fn run(jobs: Arc<Jobs>) {
                         slot,
                     ));
                 }
-            }
-            match jobs.timed("backlog", store.backlog(now_ms())).await {
-                Ok(b) => {
-                    jobs.metrics.jobs_pending.clear();
-                    jobs.metrics.job_oldest.clear();
-                    let wall = now_ms();
-                    for (backend, n, oldest) in &b.backends {
-                        let label = crate::metrics::BackendLabel {
-                            backend: crate::metrics::Name(backend.as_str().into()),
-                        };
-                        jobs.metrics
-                            .jobs_pending
-                            .get_or_create(&label)
-                            .set(*n as i64);
-                        jobs.metrics
-                            .job_oldest
-                            .get_or_create(&label)
-                            .set((wall - oldest).max(0) as f64 / 1000.0);
-                    }
-                    if let Some(due) = b.next_due {
-                        let wait = u64::try_from(due - wall).unwrap_or(0);
-                        // Due now but not claimed: every slot is taken; a freed one rings `wake`.
-                        if wait > 0 {
-                            sleep = sleep.min(Duration::from_millis(wait));
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!("reading the job backlog failed: {e}"),
             }
             if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
                 last_sweep = Some(Instant::now());
@@ -201,6 +189,40 @@ async fn run(jobs: Arc<Jobs>) {
     // Draining: no new attempt; those running finish, or stop with the grace.
     tasks.close();
     tasks.wait().await;
+}
+
+/// Each async route of `backend` with its free `concurrency` slots.
+fn free_by_route(config: &Config, backend: &str, in_flight: &InFlight) -> HashMap<String, usize> {
+    config
+        .routes
+        .iter()
+        .filter(|r| r.invoke != Invoke::Sync)
+        .filter(|r| matches!(&r.action, Action::Forward(f) if *f.backend.name == *backend))
+        .map(|r| {
+            let free = r
+                .delivery
+                .concurrency
+                .saturating_sub(in_flight.count(&r.name));
+            (r.name.to_string(), free)
+        })
+        .collect()
+}
+
+/// `fngate_jobs_pending` and `fngate_job_oldest_seconds` from the backlog.
+fn publish(metrics: &Metrics, backlog: &Backlog) {
+    metrics.jobs_pending.clear();
+    metrics.job_oldest.clear();
+    let wall = now_ms();
+    for (backend, n, oldest) in &backlog.backends {
+        let label = BackendLabel {
+            backend: Name(backend.as_str().into()),
+        };
+        metrics.jobs_pending.get_or_create(&label).set(*n as i64);
+        metrics
+            .job_oldest
+            .get_or_create(&label)
+            .set((wall - oldest).max(0) as f64 / 1000.0);
+    }
 }
 
 /// How a finished attempt went, for the log and the metrics.
@@ -433,7 +455,7 @@ fn done(jobs: &Jobs, job: &Claimed, outcome: &'static str) {
     jobs.metrics
         .job_attempts
         .get_or_create(&crate::metrics::RouteLabel {
-            route: crate::metrics::Name(job.route.as_str().into()),
+            route: Name(job.route.as_str().into()),
         })
         .observe(f64::from(job.attempt));
     jobs.finished(&job.id);
@@ -466,7 +488,11 @@ async fn send(
         headers.insert("x-fngate-job-id", v);
     }
     headers.insert("x-fngate-attempt", HeaderValue::from(job.attempt));
-    if let Some(tp) = job.traceparent.as_deref().and_then(child_traceparent) {
+    if let Some(tp) = job
+        .traceparent
+        .as_deref()
+        .and_then(crate::context::child_traceparent)
+    {
         headers.insert("traceparent", tp);
     }
     let started = Instant::now();
@@ -559,21 +585,6 @@ pub(crate) fn backoff(policy: &Policy, attempt: u32) -> Duration {
     Duration::from_millis(fastrand::u64(lo..=cap))
 }
 
-/// The job's trace, with a new parent id for this attempt (SPEC §12).
-fn child_traceparent(tp: &str) -> Option<HeaderValue> {
-    let b = tp.as_bytes();
-    if b.len() != 55 {
-        return None;
-    }
-    let mut out = b.to_vec();
-    let span = fastrand::u64(1..);
-    for (i, slot) in out[36..52].iter_mut().enumerate() {
-        let nibble = (span >> (60 - 4 * i)) & 15;
-        *slot = b"0123456789abcdef"[nibble as usize];
-    }
-    HeaderValue::from_bytes(&out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,15 +628,5 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(retry_after(b"soon"), None);
-    }
-
-    #[test]
-    fn an_attempt_keeps_the_trace_and_gets_its_own_parent() {
-        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let child = child_traceparent(tp).expect("valid");
-        let child = child.to_str().expect("ascii");
-        assert_eq!(&child[..36], &tp[..36]);
-        assert_eq!(&child[52..], &tp[52..]);
-        assert_ne!(&child[36..52], &tp[36..52]);
     }
 }

@@ -13,10 +13,10 @@ mod deliver;
 mod store;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -59,7 +59,10 @@ pub(crate) enum JobError {
 pub(crate) struct Jobs {
     state: Arc<State>,
     metrics: Arc<Metrics>,
-    store: Mutex<Option<(PathBuf, Arc<dyn Store>)>>,
+    /// The open store and its path; set once.
+    store: OnceLock<(PathBuf, Arc<dyn Store>)>,
+    /// Held while the store is being opened, so it is opened once.
+    opening: Mutex<()>,
     /// This process, as a lease holder.
     owner: String,
     /// Rung when a job arrives or a slot frees, so the deliverer looks now.
@@ -85,7 +88,8 @@ impl Jobs {
         Arc::new(Self {
             state,
             metrics,
-            store: Mutex::new(None),
+            store: OnceLock::new(),
+            opening: Mutex::new(()),
             owner: new_id().unwrap_or_else(|| format!("pid-{}", std::process::id())),
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
@@ -98,41 +102,29 @@ impl Jobs {
     /// The store, opened on first need at the running config's `[store] path`.
     /// A later config naming another path takes effect at the next start.
     pub(crate) fn store(&self) -> Result<Arc<dyn Store>, StoreError> {
-        let mut slot = self.store.lock().map_err(|_| StoreError::Closed)?;
-        if let Some((path, store)) = &*slot {
-            let wanted = &self.state.load().config.store.path;
-            if wanted != path {
-                tracing::warn!(running = %path.display(), configured = %wanted.display(),
-                    "[store] path changed: the new path is used after a restart");
-            }
-            return Ok(store.clone());
+        if let Some(s) = self.opened() {
+            return Ok(s);
+        }
+        let _one = self.opening.lock().map_err(|_| StoreError::Closed)?;
+        if let Some(s) = self.opened() {
+            return Ok(s);
         }
         let path = self.state.load().config.store.path.clone();
-        match store::Sqlite::open(&path) {
-            Ok(s) => {
-                let s: Arc<dyn Store> = s;
-                *slot = Some((path, s.clone()));
-                self.metrics.store_up.set(1);
-                tracing::info!(path = %slot.as_ref().map_or_else(String::new, |(p, _)| p.display().to_string()), "job store open");
-                Ok(s)
-            }
-            Err(e) => {
-                self.metrics.store_up.set(0);
-                Err(e)
-            }
-        }
-    }
-
-    pub(crate) fn snapshot(&self) -> Arc<crate::state::Snapshot> {
-        self.state.load()
+        let opened = store::Sqlite::open(&path);
+        self.metrics.store_up.set(i64::from(opened.is_ok()));
+        let store: Arc<dyn Store> = opened?;
+        tracing::info!(path = %path.display(), "job store open");
+        Ok(self.store.get_or_init(|| (path, store)).1.clone())
     }
 
     /// The store if it is open already (the deliverer does not open one).
     fn opened(&self) -> Option<Arc<dyn Store>> {
-        self.store
-            .lock()
-            .ok()
-            .and_then(|s| s.as_ref().map(|(_, s)| s.clone()))
+        self.store.get().map(|(_, s)| s.clone())
+    }
+
+    /// Where the open store lives.
+    fn store_path(&self) -> Option<&Path> {
+        self.store.get().map(|(p, _)| p.as_path())
     }
 
     /// Times a store operation and keeps `fngate_store_up` true to its outcome.
@@ -170,18 +162,32 @@ impl Jobs {
         }
     }
 
-    fn waiter(&self, id: &str) -> watch::Receiver<bool> {
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        w.entry(id.to_owned())
+    /// The job once it finished, or as it is after `wait`. Subscribed before
+    /// the first read, so a finish in between is not missed.
+    async fn finished_within(&self, id: &str, wait: Duration) -> Result<Option<Job>, StoreError> {
+        let store = self.store()?;
+        let mut rx = self
+            .waiters
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .entry(id.to_owned())
             .or_insert_with(|| watch::channel(false).0)
-            .subscribe()
-    }
-
-    fn forget_waiter(&self, id: &str) {
+            .subscribe();
+        let now = self.timed("get", store.get(id, false, now_ms())).await;
+        if matches!(&now, Ok(Some(j)) if !j.state.finished()) {
+            let _ = tokio::time::timeout(wait, rx.wait_for(|d| *d)).await;
+        }
+        drop(rx);
         if let Ok(mut w) = self.waiters.lock() {
             if w.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
                 w.remove(id);
             }
+        }
+        match now {
+            Ok(Some(j)) if !j.state.finished() => {
+                self.timed("get", store.get(id, false, now_ms())).await
+            }
+            other => other,
         }
     }
 
@@ -199,9 +205,10 @@ impl Jobs {
         self.timed("list", store.list(filter, now_ms())).await
     }
 
-    pub(crate) async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+    /// A job not expired; with every attempt when `log`.
+    pub(crate) async fn get(&self, id: &str, log: bool) -> Result<Option<Job>, StoreError> {
         let store = self.store()?;
-        self.timed("get", store.get(id, true, now_ms())).await
+        self.timed("get", store.get(id, log, now_ms())).await
     }
 
     pub(crate) async fn redrive(&self, id: &str) -> Result<Redrive, StoreError> {
@@ -236,10 +243,7 @@ pub(crate) fn new_id() -> Option<String> {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 16];
     ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
-    let mut out = String::with_capacity(32);
-    for b in bytes {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    Some(out)
+    let mut out = [0u8; 32];
+    crate::context::hex(&mut out, u128::from_be_bytes(bytes));
+    String::from_utf8(out.to_vec()).ok()
 }

@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::body::Body;
-use crate::context::RequestId;
+use crate::context::{hex, RequestId};
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -102,15 +102,6 @@ fn is_sane_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
 }
 
-/// Writes `n` as lowercase hex into all of `out` (its low digits last).
-fn hex(out: &mut [u8], mut n: u128) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-}
-
 fn new_id() -> HeaderValue {
     let mut buf = [0u8; 32];
     hex(&mut buf, fastrand::u128(..));
@@ -157,9 +148,6 @@ mod tests {
         assert!(is_valid_traceparent(tp.as_bytes()), "{tp:?}");
         assert_ne!(new_id(), new_id());
         assert_ne!(new_traceparent(), new_traceparent());
-        let mut four = [0u8; 4];
-        hex(&mut four, 0x1abcd);
-        assert_eq!(&four, b"abcd");
     }
 
     #[test]

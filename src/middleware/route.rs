@@ -21,8 +21,7 @@ use crate::error;
 use crate::jobs::{JobError, JobRequest, Jobs};
 use crate::normalize::normalize_path;
 use crate::router::{host_only, Lookup, RouteError};
-use crate::state::RouteContext;
-use crate::state::State;
+use crate::state::{RouteContext, Snapshot, State};
 
 #[derive(Debug, Clone)]
 pub(crate) struct RouteLayer {
@@ -75,15 +74,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        if let Some(id) = self.job_id(&req) {
+        let snapshot = self.state.load();
+        if let Some(id) = job_id(&snapshot.config.server.jobs_path, &req) {
             let inner = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, inner);
-            let (jobs, state) = (self.jobs.clone(), self.state.clone());
+            let jobs = self.jobs.clone();
             return Either::Right(Either::Right(Box::pin(job_request(
-                inner, jobs, state, id, req,
+                inner, jobs, snapshot, id, req,
             ))));
         }
-        match self.route(&req) {
+        match route(snapshot, &req) {
             Ok(ctx) => {
                 if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
                     let active = ctx.active();
@@ -111,7 +111,7 @@ where
 async fn job_request<S>(
     mut inner: S,
     jobs: Arc<Jobs>,
-    state: Arc<State>,
+    snapshot: Arc<Snapshot>,
     id: String,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, Infallible>
@@ -120,12 +120,15 @@ where
     S::Future: Send + 'static,
 {
     let rid = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-    let job = match jobs.get(&id).await {
+    let host = match request_host(&req) {
+        Ok(h) => h.map(|h| h.0),
+        Err(e) => return Ok(error::respond(e, rid.as_ref())),
+    };
+    let job = match jobs.get(&id, false).await {
         Ok(Some(job)) => job,
         Ok(None) => return Ok(error::respond(JobError::NotFound, rid.as_ref())),
         Err(e) => return Ok(error::respond(JobError::Store(e), rid.as_ref())),
     };
-    let snapshot = state.load();
     let route = snapshot
         .config
         .routes
@@ -144,8 +147,11 @@ where
         });
     }
     // A job whose route is gone keeps no policy to check: its consumer check alone decides.
+    let job = JobRequest {
+        job,
+        snapshot: snapshot.clone(),
+    };
     if let Some(route) = route {
-        let host = request_host(&req).ok().flatten().map(|h| h.0);
         let path = req.uri().path().to_owned();
         req.extensions_mut().insert(RouteContext {
             route,
@@ -156,59 +162,56 @@ where
             snapshot,
         });
     }
-    req.extensions_mut().insert(JobRequest { job });
+    req.extensions_mut().insert(job);
     // Boxed so this future never holds `S::Future` (see middleware/auth.rs).
     let call: Boxed = Box::pin(inner.call(req));
     call.await
 }
 
-impl<S> RouteService<S> {
-    /// The id in `{jobs_path}/{id}`, when that is the path.
-    fn job_id(&self, req: &Request<Body>) -> Option<String> {
-        let snapshot = self.state.load();
-        let rest = req
-            .uri()
-            .path()
-            .strip_prefix(snapshot.config.server.jobs_path.as_str())?
-            .strip_prefix('/')?;
-        (!rest.is_empty()
-            && rest.len() <= 128
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_@.".contains(&b)))
-        .then(|| rest.to_owned())
-    }
+/// The id in `{jobs_path}/{id}`, when that is the path.
+fn job_id(jobs_path: &str, req: &Request<Body>) -> Option<String> {
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(jobs_path)?
+        .strip_prefix('/')?;
+    (!rest.is_empty()
+        && rest.len() <= 128
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_@.".contains(&b)))
+    .then(|| rest.to_owned())
+}
 
-    fn route(&self, req: &Request<Body>) -> Result<RouteContext, RouteError> {
-        let snapshot = self.state.load();
-        let host = request_host(req)?;
-        let path = normalize_path(req.uri().path())?.into_owned();
-        let lookup = Lookup {
-            host: host.as_ref().map(|h| h.1.as_str()),
-            // A WebSocket over HTTP/2 (extended CONNECT) goes where its HTTP/1.1 GET would.
-            method: if crate::proxy::is_h2_websocket(req) {
-                &Method::GET
-            } else {
-                req.method()
-            },
-            path: &path,
-            preflight: preflight_method(req),
-        };
-        let found = snapshot.table.resolve(&lookup)?.found;
-        let peer = req
-            .extensions()
-            .get::<ConnInfo>()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
-        let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
-        Ok(RouteContext {
-            route: found.route,
-            params: found.params,
-            path,
-            host: host.map(|h| h.0),
-            client_ip,
-            snapshot,
-        })
-    }
+/// Matches the request in `snapshot`: host, normalised path, method.
+fn route(snapshot: Arc<Snapshot>, req: &Request<Body>) -> Result<RouteContext, RouteError> {
+    let host = request_host(req)?;
+    let path = normalize_path(req.uri().path())?.into_owned();
+    let lookup = Lookup {
+        host: host.as_ref().map(|h| h.1.as_str()),
+        // A WebSocket over HTTP/2 (extended CONNECT) goes where its HTTP/1.1 GET would.
+        method: if crate::proxy::is_h2_websocket(req) {
+            &Method::GET
+        } else {
+            req.method()
+        },
+        path: &path,
+        preflight: preflight_method(req),
+    };
+    let found = snapshot.table.resolve(&lookup)?.found;
+    let peer = req
+        .extensions()
+        .get::<ConnInfo>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
+    let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
+    Ok(RouteContext {
+        route: found.route,
+        params: found.params,
+        path,
+        host: host.map(|h| h.0),
+        client_ip,
+        snapshot,
+    })
 }
 
 /// The method a CORS preflight asks about, when this request is one.

@@ -163,10 +163,13 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
         token: draining.clone(),
         flag: draining_flag.clone(),
     };
+    // One stack for every listener; each connection clones it.
+    let service = crate::middleware::stack(state.clone(), jobs.clone());
     let accept = tokio::spawn(accept_loop(
         listener,
         false,
-        (state.clone(), jobs.clone()),
+        service.clone(),
+        state.clone(),
         stop_accepting.clone(),
         drain.clone(),
         tracker.clone(),
@@ -175,7 +178,8 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
         tokio::spawn(accept_loop(
             l,
             true,
-            (state.clone(), jobs.clone()),
+            service,
+            state.clone(),
             stop_accepting.clone(),
             drain,
             tracker.clone(),
@@ -271,15 +275,21 @@ struct Drain {
     flag: Arc<AtomicBool>,
 }
 
-async fn accept_loop(
+async fn accept_loop<S>(
     listener: TcpListener,
     tls: bool,
-    (state, jobs): (Arc<State>, Arc<crate::jobs::Jobs>),
+    service: S,
+    state: Arc<State>,
     stop: CancellationToken,
     draining: Drain,
     tracker: TaskTracker,
-) {
-    let service = crate::middleware::stack(state.clone(), jobs);
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,

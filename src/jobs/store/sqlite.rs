@@ -237,7 +237,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Work>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
             let e = failed(e);
             for work in batch {
                 let (_, reply) = work(Err(&e));
@@ -247,29 +247,32 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Work>) {
         }
         let mut replies = Vec::with_capacity(batch.len());
         for work in batch {
-            let reply = match conn.execute_batch("SAVEPOINT w") {
+            let reply = match exec(&conn, "SAVEPOINT w") {
                 Ok(()) => {
                     let (ok, reply) = work(Ok(&conn));
-                    let end = if ok {
-                        "RELEASE w"
-                    } else {
-                        "ROLLBACK TO w; RELEASE w"
-                    };
-                    let _ = conn.execute_batch(end);
+                    if !ok {
+                        let _ = exec(&conn, "ROLLBACK TO w");
+                    }
+                    let _ = exec(&conn, "RELEASE w");
                     reply
                 }
                 Err(e) => work(Err(&failed(e))).1,
             };
             replies.push(reply);
         }
-        let commit = conn.execute_batch("COMMIT").err().map(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
+        let commit = exec(&conn, "COMMIT").err().map(|e| {
+            let _ = exec(&conn, "ROLLBACK");
             failed(e)
         });
         for reply in replies {
             reply(commit.clone());
         }
     }
+}
+
+/// Runs one statement, prepared once per connection (the writer runs these per write).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 const JOB_COLUMNS: &str = "id, route, backend, consumer, state, attempts, created, updated, due, \
