@@ -68,6 +68,15 @@ async fn admin_job(gw: &Gw, id: &str) -> serde_json::Value {
     a.json()
 }
 
+/// A function that takes `d` to answer `body`.
+async fn sleepy(d: Duration, body: &'static str) -> Backend {
+    Backend::with(move |_| async move {
+        tokio::time::sleep(d).await;
+        Response::new(full(body))
+    })
+    .await
+}
+
 /// A backend that answers each request with the next status of `script`
 /// (the last repeats), with `extra` headers on every answer.
 async fn scripted(
@@ -313,11 +322,7 @@ async fn attempts_run_out_on_connection_failures_and_the_job_is_dead_with_502() 
 #[tokio::test]
 async fn an_attempt_that_times_out_is_retried_and_a_dead_job_is_504() {
     let dir = tempfile::tempdir().unwrap();
-    let fun = Backend::with(|_| async {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        Response::new(full("too late"))
-    })
-    .await;
+    let fun = sleepy(Duration::from_secs(5), "too late").await;
     let gw = Gw::start(&async_config(
         &dir,
         &fun.url(),
@@ -350,6 +355,120 @@ async fn retry_after_from_the_function_sets_the_next_attempt() {
         "the second attempt waited the function's Retry-After, not the 10ms backoff: {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_503_with_retry_after_pauses_the_whole_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let times = Arc::new(std::sync::Mutex::new(Vec::<(String, Instant)>::new()));
+    let t = times.clone();
+    let fun = Backend::with(move |seen: Seen| {
+        let t = t.clone();
+        async move {
+            let body = String::from_utf8_lossy(&seen.body).into_owned();
+            let first = t.lock().unwrap().is_empty();
+            t.lock().unwrap().push((body, Instant::now()));
+            let status = if first { 503 } else { 200 };
+            Response::builder()
+                .status(status)
+                .header("retry-after", "1")
+                .body(full("x"))
+                .unwrap()
+        }
+    })
+    .await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nbackoff = [\"10ms\", \"10ms\"]",
+    ))
+    .await;
+    let a = post(&gw, "/work", "a", &[]).await;
+    fun.wait_for(1).await;
+    let b = post(&gw, "/work", "b", &[]).await;
+    for j in [&a, &b] {
+        assert_eq!(
+            finished(&gw, j.header("location").unwrap(), &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let times = times.lock().unwrap().clone();
+    let (first, overloaded) = (&times[0].0, times[0].1);
+    assert_eq!(first, "a");
+    let b_sent = times.iter().find(|(body, _)| body == "b").unwrap().1;
+    assert!(
+        b_sent - overloaded >= Duration::from_millis(900),
+        "another job went to the overloaded backend after {:?}",
+        b_sent - overloaded
+    );
+}
+
+#[tokio::test]
+async fn an_answer_over_max_result_keeps_its_status_and_headers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::with(|_| async {
+        Response::builder()
+            .header("x-made", "yes")
+            .body(full("a thumbnail far longer than ten bytes"))
+            .unwrap()
+    })
+    .await;
+    let gw = Gw::start(&async_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nmax_result = 10",
+    ))
+    .await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    let done = finished(&gw, a.header("location").unwrap(), &[]).await;
+    assert_eq!(done.status, 200);
+    assert_eq!(done.header("x-fngate-job-state"), Some("succeeded"));
+    assert_eq!(done.header("x-made"), Some("yes"));
+    assert_eq!(done.header("x-fngate-result-dropped"), Some("too-large"));
+    assert!(done.body.is_empty(), "{}", done.text());
+}
+
+#[tokio::test]
+async fn jobs_wait_for_a_free_max_in_flight_slot_without_spending_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (now.clone(), peak.clone());
+    let fun = Backend::with(move |_| {
+        let (n, p) = (n.clone(), p.clone());
+        async move {
+            p.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            n.fetch_sub(1, Ordering::SeqCst);
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let config = async_config(&dir, &fun.url(), "[routes.delivery]\nattempts = 1")
+        .replace("retries = 0", "retries = 0\nmax_in_flight = 1");
+    let gw = Gw::start(&config).await;
+    let mut locations = Vec::new();
+    for _ in 0..4 {
+        locations.push(
+            post(&gw, "/work", "x", &[])
+                .await
+                .header("location")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for l in &locations {
+        let done = finished(&gw, l, &[]).await;
+        assert_eq!(
+            done.status,
+            200,
+            "one attempt each, none spent waiting: {}",
+            done.text()
+        );
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -426,11 +545,7 @@ async fn idempotency_keys_name_one_job_per_payload() {
 #[tokio::test]
 async fn a_pending_job_can_be_cancelled_a_finished_one_cannot() {
     let dir = tempfile::tempdir().unwrap();
-    let fun = Backend::with(|_| async {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Response::new(full("never read"))
-    })
-    .await;
+    let fun = sleepy(Duration::from_secs(30), "never read").await;
     let gw = Gw::start(&async_config(&dir, &fun.url(), "")).await;
     let a = post(&gw, "/work", "x", &[]).await;
     let location = a.header("location").unwrap().to_owned();
@@ -542,11 +657,7 @@ async fn delivery_never_exceeds_the_routes_concurrency() {
 #[tokio::test]
 async fn one_backends_slow_burst_does_not_delay_another_backends_jobs() {
     let dir = tempfile::tempdir().unwrap();
-    let slow = Backend::with(|_| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Response::new(full("slow"))
-    })
-    .await;
+    let slow = sleepy(Duration::from_millis(500), "slow").await;
     let fast = Backend::echo("fast").await;
     let config = format!(
         "{}\n[backends.fast]\nurls = [\"{}\"]\n[[routes]]\nname = \"quick\"\npath = \"/quick\"\nbackend = \"fast\"\ninvoke = \"async\"\n",
@@ -566,6 +677,16 @@ async fn one_backends_slow_burst_does_not_delay_another_backends_jobs() {
         started.elapsed()
     );
     assert!(slow.count() < 10, "the slow burst is still going");
+    let m = gw.metrics().await;
+    let pending = m
+        .lines()
+        .find_map(|l| l.strip_prefix("fngate_jobs_pending{backend=\"fn\"} "))
+        .unwrap_or_else(|| panic!("no pending gauge for fn:\n{m}"));
+    assert!(pending.parse::<u64>().unwrap() > 0, "{pending}");
+    assert!(
+        m.contains("fngate_job_oldest_seconds{backend=\"fn\"}"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -592,6 +713,7 @@ async fn operators_list_redrive_and_purge_jobs() {
     let none = send(admin("GET", "/jobs?state=succeeded")).await.json();
     assert_eq!(none["jobs"].as_array().unwrap().len(), 0);
     send(admin("GET", "/jobs?state=bogus")).await.problem(400);
+    send(admin("GET", "/jobs?limit=-1")).await.problem(400);
 
     let r = send(admin("POST", &format!("/jobs/{id}/redrive"))).await;
     assert_eq!(r.status, 202, "{}", r.text());
@@ -751,6 +873,9 @@ async fn a_job_accepted_while_its_function_is_down_is_delivered_after_a_kill_and
     let a = proc_post(&first, "keep me", None).await;
     assert_eq!(a.status, 202);
     let id = a.header("x-fngate-job-id").unwrap().to_owned();
+    // One access-log line per attempt.
+    let line = first.line_with("outcome=\"retried\"");
+    assert!(line.contains(&id) && line.contains("attempt=1"), "{line}");
     first.signal("-9");
     first.wait_exit();
     let fun = Backend::on(socket.listen(64).unwrap(), |_| async {
@@ -944,11 +1069,7 @@ async fn a_full_disk_answers_503_never_a_202_that_was_not_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_taking_jobs_and_lets_the_attempt_in_flight_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let fun = Backend::with(|_| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Response::new(full("finished during the drain"))
-    })
-    .await;
+    let fun = sleepy(Duration::from_millis(500), "finished during the drain").await;
     let path = dir.path().join("routes.toml");
     let text = format!(
         "[server]\ndrain_delay = \"300ms\"\n{}",
