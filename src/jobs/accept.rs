@@ -192,12 +192,12 @@ pub(crate) async fn accept(
     let store = jobs.store()?;
     let job = match jobs.timed("accept", store.accept(job)).await? {
         Accepted::New(job) => {
-            jobs.metrics.job(&route.name, "accepted");
+            jobs.state.metrics.job(&route.name, "accepted");
             jobs.wake.notify_one();
             job
         }
         Accepted::Existing(job) => {
-            jobs.metrics.job(&route.name, "deduplicated");
+            jobs.state.metrics.job(&route.name, "deduplicated");
             if job.state.finished() {
                 return result_of(job, server, None);
             }

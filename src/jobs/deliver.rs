@@ -106,7 +106,7 @@ async fn run(jobs: Arc<Jobs>) {
                     Backlog::default()
                 }
             };
-            publish(&jobs.metrics, &backlog);
+            publish(&jobs.state.metrics, &backlog);
             if let Some(due) = backlog.next_due {
                 // Due now but not claimed means every slot is taken; a freed one rings `wake`.
                 let wait = u64::try_from(due - now_ms()).unwrap_or(0);
@@ -441,7 +441,7 @@ async fn attempt(
         if finished {
             done(&jobs, &job, label);
         } else {
-            jobs.metrics.job(&job.route, "retried");
+            jobs.state.metrics.job(&job.route, "retried");
         }
     }
     forget(&jobs, &job.id);
@@ -451,8 +451,9 @@ async fn attempt(
 }
 
 fn done(jobs: &Jobs, job: &Claimed, outcome: &'static str) {
-    jobs.metrics.job(&job.route, outcome);
-    jobs.metrics
+    jobs.state.metrics.job(&job.route, outcome);
+    jobs.state
+        .metrics
         .job_attempts
         .get_or_create(&crate::metrics::RouteLabel {
             route: Name(job.route.as_str().into()),

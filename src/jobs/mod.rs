@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
 use crate::state::State;
 
 pub(crate) use accept::{accept, wants_async};
@@ -58,7 +57,6 @@ pub(crate) enum JobError {
 /// who waits for which job.
 pub(crate) struct Jobs {
     state: Arc<State>,
-    metrics: Arc<Metrics>,
     /// The open store and its path; set once.
     store: OnceLock<(PathBuf, Arc<dyn Store>)>,
     /// Held while the store is being opened, so it is opened once.
@@ -84,10 +82,8 @@ impl std::fmt::Debug for Jobs {
 
 impl Jobs {
     pub(crate) fn new(state: Arc<State>) -> Arc<Self> {
-        let metrics = state.metrics.clone();
         Arc::new(Self {
             state,
-            metrics,
             store: OnceLock::new(),
             opening: Mutex::new(()),
             owner: new_id().unwrap_or_else(|| format!("pid-{}", std::process::id())),
@@ -111,7 +107,7 @@ impl Jobs {
         }
         let path = self.state.load().config.store.path.clone();
         let opened = store::Sqlite::open(&path);
-        self.metrics.store_up.set(i64::from(opened.is_ok()));
+        self.state.metrics.store_up.set(i64::from(opened.is_ok()));
         let store: Arc<dyn Store> = opened?;
         tracing::info!(path = %path.display(), "job store open");
         Ok(self.store.get_or_init(|| (path, store)).1.clone())
@@ -135,8 +131,8 @@ impl Jobs {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let r = f.await;
-        self.metrics.store_op(op, started.elapsed());
-        self.metrics.store_up.set(i64::from(r.is_ok()));
+        self.state.metrics.store_op(op, started.elapsed());
+        self.state.metrics.store_up.set(i64::from(r.is_ok()));
         r
     }
 
@@ -231,7 +227,7 @@ impl Jobs {
         let r = self.timed("cancel", store.cancel(id)).await?;
         if r == Cancel::Cancelled {
             self.abort(id);
-            self.metrics.job(route, "cancelled");
+            self.state.metrics.job(route, "cancelled");
             self.finished(id);
         }
         Ok(r)

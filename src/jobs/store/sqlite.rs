@@ -75,7 +75,8 @@ type Work = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Reply) + 
 
 pub(crate) struct Sqlite {
     path: PathBuf,
-    writer: Mutex<Option<mpsc::Sender<Work>>>,
+    /// The writer thread ends when this (the last sender) is dropped.
+    writer: mpsc::Sender<Work>,
     readers: Arc<Mutex<Vec<Connection>>>,
     _lock: File,
 }
@@ -141,7 +142,7 @@ impl Sqlite {
             .map_err(|e| open_err(e.to_string()))?;
         Ok(Arc::new(Self {
             path: path.to_owned(),
-            writer: Mutex::new(Some(tx)),
+            writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             _lock: lock,
         }))
@@ -167,12 +168,7 @@ impl Sqlite {
             });
             (ok, reply)
         });
-        let sent = self
-            .writer
-            .lock()
-            .ok()
-            .and_then(|w| w.as_ref().map(|w| w.send(work).is_ok()))
-            .unwrap_or(false);
+        let sent = self.writer.send(work).is_ok();
         Box::pin(async move {
             if !sent {
                 return Err(StoreError::Closed);
@@ -215,15 +211,6 @@ impl Sqlite {
             .await
             .map_err(failed)?
         })
-    }
-}
-
-impl Drop for Sqlite {
-    fn drop(&mut self) {
-        // The writer finishes what it has and stops.
-        if let Ok(mut w) = self.writer.lock() {
-            w.take();
-        }
     }
 }
 
