@@ -131,14 +131,15 @@ where
         let Some(ctx) = req.extensions().get::<RouteContext>() else {
             return Either::Left(self.inner.call(req));
         };
-        // Reading a job is no new work for the function: polling spends no tokens.
-        if req.extensions().get::<crate::jobs::JobRequest>().is_some() {
-            return Either::Left(self.inner.call(req));
-        }
         let active = ctx.active();
         let Some(policy) = &active.limit_policy else {
             return Either::Left(self.inner.call(req));
         };
+        // Reading a job is no new work for the function: polling spends no tokens.
+        // (Asked only on limited routes, so unlimited ones pay no lookup.)
+        if req.extensions().get::<crate::jobs::JobRequest>().is_some() {
+            return Either::Left(self.inner.call(req));
+        }
         let (limits, mut report) = match self.phase {
             Phase::BeforeAuth => (&active.limits_before, Report::default()),
             Phase::AfterAuth => (

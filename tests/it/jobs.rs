@@ -1102,3 +1102,23 @@ async fn sigterm_stops_taking_jobs_and_lets_the_attempt_in_flight_finish() {
     assert_eq!(done.text(), "finished during the drain");
     assert_eq!(fun.heads(), 1, "delivered once");
 }
+
+#[tokio::test]
+async fn polling_a_job_spends_none_of_the_routes_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let config = async_config(&dir, &fun.url(), "rate_limit = [\"one\"]").replacen(
+        "[backends.fn]",
+        "[rate_limits.one]\nrequests = 1\nper = \"1h\"\nkey = \"ip\"\n[backends.fn]",
+        1,
+    );
+    let gw = Gw::start(&config).await;
+    let a = post(&gw, "/work", "x", &[]).await;
+    assert_eq!(a.status, 202);
+    post(&gw, "/work", "y", &[]).await.problem(429);
+    let location = a.header("location").unwrap();
+    assert_eq!(finished(&gw, location, &[]).await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(gw.get(location).await.status, 200, "polls are not limited");
+    }
+}
