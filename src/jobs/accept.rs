@@ -110,7 +110,7 @@ fn fingerprint(method: &str, target: &str, body: &[u8]) -> [u8; 32] {
 /// Stores the request as a job and answers 202 (or, for a known idempotency
 /// key or a short `Prefer: wait`, the finished job's answer).
 pub(crate) async fn accept(
-    jobs: &Jobs,
+    jobs: &Arc<Jobs>,
     req: Request<Body>,
     ctx: &RouteContext,
     to: &Forward,
@@ -190,12 +190,24 @@ pub(crate) async fn accept(
         now: now_ms(),
     };
     let store = jobs.store()?;
-    let job = match jobs.timed("accept", store.accept(job)).await? {
-        Accepted::New(job) => {
-            jobs.state.metrics.job(&route.name, "accepted");
-            jobs.wake.notify_one();
-            job
-        }
+    // Once handed to the store a job is committed whether or not its client
+    // waits for the 202, so it is counted and announced on a task of its own.
+    let committed = {
+        let (jobs, route) = (jobs.clone(), route.name.clone());
+        tokio::spawn(async move {
+            let r = jobs.timed("accept", store.accept(job)).await;
+            if let Ok(Accepted::New(job)) = &r {
+                jobs.state.metrics.job(&route, "accepted");
+                jobs.due(&job.backend, job.created);
+            }
+            r
+        })
+    };
+    let committed = committed
+        .await
+        .map_err(|e| JobError::Store(super::StoreError::Failed(e.to_string())))?;
+    let job = match committed? {
+        Accepted::New(job) => job,
         Accepted::Existing(job) => {
             jobs.state.metrics.job(&route.name, "deduplicated");
             if job.state.finished() {

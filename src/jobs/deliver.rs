@@ -6,6 +6,7 @@
 //! stands in front of another's jobs.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::store::{
-    decode_headers, encode_headers, Attempt, Backlog, Claim, Claimed, JobResult, Millis, Next,
+    decode_headers, encode_headers, Attempt, Claim, Claimed, JobResult, Millis, Next, Pending,
     Policy,
 };
 use super::{now_ms, Jobs};
@@ -31,6 +32,9 @@ pub(crate) const LEASE: Duration = Duration::from_secs(30);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The most attempts one claim takes for a backend.
 const CLAIM_MAX: usize = 256;
+/// The whole backlog is read this often: for the gauges, and for work this
+/// process did not see arrive (jobs found at start-up, leases that lapsed).
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// Finished jobs past their `result_ttl` are swept this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -83,13 +87,17 @@ async fn run(jobs: Arc<Jobs>) {
     let tasks = TaskTracker::new();
     // A backend that answered 429 or 503 gets nothing before this.
     let paused: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // When each backend's next job is due: from the backlog, the hints of
+    // this process' accepts and retries, and what each claim says.
+    let mut due: HashMap<String, Millis> = HashMap::new();
+    let mut last_backlog: Option<Instant> = None;
     let mut last_sweep: Option<Instant> = None;
     let mut warned_path = false;
     loop {
         if jobs.draining() {
             break;
         }
-        let mut sleep = Duration::from_secs(1);
+        let mut sleep = BACKLOG_EVERY;
         if let Some(store) = jobs.opened() {
             let snapshot = jobs.state.load();
             let configured = &snapshot.config.store.path;
@@ -98,30 +106,37 @@ async fn run(jobs: Arc<Jobs>) {
                 tracing::warn!(configured = %configured.display(),
                     "[store] path changed: the store in use stays until a restart");
             }
-            // Only backends with unfinished jobs are claimed from.
-            let backlog = match jobs.timed("backlog", store.backlog(now_ms())).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!("reading the job backlog failed: {e}");
-                    Backlog::default()
-                }
-            };
-            publish(&jobs.state.metrics, &backlog);
-            if let Some(due) = backlog.next_due {
-                // Due now but not claimed means every slot is taken; a freed one rings `wake`.
-                let wait = u64::try_from(due - now_ms()).unwrap_or(0);
-                if wait > 0 {
-                    sleep = sleep.min(Duration::from_millis(wait));
+            if last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY)
+                || jobs.rescan.swap(false, Ordering::SeqCst)
+            {
+                last_backlog = Some(Instant::now());
+                match jobs.timed("backlog", store.backlog(now_ms())).await {
+                    Ok(pending) => {
+                        publish(&jobs.state.metrics, &pending);
+                        due = pending
+                            .into_iter()
+                            .map(|p| (p.backend, p.next_due))
+                            .collect();
+                    }
+                    Err(e) => tracing::warn!("reading the job backlog failed: {e}"),
                 }
             }
-            let pending = snapshot.upstreams.iter().filter(|u| {
-                backlog
-                    .backends
-                    .iter()
-                    .any(|(b, _, _)| *b == *u.backend.name)
-            });
-            for upstream in pending {
+            if let Ok(mut hints) = jobs.hints.lock() {
+                for (backend, at) in hints.drain() {
+                    let t = due.entry(backend).or_insert(at);
+                    *t = (*t).min(at);
+                }
+            }
+            for upstream in snapshot.upstreams.iter() {
                 let backend = &upstream.backend.name;
+                let Some(&at) = due.get(&**backend) else {
+                    continue;
+                };
+                let wall = now_ms();
+                if at > wall {
+                    sleep = sleep.min(Duration::from_millis((at - wall) as u64));
+                    continue;
+                }
                 let now = Instant::now();
                 if let Some(until) = paused.lock().ok().and_then(|p| p.get(&**backend).copied()) {
                     if until > now {
@@ -129,12 +144,12 @@ async fn run(jobs: Arc<Jobs>) {
                         continue;
                     }
                 }
+                // Due but no free slot: a finished attempt rings `wake`.
                 let limit = upstream.free_slots().min(CLAIM_MAX);
                 let route_free = free_by_route(&snapshot.config, backend, &in_flight);
                 if limit == 0 || (!route_free.is_empty() && route_free.values().all(|&f| f == 0)) {
                     continue;
                 }
-                let wall = now_ms();
                 let claim = Claim {
                     backend: backend.to_string(),
                     owner: jobs.owner.clone(),
@@ -145,14 +160,25 @@ async fn run(jobs: Arc<Jobs>) {
                     // A job whose route was removed still goes out, at the default concurrency.
                     other_free: Delivery::default().concurrency,
                 };
-                let claimed = match jobs.timed("claim", store.claim(claim)).await {
+                let claims = match jobs.timed("claim", store.claim(claim)).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(backend = %backend, "claiming jobs failed: {e}");
                         continue;
                     }
                 };
-                for job in claimed {
+                match claims.next_due {
+                    Some(next) => {
+                        due.insert(backend.to_string(), next);
+                        if next > wall {
+                            sleep = sleep.min(Duration::from_millis((next - wall) as u64));
+                        }
+                    }
+                    None => {
+                        due.remove(&**backend);
+                    }
+                }
+                for job in claims.jobs {
                     let edits = snapshot
                         .config
                         .route(&job.route)
@@ -209,19 +235,22 @@ fn free_by_route(config: &Config, backend: &str, in_flight: &InFlight) -> HashMa
 }
 
 /// `fngate_jobs_pending` and `fngate_job_oldest_seconds` from the backlog.
-fn publish(metrics: &Metrics, backlog: &Backlog) {
+fn publish(metrics: &Metrics, backlog: &[Pending]) {
     metrics.jobs_pending.clear();
     metrics.job_oldest.clear();
     let wall = now_ms();
-    for (backend, n, oldest) in &backlog.backends {
+    for p in backlog {
         let label = BackendLabel {
-            backend: Name(backend.as_str().into()),
+            backend: Name(p.backend.as_str().into()),
         };
-        metrics.jobs_pending.get_or_create(&label).set(*n as i64);
+        metrics
+            .jobs_pending
+            .get_or_create(&label)
+            .set(p.jobs as i64);
         metrics
             .job_oldest
             .get_or_create(&label)
-            .set((wall - oldest).max(0) as f64 / 1000.0);
+            .set((wall - p.oldest).max(0) as f64 / 1000.0);
     }
 }
 
@@ -248,8 +277,13 @@ async fn attempt(
     let started = Instant::now();
     let backend = upstream.backend.name.clone();
     let finish = |attempt: Option<Attempt>, next: Next| {
-        let (store, jobs, id) = (store.clone(), jobs.clone(), job.id.clone());
+        let (store, jobs, id, backend) =
+            (store.clone(), jobs.clone(), job.id.clone(), backend.clone());
         async move {
+            let again = match next {
+                Next::Retry { at, .. } | Next::Release { at } => Some(at),
+                Next::Succeeded(_) | Next::Dead { .. } => None,
+            };
             let recorded = jobs
                 .timed(
                     "finish",
@@ -259,7 +293,11 @@ async fn attempt(
             if let Err(e) = &recorded {
                 tracing::warn!(job_id = %id, "recording an attempt failed: {e}");
             }
-            recorded.unwrap_or(false)
+            let recorded = recorded.unwrap_or(false);
+            if let (true, Some(at)) = (recorded, again) {
+                jobs.due(&backend, at);
+            }
+            recorded
         }
     };
 
@@ -283,38 +321,29 @@ async fn attempt(
     }
 
     // The lease is renewed while the attempt runs; losing it (cancelled,
-    // taken over) aborts the attempt.
-    let renew = {
-        let (store, jobs, id, token) = (store.clone(), jobs.clone(), job.id.clone(), token.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep(LEASE / 3) => {}
-                }
+    // taken over) aborts the attempt. (The answer waits while a renewal is
+    // written: a few milliseconds every ten seconds.)
+    let timeout = Duration::from_millis(policy.timeout_ms);
+    let sent = tokio::time::timeout(
+        timeout,
+        send(&upstream, &job, &edits, timeout, policy.max_result),
+    );
+    tokio::pin!(sent);
+    let mut renewals = tokio::time::interval_at(Instant::now() + LEASE / 3, LEASE / 3);
+    let result = loop {
+        tokio::select! {
+            r = &mut sent => break Some(r.unwrap_or(Err(UpstreamError::Timeout { backend: backend.clone() }))),
+            () = token.cancelled() => break None,
+            _ = renewals.tick() => {
                 let until = now_ms() + LEASE.as_millis() as Millis;
-                match jobs
-                    .timed("renew", store.renew(&id, &jobs.owner, until))
-                    .await
-                {
+                match jobs.timed("renew", store.renew(&job.id, &jobs.owner, until)).await {
                     Ok(true) => {}
-                    Ok(false) => {
-                        token.cancel();
-                        return;
-                    }
-                    Err(e) => tracing::warn!(job_id = %id, "renewing a lease failed: {e}"),
+                    Ok(false) => break None,
+                    Err(e) => tracing::warn!(job_id = %job.id, "renewing a lease failed: {e}"),
                 }
             }
-        })
+        }
     };
-
-    let timeout = Duration::from_millis(policy.timeout_ms);
-    let sent = send(&upstream, &job, &edits, timeout, policy.max_result);
-    let result = tokio::select! {
-        r = tokio::time::timeout(timeout, sent) => Some(r.unwrap_or(Err(UpstreamError::Timeout { backend: backend.clone() }))),
-        () = token.cancelled() => None,
-    };
-    renew.abort();
     let elapsed = started.elapsed();
     let Some(result) = result else {
         // Cancelled (the job is gone) or stopped at shutdown: give the attempt back.

@@ -28,6 +28,7 @@ pub(crate) use answer::{
     job_answer, status_document, time, JobRequest, X_FNGATE_JOB_ID, X_FNGATE_JOB_STATE,
 };
 pub(crate) use deliver::spawn as spawn_deliverer;
+use store::Millis;
 pub(crate) use store::{now_ms, Cancel, Job, JobState, ListFilter, Redrive, Store, StoreError};
 
 /// Why a job request was refused (rendered by `error.rs`).
@@ -65,6 +66,11 @@ pub(crate) struct Jobs {
     owner: String,
     /// Rung when a job arrives or a slot frees, so the deliverer looks now.
     wake: Notify,
+    /// When each backend may next have a job due, as this process learnt it
+    /// (accepts, retries); the deliverer takes these between its backlog reads.
+    hints: Mutex<HashMap<String, Millis>>,
+    /// Set when a change (a redrive) may have made work due anywhere.
+    rescan: AtomicBool,
     /// Clients waiting (`Prefer: wait`) for a job to finish.
     waiters: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Attempts in flight here, to abort on cancel.
@@ -88,6 +94,8 @@ impl Jobs {
             opening: Mutex::new(()),
             owner: new_id().unwrap_or_else(|| format!("pid-{}", std::process::id())),
             wake: Notify::new(),
+            hints: Mutex::new(HashMap::new()),
+            rescan: AtomicBool::new(true),
             waiters: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -123,7 +131,9 @@ impl Jobs {
         self.store.get().map(|(p, _)| p.as_path())
     }
 
-    /// Times a store operation and keeps `fngate_store_up` true to its outcome.
+    /// Times a store operation. Writes keep `fngate_store_up` true to their
+    /// outcome; reads do not, since a store that still reads may take no job
+    /// (a full disk).
     async fn timed<T>(
         &self,
         op: &'static str,
@@ -132,7 +142,9 @@ impl Jobs {
         let started = Instant::now();
         let r = f.await;
         self.state.metrics.store_op(op, started.elapsed());
-        self.state.metrics.store_up.set(i64::from(r.is_ok()));
+        if !matches!(op, "get" | "list" | "backlog") {
+            self.state.metrics.store_up.set(i64::from(r.is_ok()));
+        }
         r
     }
 
@@ -149,6 +161,19 @@ impl Jobs {
 
     fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A job of `backend` is due at `at`: the deliverer looks then.
+    fn due(&self, backend: &str, at: Millis) {
+        if let Ok(mut h) = self.hints.lock() {
+            match h.get_mut(backend) {
+                Some(t) => *t = (*t).min(at),
+                None => {
+                    h.insert(backend.to_owned(), at);
+                }
+            }
+        }
+        self.wake.notify_one();
     }
 
     /// Tells whoever waits on `id` that it finished.
@@ -210,6 +235,7 @@ impl Jobs {
     pub(crate) async fn redrive(&self, id: &str) -> Result<Redrive, StoreError> {
         let store = self.store()?;
         let r = self.timed("redrive", store.redrive(id, now_ms())).await?;
+        self.rescan.store(true, Ordering::SeqCst);
         self.wake.notify_one();
         Ok(r)
     }
@@ -234,12 +260,40 @@ impl Jobs {
     }
 }
 
-/// 128 random bits from the OS, as 32 hex digits: a job id is its own capability.
+/// 32 hex digits: the time in milliseconds (48 bits), then 80 random bits
+/// from the OS, as UUIDv7 lays them out. The time first keeps the store's id
+/// index appended to rather than written all over; the random bits make an
+/// id unguessable, which a job URL relies on.
 pub(crate) fn new_id() -> Option<String> {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    ring::rand::SystemRandom::new().fill(&mut bytes[6..]).ok()?;
+    let ms = u64::try_from(now_ms()).unwrap_or(0).to_be_bytes();
+    bytes[..6].copy_from_slice(&ms[2..]);
     let mut out = [0u8; 32];
     crate::context::hex(&mut out, u128::from_be_bytes(bytes));
     String::from_utf8(out.to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_begin_with_the_time_and_end_unguessable() {
+        let before = now_ms();
+        let ids: Vec<String> = (0..1000).map(|_| new_id().expect("randomness")).collect();
+        let after = now_ms();
+        for id in &ids {
+            assert_eq!(id.len(), 32);
+            let ms = i64::from_str_radix(&id[..12], 16).expect("hex");
+            assert!((before..=after).contains(&ms), "{id}");
+        }
+        // Later ids sort after earlier ones (the store's index is appended to)...
+        let (first, last) = (&ids[0], &ids[999]);
+        assert!(first[..12] <= last[..12]);
+        // ...and none repeats: 80 random bits each.
+        let unique: std::collections::HashSet<&str> = ids.iter().map(|i| &i[12..]).collect();
+        assert_eq!(unique.len(), ids.len());
+    }
 }

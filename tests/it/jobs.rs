@@ -543,6 +543,37 @@ async fn idempotency_keys_name_one_job_per_payload() {
 }
 
 #[tokio::test]
+async fn a_job_whose_client_hung_up_before_the_202_is_still_counted_and_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let gw = Gw::start(&async_config(&dir, &fun.url(), "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"POST /work HTTP/1.1\r\nhost: x\r\ncontent-length: 7\r\n\r\npicture",
+    )
+    .await
+    .unwrap();
+    // Gone before the store committed: the job is kept all the same (the
+    // client retries with an Idempotency-Key if it cares), so it counts.
+    drop(s);
+    fun.wait_for(1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = gw.metrics().await;
+        if m.contains(r#"fngate_jobs_total{route="work",outcome="succeeded"} 1"#) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        m.contains(r#"fngate_jobs_total{route="work",outcome="accepted"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
 async fn a_pending_job_can_be_cancelled_a_finished_one_cannot() {
     let dir = tempfile::tempdir().unwrap();
     let fun = sleepy(Duration::from_secs(30), "never read").await;
@@ -816,7 +847,13 @@ async fn a_store_that_cannot_be_opened_stops_start_up_naming_its_path() {
     std::fs::write(&blocker, "not a directory").unwrap();
     let not_a_store = dir.path().join("garbage.db");
     std::fs::write(&not_a_store, vec![0x5a; 8192]).unwrap();
-    for path in [blocker.join("jobs.db"), not_a_store] {
+    // A store another fngate version laid out.
+    let other_version = dir.path().join("older.db");
+    let db = rusqlite::Connection::open(&other_version).unwrap();
+    db.execute_batch("CREATE TABLE jobs (id TEXT); PRAGMA user_version = 7;")
+        .unwrap();
+    drop(db);
+    for path in [blocker.join("jobs.db"), not_a_store, other_version.clone()] {
         let text = format!(
             "[store]\npath = \"{}\"\n[backends.fn]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"w\"\npath = \"/w\"\nbackend = \"fn\"\ninvoke = \"async\"\n",
             path.display()
@@ -829,6 +866,9 @@ async fn a_store_that_cannot_be_opened_stops_start_up_naming_its_path() {
         };
         let err = fngate::start(config, opts).await.unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
+        if path == other_version {
+            assert!(err.contains("schema is version 7"), "{err}");
+        }
     }
 }
 
@@ -1063,6 +1103,9 @@ async fn a_full_disk_answers_503_never_a_202_that_was_not_stored() {
         promised,
         "every 202 is stored, no other"
     );
+    // The store still reads (that list) but takes no job: it is not up.
+    let m = gw.metrics().await;
+    assert!(m.contains("fngate_store_up 0"), "{m}");
 }
 
 // Multi-threaded: the function must answer while this thread blocks waiting for the exit.

@@ -230,12 +230,23 @@ pub(crate) struct ListFilter {
     pub(crate) limit: usize,
 }
 
-/// Unfinished work: per backend, how many jobs and the oldest one's creation.
+/// What one claim took, and when the backend's next job is due (or the
+/// soonest lease lapses), so the deliverer knows when to look again.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Backlog {
-    pub(crate) backends: Vec<(String, u64, Millis)>,
-    /// The soonest a job becomes due (or a lease lapses).
+pub(crate) struct Claims {
+    pub(crate) jobs: Vec<Claimed>,
     pub(crate) next_due: Option<Millis>,
+}
+
+/// One backend's unfinished jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pending {
+    pub(crate) backend: String,
+    pub(crate) jobs: u64,
+    /// When the oldest was created.
+    pub(crate) oldest: Millis,
+    /// The soonest one is due (or its lease lapses).
+    pub(crate) next_due: Millis,
 }
 
 pub(crate) trait Store: Send + Sync + 'static {
@@ -243,7 +254,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn accept(&self, job: NewJob) -> Op<Accepted>;
     /// A job not expired; with every attempt when `log`.
     fn get(&self, id: &str, log: bool, now: Millis) -> Op<Option<Job>>;
-    fn claim(&self, claim: Claim) -> Op<Vec<Claimed>>;
+    fn claim(&self, claim: Claim) -> Op<Claims>;
     /// Extends a running attempt's lease; false when it is no longer ours (cancelled, taken over).
     fn renew(&self, id: &str, owner: &str, until: Millis) -> Op<bool>;
     /// Records an attempt's end; false when the lease was lost meanwhile (nothing is written).
@@ -261,7 +272,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn list(&self, filter: ListFilter, now: Millis) -> Op<Vec<Job>>;
     /// Deletes finished jobs past their `result_ttl`; how many.
     fn sweep(&self, now: Millis) -> Op<u64>;
-    fn backlog(&self, now: Millis) -> Op<Backlog>;
+    /// Every backend with unfinished jobs.
+    fn backlog(&self, now: Millis) -> Op<Vec<Pending>>;
 }
 
 /// `name: value\n` lines from headers, and back. Header values never hold a newline.

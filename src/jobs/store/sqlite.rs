@@ -45,13 +45,21 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB NOT NULL,
     host TEXT,
     traceparent TEXT,
-    policy TEXT NOT NULL,
+    -- the delivery policy, fixed at accept
+    max_attempts INTEGER NOT NULL,
+    backoff_min_ms INTEGER NOT NULL,
+    backoff_max_ms INTEGER NOT NULL,
+    max_age_ms INTEGER NOT NULL,
+    timeout_ms INTEGER NOT NULL,
+    result_ttl_ms INTEGER NOT NULL,
+    max_result INTEGER NOT NULL,
     result_status INTEGER,
     result_headers BLOB,
     result_body BLOB
 ) STRICT;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idem_scope, idem_key) WHERE idem_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (backend, due) WHERE due IS NOT NULL;
+-- created: the backlog's oldest job, from the index alone
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (backend, due, created) WHERE due IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires) WHERE expires IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -64,6 +72,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (job, n)
 ) STRICT, WITHOUT ROWID;
 ";
+
+/// Bumped whenever SCHEMA changes shape: a store of another version is
+/// refused at start-up rather than misread.
+const SCHEMA_VERSION: i64 = 1;
 
 /// The most writes one transaction takes.
 const BATCH: usize = 1024;
@@ -121,20 +133,39 @@ impl Sqlite {
             ))
         })?;
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        let setup = || -> rusqlite::Result<()> {
-            conn.busy_timeout(std::time::Duration::from_secs(5))?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            conn.pragma_update(None, "foreign_keys", "OFF")?;
-            conn.execute_batch(SCHEMA)?;
-            // Leases held by a process that died are ours to take now.
-            conn.execute(
-                "UPDATE jobs SET due = 0, lease_owner = NULL WHERE state = 'running'",
-                [],
-            )?;
+        let setup = || -> Result<(), String> {
+            tune(&conn).map_err(|e| e.to_string())?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
+                .map_err(|e| e.to_string())?;
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(|e| e.to_string())?;
+            let tables: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| e.to_string())?;
+            if tables > 0 && version != SCHEMA_VERSION {
+                return Err(format!(
+                    "its schema is version {version}, this fngate reads version {SCHEMA_VERSION}"
+                ));
+            }
+            conn.execute_batch(SCHEMA)
+                .and_then(|()| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
+                // Leases held by a process that died are ours to take now.
+                .and_then(|()| {
+                    conn.execute(
+                        "UPDATE jobs SET due = 0, lease_owner = NULL WHERE state = 'running'",
+                        [],
+                    )
+                })
+                .map_err(|e| e.to_string())?;
             Ok(())
         };
-        setup().map_err(|e| open_err(e.to_string()))?;
+        setup().map_err(open_err)?;
         let (tx, rx) = mpsc::channel::<Work>();
         std::thread::Builder::new()
             .name("fngate-store".into())
@@ -195,8 +226,7 @@ impl Sqlite {
                             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                         )
                         .map_err(failed)?;
-                        c.busy_timeout(std::time::Duration::from_secs(5))
-                            .map_err(failed)?;
+                        tune(&c).map_err(failed)?;
                         c
                     }
                 };
@@ -255,6 +285,15 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Work>) {
             reply(commit.clone());
         }
     }
+}
+
+/// Per connection: a page cache that holds the hot part of the indexes, and
+/// reads through a memory map rather than a copy per page.
+fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "cache_size", -16384)?;
+    conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
+    Ok(())
 }
 
 /// Runs one statement, prepared once per connection (the writer runs these per write).
@@ -329,30 +368,40 @@ fn attempts_of(conn: &Connection, id: &str) -> rusqlite::Result<Vec<Attempt>> {
     rows.collect()
 }
 
-fn policy_text(p: &Policy) -> String {
-    format!(
-        "{},{},{},{},{},{},{}",
-        p.attempts,
-        p.backoff_ms.0,
-        p.backoff_ms.1,
-        p.max_age_ms,
-        p.timeout_ms,
-        p.result_ttl_ms,
-        p.max_result
-    )
+/// The policy columns, in this order, in `jobs`.
+/// (A macro, so statements stay literals that `concat!` joins at compile time.)
+macro_rules! policy_columns {
+    () => {
+        "max_attempts, backoff_min_ms, backoff_max_ms, max_age_ms, timeout_ms, result_ttl_ms, max_result"
+    };
 }
 
-fn policy_of(text: &str) -> Policy {
-    let n: Vec<u64> = text.split(',').filter_map(|s| s.parse().ok()).collect();
-    let get = |i: usize, d: u64| n.get(i).copied().unwrap_or(d);
-    Policy {
-        attempts: get(0, 1) as u32,
-        backoff_ms: (get(1, 1000), get(2, 300_000)),
-        max_age_ms: get(3, 86_400_000),
-        timeout_ms: get(4, 300_000),
-        result_ttl_ms: get(5, 86_400_000),
-        max_result: get(6, 1 << 20),
-    }
+/// An update that changes the job only while `?2` holds its lease (`?1` is the id).
+macro_rules! while_leased {
+    ($set:literal) => {
+        concat!(
+            "UPDATE jobs SET ",
+            $set,
+            " WHERE id = ?1 AND state = 'running' AND lease_owner = ?2"
+        )
+    };
+}
+
+fn policy_at(row: &Row<'_>, first: usize) -> rusqlite::Result<Policy> {
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(first + i)?.max(0) as u64) };
+    Ok(Policy {
+        attempts: n(0)?.min(u64::from(u32::MAX)) as u32,
+        backoff_ms: (n(1)?, n(2)?),
+        max_age_ms: n(3)?,
+        timeout_ms: n(4)?,
+        result_ttl_ms: n(5)?,
+        max_result: n(6)?,
+    })
+}
+
+/// SQLite integers are signed: a bound past i64::MAX is kept as i64::MAX.
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn sql(e: rusqlite::Error) -> StoreError {
@@ -364,11 +413,14 @@ impl Store for Sqlite {
         self.write(move |conn| {
             if let Some(idem) = &job.idempotency {
                 let found: Option<(String, Vec<u8>, Option<Millis>)> = conn
-                    .query_row(
+                    .prepare_cached(
                         "SELECT id, fingerprint, expires FROM jobs WHERE idem_scope = ?1 AND idem_key = ?2",
-                        params![idem.scope, idem.key],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
+                    .and_then(|mut s| {
+                        s.query_row(params![idem.scope, idem.key], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                    })
                     .optional()
                     .map_err(sql)?;
                 if let Some((id, fingerprint, expires)) = found {
@@ -394,11 +446,15 @@ impl Store for Sqlite {
                 None => (None, None, None),
             };
             let r = &job.request;
-            conn.prepare_cached(
+            let p = &job.policy;
+            conn.prepare_cached(concat!(
                 "INSERT INTO jobs (id, route, backend, consumer, state, attempts, created, updated, due, \
-                 idem_scope, idem_key, fingerprint, method, target, headers, body, host, traceparent, policy) \
-                 VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )
+                 idem_scope, idem_key, fingerprint, method, target, headers, body, host, traceparent, ",
+                policy_columns!(),
+                ") \
+                 VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+                 ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+            ))
             .and_then(|mut s| {
                 s.execute(params![
                     job.id,
@@ -415,7 +471,13 @@ impl Store for Sqlite {
                     &r.body[..],
                     r.host,
                     job.traceparent,
-                    policy_text(&job.policy),
+                    p.attempts,
+                    int(p.backoff_ms.0),
+                    int(p.backoff_ms.1),
+                    int(p.max_age_ms),
+                    int(p.timeout_ms),
+                    int(p.result_ttl_ms),
+                    int(p.max_result),
                 ])
             })
             .map_err(sql)?;
@@ -442,13 +504,15 @@ impl Store for Sqlite {
         self.read(move |conn| load_job(conn, &id, log, now))
     }
 
-    fn claim(&self, claim: Claim) -> Op<Vec<Claimed>> {
+    fn claim(&self, claim: Claim) -> Op<Claims> {
         self.write(move |conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, route, created, attempts, method, target, headers, body, host, traceparent, policy \
-                     FROM jobs WHERE backend = ?1 AND due IS NOT NULL AND due <= ?2 ORDER BY due LIMIT ?3",
-                )
+                .prepare_cached(concat!(
+                    "SELECT id, route, created, attempts, method, target, headers, body, host, traceparent, ",
+                    policy_columns!(),
+                    " \
+                     FROM jobs WHERE backend = ?1 AND due IS NOT NULL AND due <= ?2 ORDER BY due LIMIT ?3"
+                ))
                 .map_err(sql)?;
             // More candidates than slots: some routes may be full.
             let candidates = (claim.limit.saturating_mul(4)).clamp(16, 4096) as i64;
@@ -467,7 +531,7 @@ impl Store for Sqlite {
                             host: r.get(8)?,
                         },
                         traceparent: r.get(9)?,
-                        policy: policy_of(&r.get::<_, String>(10)?),
+                        policy: policy_at(r, 10)?,
                     })
                 })
                 .map_err(sql)?;
@@ -496,7 +560,16 @@ impl Store for Sqlite {
                     .execute(params![job.id, claim.lease_until, claim.owner, claim.now])
                     .map_err(sql)?;
             }
-            Ok(taken)
+            let next_due = conn
+                .prepare_cached(
+                    "SELECT MIN(due) FROM jobs WHERE backend = ?1 AND due IS NOT NULL",
+                )
+                .and_then(|mut s| s.query_row([&claim.backend], |r| r.get(0)))
+                .map_err(sql)?;
+            Ok(Claims {
+                jobs: taken,
+                next_due,
+            })
         })
     }
 
@@ -504,10 +577,10 @@ impl Store for Sqlite {
         let (id, owner) = (id.to_owned(), owner.to_owned());
         self.write(move |conn| {
             let n = conn
-                .execute(
+                .prepare_cached(
                     "UPDATE jobs SET due = ?3 WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
-                    params![id, owner, until],
                 )
+                .and_then(|mut s| s.execute(params![id, owner, until]))
                 .map_err(sql)?;
             Ok(n == 1)
         })
@@ -523,54 +596,57 @@ impl Store for Sqlite {
     ) -> Op<bool> {
         let (id, owner) = (id.to_owned(), owner.to_owned());
         self.write(move |conn| {
-            let policy: Option<String> = conn
-                .query_row(
-                    "SELECT policy FROM jobs WHERE id = ?1 AND state = 'running' AND lease_owner = ?2",
-                    params![id, owner],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(sql)?;
-            let Some(policy) = policy.map(|p| policy_of(&p)) else {
-                return Ok(false);
+            // Each statement changes the job only while this owner holds its lease.
+            let run = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+                conn.prepare_cached(sql).and_then(|mut s| s.execute(params))
             };
-            if let Some(a) = &attempt {
-                conn.execute(
-                    "INSERT OR REPLACE INTO attempts (job, n, at, status, duration_ms, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![id, a.n, a.at, a.status, a.duration_ms as i64, a.error],
-                )
-                .map_err(sql)?;
-            }
-            let error = attempt.as_ref().and_then(|a| a.error.clone());
-            let expires = now.saturating_add(policy.result_ttl_ms as i64);
+            let error = attempt.as_ref().and_then(|a| a.error.as_deref());
             let answered = |state: &str, r: &JobResult| {
-                conn.execute(
-                    "UPDATE jobs SET state = ?2, due = NULL, lease_owner = NULL, updated = ?3, expires = ?4, \
-                     last_error = COALESCE(?5, last_error), timed_out = 0, result_status = ?6, result_headers = ?7, result_body = ?8 WHERE id = ?1",
-                    params![id, state, now, expires, error, r.status, &r.headers[..], &r.body[..]],
+                run(
+                    while_leased!(
+                        "state = ?3, due = NULL, lease_owner = NULL, updated = ?4, expires = ?4 + result_ttl_ms, \
+                         last_error = COALESCE(?5, last_error), timed_out = 0, result_status = ?6, result_headers = ?7, result_body = ?8"
+                    ),
+                    params![id, owner, state, now, error, r.status, &r.headers[..], &r.body[..]],
                 )
             };
-            let n = match next {
-                Next::Succeeded(r) => answered("succeeded", &r),
-                Next::Dead { result: Some(r), .. } => answered("dead", &r),
-                Next::Dead { result: None, timed_out } => conn.execute(
-                    "UPDATE jobs SET state = 'dead', due = NULL, lease_owner = NULL, updated = ?2, expires = ?3, \
-                     last_error = COALESCE(?4, last_error), timed_out = ?5 WHERE id = ?1",
-                    params![id, now, expires, error, timed_out as i64],
+            let n = match &next {
+                Next::Succeeded(r) => answered("succeeded", r),
+                Next::Dead { result: Some(r), .. } => answered("dead", r),
+                Next::Dead { result: None, timed_out } => run(
+                    while_leased!(
+                        "state = 'dead', due = NULL, lease_owner = NULL, updated = ?3, expires = ?3 + result_ttl_ms, \
+                         last_error = COALESCE(?4, last_error), timed_out = ?5"
+                    ),
+                    params![id, owner, now, error, *timed_out as i64],
                 ),
-                Next::Retry { at, timed_out } => conn.execute(
-                    "UPDATE jobs SET state = 'retrying', due = ?2, lease_owner = NULL, updated = ?3, \
-                     last_error = COALESCE(?4, last_error), timed_out = ?5 WHERE id = ?1",
-                    params![id, at, now, error, timed_out as i64],
+                Next::Retry { at, timed_out } => run(
+                    while_leased!(
+                        "state = 'retrying', due = ?3, lease_owner = NULL, updated = ?4, \
+                         last_error = COALESCE(?5, last_error), timed_out = ?6"
+                    ),
+                    params![id, owner, at, now, error, *timed_out as i64],
                 ),
-                Next::Release { at } => conn.execute(
-                    "UPDATE jobs SET state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END, \
-                     attempts = MAX(attempts - 1, 0), due = ?2, lease_owner = NULL, updated = ?3 WHERE id = ?1",
-                    params![id, at, now],
+                Next::Release { at } => run(
+                    while_leased!(
+                        "state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END, \
+                         attempts = MAX(attempts - 1, 0), due = ?3, lease_owner = NULL, updated = ?4"
+                    ),
+                    params![id, owner, at, now],
                 ),
             }
             .map_err(sql)?;
-            Ok(n == 1)
+            if n != 1 {
+                return Ok(false);
+            }
+            if let Some(a) = &attempt {
+                run(
+                    "INSERT OR REPLACE INTO attempts (job, n, at, status, duration_ms, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![id, a.n, a.at, a.status, int(a.duration_ms), a.error],
+                )
+                .map_err(sql)?;
+            }
+            Ok(true)
         })
     }
 
@@ -665,20 +741,21 @@ impl Store for Sqlite {
         })
     }
 
-    fn backlog(&self, _now: Millis) -> Op<Backlog> {
+    fn backlog(&self, _now: Millis) -> Op<Vec<Pending>> {
         self.read(move |conn| {
+            // From the due index alone: no table row is read.
             let mut stmt = conn.prepare_cached(
-                "SELECT backend, COUNT(*), MIN(created) FROM jobs WHERE due IS NOT NULL GROUP BY backend",
+                "SELECT backend, COUNT(*), MIN(created), MIN(due) FROM jobs WHERE due IS NOT NULL GROUP BY backend",
             )?;
-            let backends = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let next_due = conn.query_row(
-                "SELECT MIN(due) FROM jobs WHERE due IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(Backlog { backends, next_due })
+            let rows = stmt.query_map([], |r| {
+                Ok(Pending {
+                    backend: r.get(0)?,
+                    jobs: r.get::<_, i64>(1)?.max(0) as u64,
+                    oldest: r.get(2)?,
+                    next_due: r.get(3)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 }

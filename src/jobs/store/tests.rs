@@ -82,7 +82,8 @@ async fn accepted_jobs_are_claimed_once_within_the_limits() {
         let taken = s
             .claim(claim(5_000, 10, &[("a", 1), ("b", 5)]))
             .await
-            .expect("claim");
+            .expect("claim")
+            .jobs;
         let ids: Vec<&str> = taken.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["j0", "j3"]);
         assert_eq!(taken[0].attempt, 1);
@@ -94,13 +95,16 @@ async fn accepted_jobs_are_claimed_once_within_the_limits() {
             .claim(claim(5_000, 10, &[("a", 10), ("b", 10)]))
             .await
             .expect("claim");
-        let ids: Vec<&str> = again.iter().map(|c| c.id.as_str()).collect();
+        let ids: Vec<&str> = again.jobs.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["j1", "j2"]);
+        // Every job is leased: the next is due when the first lease lapses.
+        assert_eq!(again.next_due, Some(35_000));
         // Not yet due: nothing.
         assert!(s
             .claim(claim(500, 10, &[]))
             .await
             .expect("claim")
+            .jobs
             .is_empty());
     }
 }
@@ -110,14 +114,14 @@ async fn leases_belong_to_their_holder_and_lapse() {
     let dir = tempfile::tempdir().expect("tempdir");
     for s in stores(&dir) {
         s.accept(job("j", "a", 0)).await.expect("accept");
-        let taken = s.claim(claim(10, 1, &[])).await.expect("claim");
+        let taken = s.claim(claim(10, 1, &[])).await.expect("claim").jobs;
         assert_eq!(taken.len(), 1);
         assert!(s.renew("j", "me", 60_000).await.expect("renew"));
         assert!(!s.renew("j", "someone-else", 90_000).await.expect("renew"));
         // Past the lease, another instance takes it over; the old holder's answer is refused.
         let mut other = claim(60_001, 1, &[]);
         other.owner = "other".into();
-        let taken = s.claim(other).await.expect("claim");
+        let taken = s.claim(other).await.expect("claim").jobs;
         assert_eq!(taken[0].attempt, 2);
         let late = s.finish(
             "j",
@@ -177,7 +181,7 @@ async fn a_release_spends_no_attempt_and_retries_wait_their_time() {
             (j.state, j.attempts, j.next_attempt),
             (JobState::Queued, 0, Some(100))
         );
-        let t = s.claim(claim(100, 1, &[])).await.expect("claim");
+        let t = s.claim(claim(100, 1, &[])).await.expect("claim").jobs;
         assert_eq!(t[0].attempt, 1);
         let a = Attempt {
             n: 1,
@@ -203,13 +207,24 @@ async fn a_release_spends_no_attempt_and_retries_wait_their_time() {
             (j.state, j.last_error.as_deref()),
             (JobState::Retrying, Some("503"))
         );
-        assert!(s.claim(claim(499, 1, &[])).await.expect("claim").is_empty());
+        // Not due yet: nothing taken, and the claim says when to look again.
+        let early = s.claim(claim(499, 1, &[])).await.expect("claim");
+        assert!(early.jobs.is_empty());
+        assert_eq!(early.next_due, Some(500));
         assert_eq!(
-            s.claim(claim(500, 1, &[])).await.expect("claim")[0].attempt,
+            s.claim(claim(500, 1, &[])).await.expect("claim").jobs[0].attempt,
             2
         );
         let b = s.backlog(600).await.expect("backlog");
-        assert_eq!(b.backends, vec![("fn".to_string(), 1, 0)]);
+        assert_eq!(
+            b,
+            vec![Pending {
+                backend: "fn".into(),
+                jobs: 1,
+                oldest: 0,
+                next_due: 500 + 30_000
+            }]
+        );
     }
 }
 
@@ -295,13 +310,16 @@ async fn a_reopened_store_takes_up_the_attempts_of_a_process_that_died() {
     {
         let s = Sqlite::open(&path).expect("opens");
         s.accept(job("j", "a", 0)).await.expect("accept");
-        assert_eq!(s.claim(claim(0, 1, &[])).await.expect("claim").len(), 1);
+        assert_eq!(
+            s.claim(claim(0, 1, &[])).await.expect("claim").jobs.len(),
+            1
+        );
         // A second process cannot open a store in use.
         let busy = Sqlite::open(&path).expect_err("locked");
         assert!(busy.to_string().contains("another fngate"), "{busy}");
     }
     let s = Sqlite::open(&path).expect("reopens");
-    let t = s.claim(claim(1, 1, &[])).await.expect("claim");
+    let t = s.claim(claim(1, 1, &[])).await.expect("claim").jobs;
     assert_eq!((t.len(), t[0].attempt), (1, 2), "due at once, lease or not");
 }
 
