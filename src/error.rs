@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use crate::aggregate::{AggregateError, Failure, X_FNGATE_COMPLETED, X_FNGATE_FAILED};
 use crate::auth::{AuthError, Challenge};
 use crate::body::Body;
+use crate::events::PublishError;
 use crate::jobs::{JobError, X_FNGATE_JOB_ID, X_FNGATE_JOB_STATE};
 use crate::ratelimit::RateLimited;
 use crate::router::RouteError;
@@ -39,6 +40,8 @@ pub(crate) enum Error {
     Aggregate(#[from] AggregateError),
     #[error(transparent)]
     Job(#[from] JobError),
+    #[error(transparent)]
+    Publish(#[from] crate::events::PublishError),
     /// A request reached the dispatcher without a route: a bug in the stack.
     #[error("the request reached the dispatcher unrouted")]
     Unrouted,
@@ -75,58 +78,75 @@ impl Problem {
     }
 }
 
+fn job_problem(e: &JobError) -> Problem {
+    match e {
+        JobError::Store(_) => Problem {
+            retry_after: Some(1),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the job store cannot take the job now",
+            )
+        },
+        JobError::Draining => Problem {
+            retry_after: Some(1),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway is shutting down and takes no new jobs",
+            )
+        },
+        JobError::BadKey(why) => {
+            Problem::new(StatusCode::BAD_REQUEST, format!("Idempotency-Key is {why}"))
+        }
+        JobError::KeyReused => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this Idempotency-Key was used for a request with another method, path or body",
+        ),
+        JobError::NotFound => Problem::new(StatusCode::NOT_FOUND, "no such job"),
+        JobError::Finished => Problem::new(
+            StatusCode::CONFLICT,
+            "the job has finished and cannot be cancelled",
+        ),
+        JobError::Method => Problem {
+            allow: Some(HeaderValue::from_static("GET, HEAD, DELETE")),
+            ..Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a job is read with GET and cancelled with DELETE",
+            )
+        },
+        JobError::Dead { id, timed_out } => Problem {
+            dead_job: HeaderValue::try_from(id.as_str()).ok(),
+            ..if *timed_out {
+                Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the job is dead: its function did not answer in time",
+                )
+            } else {
+                Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "the job is dead: its function never answered",
+                )
+            }
+        },
+        JobError::Body(e) => upstream_problem(e),
+    }
+}
+
 fn problem_of(err: &Error) -> Problem {
     match err {
-        Error::Job(e) => match e {
-            JobError::Store(_) => Problem {
-                retry_after: Some(1),
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the job store cannot take the job now",
-                )
-            },
-            JobError::Draining => Problem {
-                retry_after: Some(1),
-                ..Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the gateway is shutting down and takes no new jobs",
-                )
-            },
-            JobError::BadKey(why) => Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("Idempotency-Key is {why}"),
+        Error::Job(e) => job_problem(e),
+        Error::Publish(e) => match e {
+            PublishError::Event(e) => Problem::new(StatusCode::BAD_REQUEST, e.to_string()),
+            PublishError::Json(_) | PublishError::EmptyBatch => {
+                Problem::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            PublishError::ContentType(_) => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "{e}: send a CloudEvent in binary mode (ce-* headers), \
+                     application/cloudevents+json, application/cloudevents-batch+json or application/json"
+                ),
             ),
-            JobError::KeyReused => Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "this Idempotency-Key was used for a request with another method, path or body",
-            ),
-            JobError::NotFound => Problem::new(StatusCode::NOT_FOUND, "no such job"),
-            JobError::Finished => Problem::new(
-                StatusCode::CONFLICT,
-                "the job has finished and cannot be cancelled",
-            ),
-            JobError::Method => Problem {
-                allow: Some(HeaderValue::from_static("GET, HEAD, DELETE")),
-                ..Problem::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "a job is read with GET and cancelled with DELETE",
-                )
-            },
-            JobError::Dead { id, timed_out } => Problem {
-                dead_job: HeaderValue::try_from(id.as_str()).ok(),
-                ..if *timed_out {
-                    Problem::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the job is dead: its function did not answer in time",
-                    )
-                } else {
-                    Problem::new(
-                        StatusCode::BAD_GATEWAY,
-                        "the job is dead: its function never answered",
-                    )
-                }
-            },
-            JobError::Body(e) => upstream_problem(e),
+            PublishError::Job(e) => job_problem(e),
         },
         Error::Aggregate(e) => Problem {
             call: Some(e.call.clone()),
@@ -200,6 +220,7 @@ fn problem_of(err: &Error) -> Problem {
                     "the Host header differs from the request target",
                 )
             },
+            RouteError::UnknownTopic(_) => Problem::new(StatusCode::NOT_FOUND, e.to_string()),
             RouteError::MissingHost => Problem {
                 close: true,
                 ..Problem::new(StatusCode::BAD_REQUEST, "the request has no Host header")

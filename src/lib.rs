@@ -17,6 +17,7 @@ mod body;
 mod context;
 mod dispatch;
 mod error;
+mod events;
 mod idle;
 mod jobs;
 mod metrics;

@@ -79,6 +79,18 @@ pub struct JobLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EventLabels {
+    pub topic: Name,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub subscription: Name,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
 }
@@ -100,6 +112,8 @@ pub struct Metrics {
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     pub aggregate_calls: Family<AggregateLabels, Counter>,
     pub jobs: Family<JobLabels, Counter>,
+    pub events: Family<EventLabels, Counter>,
+    pub deliveries: Family<DeliveryLabels, Counter>,
     pub jobs_pending: Family<BackendLabel, Gauge>,
     pub job_oldest: Family<BackendLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub job_attempts: Histograms<RouteLabel>,
@@ -204,6 +218,18 @@ impl Metrics {
             "Background jobs by route and outcome (accepted, succeeded, retried, dead, cancelled, deduplicated)",
             jobs.clone(),
         );
+        let events = Family::default();
+        registry.register(
+            "events",
+            "Published events by topic and outcome (accepted, duplicate)",
+            events.clone(),
+        );
+        let deliveries = Family::default();
+        registry.register(
+            "deliveries",
+            "Event deliveries by subscription and outcome (succeeded, retried, dead, paused)",
+            deliveries.clone(),
+        );
         let jobs_pending = Family::default();
         registry.register(
             "jobs_pending",
@@ -227,7 +253,7 @@ impl Metrics {
         let store_up = Gauge::default();
         registry.register(
             "store_up",
-            "1 while the job store answers; 0 while it fails or is not open",
+            "1 while the job store takes writes; 0 while they fail or it is not open",
             store_up.clone(),
         );
         let store_operation: Histograms<OpLabel> = Family::new_with_constructor(latency_histogram);
@@ -239,6 +265,8 @@ impl Metrics {
         Self {
             registry,
             jobs,
+            events,
+            deliveries,
             jobs_pending,
             job_oldest,
             job_attempts,
@@ -289,6 +317,24 @@ impl Metrics {
         self.jobs
             .get_or_create(&JobLabels {
                 route: Name(route.into()),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn event(&self, topic: &str, outcome: &'static str) {
+        self.events
+            .get_or_create(&EventLabels {
+                topic: Name(topic.into()),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn delivery(&self, subscription: &str, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                subscription: Name(subscription.into()),
                 outcome,
             })
             .inc();

@@ -21,6 +21,8 @@ pub(crate) enum Kind {
     Backends,
     Auth,
     RateLimits,
+    Topics,
+    Subscriptions,
 }
 
 impl Kind {
@@ -30,7 +32,15 @@ impl Kind {
             Self::Backends => "backends",
             Self::Auth => "auth",
             Self::RateLimits => "rate_limits",
+            Self::Topics => "topics",
+            Self::Subscriptions => "subscriptions",
         }
+    }
+
+    /// `[[routes]]`-style: an array of tables, each with its `name`; the
+    /// others are tables of named tables (`[backends.NAME]`).
+    fn is_array(self) -> bool {
+        matches!(self, Self::Routes | Self::Subscriptions)
     }
 }
 
@@ -68,11 +78,11 @@ impl Doc {
 
     pub(crate) fn list(&self, kind: Kind) -> Vec<Json> {
         match kind {
-            Kind::Routes => self
-                .routes()
+            k if k.is_array() => self
+                .array(k)
                 .map(|a| {
                     a.iter()
-                        .map(|t| table_json(t, &mut vec!["routes".into(), "*".into()]))
+                        .map(|t| table_json(t, &mut vec![k.key().into(), "*".into()]))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -89,10 +99,10 @@ impl Doc {
 
     pub(crate) fn get(&self, kind: Kind, name: &str) -> Option<Json> {
         match kind {
-            Kind::Routes => {
-                let tables = self.routes()?;
+            k if k.is_array() => {
+                let tables = self.array(k)?;
                 let t = tables.iter().find(|t| route_name(t) == Some(name))?;
-                Some(table_json(t, &mut vec!["routes".into(), "*".into()]))
+                Some(table_json(t, &mut vec![k.key().into(), "*".into()]))
             }
             _ => {
                 let item = self.named(kind)?.get(name)?;
@@ -123,10 +133,11 @@ impl Doc {
         }
         // Read-only parts of a GET answer are ignored on input.
         fields.remove("status");
+        fields.remove("paused");
         let existing = self.get_raw(kind, name);
         let mut table = Table::new();
         let mut path = vec![kind.key().to_owned(), "*".to_owned()];
-        if kind == Kind::Routes {
+        if kind.is_array() {
             table.insert("name", Item::Value(Value::from(name)));
         }
         fields.remove("name");
@@ -138,10 +149,10 @@ impl Doc {
         }
         let created = existing.is_none();
         match kind {
-            Kind::Routes => {
+            k if k.is_array() => {
                 let routes = self
                     .0
-                    .entry("routes")
+                    .entry(k.key())
                     .or_insert(Item::ArrayOfTables(ArrayOfTables::new()))
                     .as_array_of_tables_mut()
                     .ok_or(EditError::NotAnObject)?;
@@ -181,10 +192,10 @@ impl Doc {
             name: name.to_owned(),
         };
         match kind {
-            Kind::Routes => {
+            k if k.is_array() => {
                 let routes = self
                     .0
-                    .get_mut("routes")
+                    .get_mut(k.key())
                     .and_then(Item::as_array_of_tables_mut)
                     .ok_or_else(not_found)?;
                 let i = routes
@@ -205,8 +216,8 @@ impl Doc {
         Ok(())
     }
 
-    fn routes(&self) -> Option<&ArrayOfTables> {
-        self.0.get("routes").and_then(Item::as_array_of_tables)
+    fn array(&self, kind: Kind) -> Option<&ArrayOfTables> {
+        self.0.get(kind.key()).and_then(Item::as_array_of_tables)
     }
 
     fn named(&self, kind: Kind) -> Option<&dyn toml_edit::TableLike> {
@@ -229,9 +240,9 @@ impl Doc {
     /// The stored entity as raw JSON (secrets not hidden), to keep hidden values.
     fn get_raw(&self, kind: Kind, name: &str) -> Option<Json> {
         let item = match kind {
-            Kind::Routes => {
+            k if k.is_array() => {
                 return self
-                    .routes()?
+                    .array(k)?
                     .iter()
                     .find(|t| route_name(t) == Some(name))
                     .map(raw_table_json);

@@ -17,6 +17,7 @@ pub(super) fn routes() -> Router<AdminState> {
         .route("/jobs", get(list))
         .route("/jobs/{id}", get(get_one).delete(purge))
         .route("/jobs/{id}/redrive", post(redrive))
+        .route("/subscriptions/{name}/resume", post(resume))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -140,4 +141,26 @@ pub(super) async fn purge(
     } else {
         Err(AdminError::NoJob(id))
     }
+}
+
+#[utoipa::path(post, path = "/subscriptions/{name}/resume", tag = "subscriptions", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The subscription")), responses(
+    (status = 200, description = "Delivering again; `was_paused` says whether it had been", body = Object),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+    (status = 503, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn resume(
+    AxumState(admin): AxumState<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    if admin.state.load().config.subscription(&name).is_none() {
+        return Err(AdminError::NotFound {
+            kind: "subscriptions",
+            name,
+        });
+    }
+    let was = admin.jobs.resume(&name).await.map_err(store_error)?;
+    Ok(Json(
+        serde_json::json!({"name": name, "paused": false, "was_paused": was}),
+    ))
 }

@@ -55,11 +55,12 @@ enum AdminError {
     NotJson(serde_json::Error),
     #[error("the body is not UTF-8")]
     NotUtf8,
-    #[error("{kind} `{name}` is used by routes: {}", routes.join(", "))]
+    #[error("{kind} `{name}` is used by {}", users.join(", "))]
     InUse {
         kind: &'static str,
         name: String,
-        routes: Vec<String>,
+        /// `routes: a`, `subscriptions: b`
+        users: Vec<String>,
     },
     #[error("If-Match `{0}` names no config version")]
     BadIfMatch(String),
@@ -180,6 +181,9 @@ type Result<T, E = AdminError> = std::result::Result<T, E>;
         backends::list, backends::get_one, backends::put_one, backends::delete_one,
         auth::list, auth::get_one, auth::put_one, auth::delete_one,
         rate_limits::list, rate_limits::get_one, rate_limits::put_one, rate_limits::delete_one,
+        topics::list, topics::get_one, topics::put_one, topics::delete_one,
+        subscriptions::list, subscriptions::get_one, subscriptions::put_one, subscriptions::delete_one,
+        jobs::resume,
         jobs::list, jobs::get_one, jobs::redrive, jobs::purge),
     components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated)),
     modifiers(&BearerAuth)
@@ -214,6 +218,8 @@ pub(crate) fn router(admin: AdminState) -> Router {
         .merge(backends::routes())
         .merge(auth::routes())
         .merge(rate_limits::routes())
+        .merge(topics::routes())
+        .merge(subscriptions::routes())
         .merge(jobs::routes())
         .route("/{collection}", any(unknown_collection))
         .route("/{collection}/{name}", any(unknown_entity))
@@ -327,7 +333,27 @@ async fn list(admin: &AdminState, kind: Kind) -> Result<Json<Vec<serde_json::Val
     if kind == Kind::Backends {
         items.iter_mut().for_each(|b| with_status(admin, b));
     }
+    if kind == Kind::Subscriptions {
+        with_paused(admin, &mut items).await?;
+    }
     Ok(Json(items))
+}
+
+/// Adds `paused` to subscriptions (read-only; ignored on PUT).
+async fn with_paused(admin: &AdminState, items: &mut [serde_json::Value]) -> Result<()> {
+    let paused = admin
+        .jobs
+        .paused_subscriptions()
+        .await
+        .map_err(|e| AdminError::JobStore(e.to_string()))?;
+    for item in items {
+        let name = item
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default();
+        item["paused"] = paused.iter().any(|p| p == name).into();
+    }
+    Ok(())
 }
 
 /// Adds each endpoint's live state to a backend (read-only; ignored on PUT).
@@ -350,6 +376,9 @@ async fn get_one(admin: &AdminState, kind: Kind, name: &str) -> Result<Json<serd
         })?;
     if kind == Kind::Backends {
         with_status(admin, &mut item);
+    }
+    if kind == Kind::Subscriptions {
+        with_paused(admin, std::slice::from_mut(&mut item)).await?;
     }
     Ok(Json(item))
 }
@@ -437,7 +466,7 @@ async fn delete_one(
                 return Err(AdminError::InUse {
                     kind: kind.key(),
                     name: name.clone(),
-                    routes: users.into_iter().map(str::to_owned).collect(),
+                    users,
                 });
             }
             let mut doc = doc_of(running)?;
@@ -452,20 +481,47 @@ async fn delete_one(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The routes that name the backend or policy `name`.
-fn users_of<'a>(running: &'a Snapshot, kind: Kind, name: &str) -> Vec<&'a str> {
-    running
-        .config
+/// What names the backend, policy or topic `name`: `routes: a, b` and
+/// `subscriptions: c` or `topics: d` (a topic's own route is not listed).
+fn users_of(running: &Snapshot, kind: Kind, name: &str) -> Vec<String> {
+    let c = &running.config;
+    let routes: Vec<&str> = c
         .routes
         .iter()
+        .filter(|r| !matches!(r.action, crate::config::Action::Publish(_)))
         .filter(|r| match kind {
             Kind::Backends => r.backends().any(|b| &*b.name == name),
             Kind::Auth => r.auth.as_ref().is_some_and(|p| &*p.name == name),
             Kind::RateLimits => r.rate_limits.iter().any(|p| &*p.name == name),
-            Kind::Routes => false,
+            Kind::Routes | Kind::Topics | Kind::Subscriptions => false,
         })
         .map(|r| &*r.name)
-        .collect()
+        .collect();
+    let subscriptions: Vec<&str> = c
+        .subscriptions
+        .iter()
+        .filter(|s| match kind {
+            Kind::Backends => &*s.backend.name == name,
+            Kind::Topics => &*s.topic == name,
+            _ => false,
+        })
+        .map(|s| &*s.name)
+        .collect();
+    let topics: Vec<&str> = c
+        .topics
+        .iter()
+        .filter(|t| kind == Kind::Auth && t.auth.as_ref().is_some_and(|p| &*p.name == name))
+        .map(|t| &*t.name)
+        .collect();
+    [
+        ("routes", routes),
+        ("subscriptions", subscriptions),
+        ("topics", topics),
+    ]
+    .into_iter()
+    .filter(|(_, names)| !names.is_empty())
+    .map(|(what, names)| format!("{what}: {}", names.join(", ")))
+    .collect()
 }
 
 /// One collection's four handlers, each with its own OpenAPI path and typed
@@ -565,6 +621,22 @@ collection!(
     "backends"
 );
 collection!(auth, Kind::Auth, Auth, "/auth", "/auth/{name}", "auth");
+collection!(
+    topics,
+    Kind::Topics,
+    Topic,
+    "/topics",
+    "/topics/{name}",
+    "topics"
+);
+collection!(
+    subscriptions,
+    Kind::Subscriptions,
+    Subscription,
+    "/subscriptions",
+    "/subscriptions/{name}",
+    "subscriptions"
+);
 collection!(
     rate_limits,
     Kind::RateLimits,
@@ -750,6 +822,8 @@ mod tests {
             (Kind::Backends, "Backend"),
             (Kind::Auth, "Auth"),
             (Kind::RateLimits, "RateLimit"),
+            (Kind::Topics, "Topic"),
+            (Kind::Subscriptions, "Subscription"),
         ] {
             let items = doc.list(kind);
             assert!(!items.is_empty(), "the shipped config has {}", kind.key());

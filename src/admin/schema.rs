@@ -229,3 +229,50 @@ pub(super) struct RateLimit {
     key: Option<String>,
     max_keys: Option<u64>,
 }
+
+/// `[topics.NAME]`: published to at `POST {server.events_path}/NAME`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Topic {
+    /// The key under `[topics]`; read-only.
+    name: Option<String>,
+    /// A named auth policy: who may publish.
+    auth: Option<String>,
+    /// The largest event or batch (default 1MiB, at least 64KiB); larger is 413.
+    max_event: Option<Size>,
+    /// The same (`source`, `id`) again within it is accepted, not delivered (default 24h).
+    dedupe_window: Option<String>,
+}
+
+/// `[[subscriptions]]`: a topic's events, delivered to a backend.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Subscription {
+    /// `[a-z0-9_-]+`; may be left out of a PUT (the URL names it).
+    name: Option<String>,
+    topic: String,
+    backend: String,
+    /// Deliveries are POSTed here (default `/`).
+    path: Option<String>,
+    filter: Option<Filter>,
+    /// `binary` (default: `ce-*` headers) or `structured` (application/cloudevents+json).
+    format: Option<String>,
+    /// `none` (default) or `partitionkey`: one at a time per `partitionkey`, in order.
+    ordering: Option<String>,
+    delivery: Option<Delivery>,
+    /// Read-only: paused by a 410 until `POST /subscriptions/{name}/resume`.
+    paused: Option<bool>,
+}
+
+/// Every condition given must hold.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Filter {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    source: Option<String>,
+    subject: Option<String>,
+    type_prefix: Option<String>,
+    source_prefix: Option<String>,
+    subject_prefix: Option<String>,
+}

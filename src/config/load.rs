@@ -78,6 +78,26 @@ pub(super) fn parse(
             }
         }
     }
+    let mut topics = Vec::new();
+    for (name, obj) in root.named_tables(&mut ctx, "topics") {
+        if let Some(t) = super::events::topic(&mut ctx, &name, obj, (&auth, &declared)) {
+            topics.push(Arc::new(t));
+        }
+    }
+    let mut subscriptions: Vec<Arc<super::Subscription>> = Vec::new();
+    for obj in root.table_array(&mut ctx, "subscriptions") {
+        let span = obj.span();
+        if let Some(s) = super::events::subscription(&mut ctx, obj, &topics, &backends) {
+            if subscriptions.iter().any(|o| o.name == s.name) {
+                ctx.error(
+                    span,
+                    format!("subscriptions[{}].name", s.name),
+                    format!("subscription name `{}` is used twice", s.name),
+                );
+            }
+            subscriptions.push(Arc::new(s));
+        }
+    }
     if root.has("schedules") {
         ctx.error(
             root.key_span("schedules"),
@@ -105,6 +125,26 @@ pub(super) fn parse(
     }
     root.finish(&mut ctx);
     check_routes(&mut ctx, &routes, &spans);
+    // Jobs name their route or subscription by name alone (SPEC §11).
+    for (i, r) in routes.iter().enumerate() {
+        if subscriptions.iter().any(|s| s.name == r.name) {
+            ctx.error(
+                spans[i].clone(),
+                format!("routes[{}].name", r.name),
+                format!(
+                    "`{}` names a subscription too; jobs are listed by that name, so it must be one or the other",
+                    r.name
+                ),
+            );
+        }
+    }
+    // Each topic is published to through a route of its own, after the others.
+    routes.extend(
+        topics
+            .iter()
+            .filter_map(|t| super::events::topic_route(t, &server))
+            .map(Arc::new),
+    );
 
     let errors = ctx.into_errors();
     if !errors.is_empty() {
@@ -120,6 +160,8 @@ pub(super) fn parse(
         rate_limits,
         routes,
         store,
+        topics,
+        subscriptions,
     })
 }
 

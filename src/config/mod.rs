@@ -10,6 +10,7 @@ mod auth;
 mod backend;
 mod decode;
 mod error;
+mod events;
 mod file;
 mod headers;
 mod jobs;
@@ -32,6 +33,7 @@ pub use auth::{
 };
 pub use backend::{Backend, Balance, Endpoint, HealthCheck, Protocol};
 pub use error::{ConfigError, ConfigErrors};
+pub use events::{Filter, Format, Ordering, Subscription, Topic};
 pub use headers::HeaderEdits;
 pub use jobs::{Delivery, Invoke, Store};
 pub use path::{HostPattern, Param, PathPattern, Template};
@@ -52,8 +54,11 @@ pub struct Config {
     pub backends: Vec<Arc<Backend>>,
     pub auth: Vec<Arc<AuthPolicy>>,
     pub rate_limits: Vec<Arc<RateLimit>>,
+    /// The file's routes, then one per topic (`Action::Publish`).
     pub routes: Vec<Arc<Route>>,
     pub store: Store,
+    pub topics: Vec<Arc<Topic>>,
+    pub subscriptions: Vec<Arc<Subscription>>,
 }
 
 impl Config {
@@ -103,9 +108,20 @@ impl Config {
         self.routes.iter().find(|r| &*r.name == name)
     }
 
-    /// Whether jobs can arrive: a route takes them, or `[store]` asks for the store anyway.
+    pub fn topic(&self, name: &str) -> Option<&Arc<Topic>> {
+        self.topics.iter().find(|t| &*t.name == name)
+    }
+
+    pub fn subscription(&self, name: &str) -> Option<&Arc<Subscription>> {
+        self.subscriptions.iter().find(|s| &*s.name == name)
+    }
+
+    /// Whether jobs can arrive: a route or a topic takes them, or `[store]`
+    /// asks for the store anyway.
     pub fn needs_store(&self) -> bool {
-        self.store.explicit || self.routes.iter().any(|r| r.invoke != Invoke::Sync)
+        self.store.explicit
+            || !self.topics.is_empty()
+            || self.routes.iter().any(|r| r.invoke != Invoke::Sync)
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Route {
 pub enum Action {
     Forward(Forward),
     Aggregate(Arc<Aggregate>),
+    /// A topic's own route: the request is published (SPEC §8).
+    Publish(Arc<Topic>),
 }
 
 /// Where and how a forwarding route sends a request.
@@ -60,6 +62,7 @@ impl Route {
         let (one, calls) = match &self.action {
             Action::Forward(f) => (Some(&f.backend), None),
             Action::Aggregate(a) => (None, Some(a.calls.iter().map(|c| &c.backend))),
+            Action::Publish(_) => (None, None),
         };
         one.into_iter().chain(calls.into_iter().flatten())
     }
@@ -358,20 +361,24 @@ pub(super) fn route(
         );
     }
     if let Some(p) = &path {
-        let jobs = &server.jobs_path;
         let literal = p.literal_prefix();
-        let under = literal.starts_with(jobs.as_str())
-            && matches!(literal.as_bytes().get(jobs.len()), None | Some(b'/'));
-        // A wider pattern (`/{*rest}`) may stay: the jobs path is matched before any route.
-        if under {
-            ctx.error(
-                obj.key_span("path"),
-                obj.key_path("path"),
-                format!(
-                    "`{}` would take requests under server.jobs_path `{jobs}`, where clients read their jobs",
-                    p.raw
-                ),
-            );
+        for (key, prefix, what) in [
+            ("jobs_path", &server.jobs_path, "clients read their jobs"),
+            ("events_path", &server.events_path, "events are published"),
+        ] {
+            let under = literal.starts_with(prefix.as_str())
+                && matches!(literal.as_bytes().get(prefix.len()), None | Some(b'/'));
+            // A wider pattern (`/{*rest}`) may stay: fngate's own paths are matched first.
+            if under {
+                ctx.error(
+                    obj.key_span("path"),
+                    obj.key_path("path"),
+                    format!(
+                        "`{}` would take requests under server.{key} `{prefix}`, where {what}",
+                        p.raw
+                    ),
+                );
+            }
         }
     }
     not_yet(ctx, &mut obj, &["mode"]);
@@ -556,6 +563,10 @@ impl<'a> Shapes<'a> {
         let mut by_shape: std::collections::HashMap<(Option<&HostPattern>, &str), (usize, usize)> =
             std::collections::HashMap::new();
         for (i, r) in routes.iter().enumerate() {
+            // A topic's route is found by its prefix, before the router.
+            if matches!(r.action, Action::Publish(_)) {
+                continue;
+            }
             let key = (r.host.as_ref(), r.path.shape.as_str());
             if let Some(&(h, e)) = by_shape.get(&key) {
                 hosts[h].entries[e].push(i);

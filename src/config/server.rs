@@ -33,6 +33,8 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// Where clients read and cancel their jobs (`{jobs_path}/{id}`); no route may live under it.
     pub jobs_path: String,
+    /// Where events are published (`{events_path}/{topic}`); no route may live under it.
+    pub events_path: String,
 }
 
 #[derive(Clone, PartialEq)]
@@ -78,6 +80,7 @@ pub(super) fn server_defaults() -> Server {
         watch: true,
         trusted_proxies: Vec::new(),
         jobs_path: "/jobs".to_owned(),
+        events_path: "/events".to_owned(),
     }
 }
 
@@ -141,29 +144,45 @@ pub(super) fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Server
             ),
         }
     }
-    if let Some(p) = obj.string(ctx, "jobs_path") {
-        let trimmed = p.value.trim_end_matches('/');
-        let valid = p.value.starts_with('/')
-            && trimmed.len() > 1
-            && trimmed
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
-            && !trimmed.contains("//");
-        if valid {
-            s.jobs_path = trimmed.to_owned();
-        } else {
-            ctx.error(
-                p.span,
-                obj.key_path("jobs_path"),
-                format!("`{}` is not a path prefix such as \"/jobs\"", p.value),
-            );
-        }
+    if let Some(p) = prefix(ctx, &mut obj, "jobs_path") {
+        s.jobs_path = p;
+    }
+    if let Some(p) = prefix(ctx, &mut obj, "events_path") {
+        s.events_path = p;
+    }
+    if s.jobs_path == s.events_path {
+        ctx.error(
+            obj.key_span("events_path"),
+            obj.key_path("events_path"),
+            "must differ from server.jobs_path",
+        );
     }
     s.tls = obj
         .table(ctx, "tls")
         .and_then(|t| tls::server_tls(ctx, t, base));
     obj.finish(ctx);
     s
+}
+
+/// A path prefix of fngate's own, such as "/jobs": kept without its trailing `/`.
+fn prefix(ctx: &mut Ctx<'_>, obj: &mut Obj<'_>, key: &'static str) -> Option<String> {
+    let p = obj.string(ctx, key)?;
+    let trimmed = p.value.trim_end_matches('/');
+    let valid = p.value.starts_with('/')
+        && trimmed.len() > 1
+        && trimmed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+        && !trimmed.contains("//");
+    if !valid {
+        ctx.error(
+            p.span,
+            obj.key_path(key),
+            format!("`{}` is not a path prefix such as \"/jobs\"", p.value),
+        );
+        return None;
+    }
+    Some(trimmed.to_owned())
 }
 
 pub(super) fn admin(ctx: &mut Ctx<'_>, obj: Option<Obj<'_>>) -> Admin {

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 
 use super::answer::{accepted, result_of};
-use super::store::{encode_headers, Accepted, Idempotency, NewJob, Policy, StoredRequest};
+use super::store::{encode_headers, Accepted, Idempotency, Kind, NewJob, Policy, StoredRequest};
 use super::{new_id, now_ms, JobError, Jobs};
 use crate::auth::Verified;
 use crate::body::Body;
@@ -155,7 +155,6 @@ pub(crate) async fn accept(
         key,
     });
     let d = &route.delivery;
-    let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
     let id = new_id().ok_or_else(|| {
         JobError::Store(super::StoreError::Failed(
             "no randomness for a job id".into(),
@@ -163,7 +162,9 @@ pub(crate) async fn accept(
     })?;
     let job = NewJob {
         id: id.clone(),
+        kind: Kind::Route,
         route: route.name.to_string(),
+        partition: None,
         backend: to.backend.name.to_string(),
         consumer,
         idempotency,
@@ -179,14 +180,7 @@ pub(crate) async fn accept(
                 .map(str::to_owned),
         },
         traceparent,
-        policy: Policy {
-            attempts: d.attempts,
-            backoff_ms: (ms(d.backoff.0), ms(d.backoff.1)),
-            max_age_ms: ms(d.max_age),
-            timeout_ms: ms(d.timeout),
-            result_ttl_ms: ms(d.result_ttl),
-            max_result: d.max_result,
-        },
+        policy: policy_of(d),
         now: now_ms(),
     };
     let store = jobs.store()?;
@@ -232,7 +226,21 @@ pub(crate) async fn accept(
     Ok(accepted(&job, server, prefer.respond_async))
 }
 
-async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, JobError> {
+/// A job's policy, from its route's (or subscription's) delivery settings.
+pub(crate) fn policy_of(d: &crate::config::Delivery) -> Policy {
+    let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+    Policy {
+        attempts: d.attempts,
+        backoff_ms: (ms(d.backoff.0), ms(d.backoff.1)),
+        max_age_ms: ms(d.max_age),
+        timeout_ms: ms(d.timeout),
+        result_ttl_ms: ms(d.result_ttl),
+        max_result: d.max_result,
+    }
+}
+
+/// The whole body, refused past `limit` (413).
+pub(crate) async fn read_body(mut body: Body, limit: u64) -> Result<Bytes, JobError> {
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(UpstreamError::ClientBody)?;

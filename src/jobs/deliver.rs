@@ -5,7 +5,7 @@
 //! from its own part of the store's due index, so one backend's burst never
 //! stands in front of another's jobs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::store::{
-    decode_headers, encode_headers, Attempt, Claim, Claimed, JobResult, Millis, Next, Pending,
-    Policy,
+    decode_headers, encode_headers, Attempt, Claim, Claimed, JobResult, Kind, Millis, Next,
+    Pending, Policy,
 };
 use super::{now_ms, Jobs};
 use crate::config::{Action, Config, Delivery, HeaderEdits, Invoke};
@@ -120,6 +120,15 @@ async fn run(jobs: Arc<Jobs>) {
                     }
                     Err(e) => tracing::warn!("reading the job backlog failed: {e}"),
                 }
+                // Paused here or by another instance sharing the store.
+                match jobs.timed("paused", store.paused()).await {
+                    Ok(names) => {
+                        if let Ok(mut p) = jobs.paused.lock() {
+                            *p = names.into_iter().collect();
+                        }
+                    }
+                    Err(e) => tracing::warn!("reading paused subscriptions failed: {e}"),
+                }
             }
             if let Ok(mut hints) = jobs.hints.lock() {
                 for (backend, at) in hints.drain() {
@@ -146,7 +155,10 @@ async fn run(jobs: Arc<Jobs>) {
                 }
                 // Due but no free slot: a finished attempt rings `wake`.
                 let limit = upstream.free_slots().min(CLAIM_MAX);
-                let route_free = free_by_route(&snapshot.config, backend, &in_flight);
+                let route_free = {
+                    let paused = jobs.paused.lock().map(|p| p.clone()).unwrap_or_default();
+                    free_by_route(&snapshot.config, backend, &in_flight, &paused)
+                };
                 if limit == 0 || (!route_free.is_empty() && route_free.values().all(|&f| f == 0)) {
                     continue;
                 }
@@ -217,19 +229,34 @@ async fn run(jobs: Arc<Jobs>) {
     tasks.wait().await;
 }
 
-/// Each async route of `backend` with its free `concurrency` slots.
-fn free_by_route(config: &Config, backend: &str, in_flight: &InFlight) -> HashMap<String, usize> {
-    config
+/// Each async route and subscription of `backend` with its free
+/// `concurrency` slots; a paused subscription has none.
+fn free_by_route(
+    config: &Config,
+    backend: &str,
+    in_flight: &InFlight,
+    paused: &HashSet<String>,
+) -> HashMap<String, usize> {
+    let routes = config
         .routes
         .iter()
         .filter(|r| r.invoke != Invoke::Sync)
         .filter(|r| matches!(&r.action, Action::Forward(f) if *f.backend.name == *backend))
-        .map(|r| {
-            let free = r
-                .delivery
-                .concurrency
-                .saturating_sub(in_flight.count(&r.name));
-            (r.name.to_string(), free)
+        .map(|r| (&r.name, &r.delivery));
+    let subscriptions = config
+        .subscriptions
+        .iter()
+        .filter(|s| *s.backend.name == *backend)
+        .map(|s| (&s.name, &s.delivery));
+    routes
+        .chain(subscriptions)
+        .map(|(name, delivery)| {
+            let free = if paused.contains(&**name) {
+                0
+            } else {
+                delivery.concurrency.saturating_sub(in_flight.count(name))
+            };
+            (name.to_string(), free)
         })
         .collect()
 }
@@ -366,6 +393,23 @@ async fn attempt(
     };
     let mut past_max_age = false;
     let (outcome, next) = match result {
+        Ok((410, ..)) if job.kind == Kind::Subscription => {
+            // Gone: the subscription pauses with its events kept, this one
+            // included, until an operator resumes it (SPEC §8).
+            tracing::warn!(subscription = %job.route, job_id = %job.id,
+                "the subscriber answered 410 Gone: the subscription is paused until resumed");
+            if let Ok(mut p) = jobs.paused.lock() {
+                p.insert(job.route.clone());
+            }
+            if let Err(e) = jobs.timed("pause", store.pause(&job.route, now)).await {
+                tracing::warn!(subscription = %job.route, "recording the pause failed: {e}");
+            }
+            jobs.state.metrics.delivery(&job.route, "paused");
+            let _ = finish(None, Next::Release { at: now }).await;
+            forget(&jobs, &job.id);
+            drop(slot);
+            return;
+        }
         Ok((status, result, retry_after)) => {
             let outcome = Outcome::Answered(status);
             let retryable = matches!(status, 408 | 429 | 500 | 502..=599);
@@ -470,7 +514,7 @@ async fn attempt(
         if finished {
             done(&jobs, &job, label);
         } else {
-            jobs.state.metrics.job(&job.route, "retried");
+            count(&jobs, &job, "retried");
         }
     }
     forget(&jobs, &job.id);
@@ -479,8 +523,16 @@ async fn attempt(
     jobs.wake.notify_one();
 }
 
+/// An outcome in `fngate_jobs_total` or, for an event's, `fngate_deliveries_total`.
+fn count(jobs: &Jobs, job: &Claimed, outcome: &'static str) {
+    match job.kind {
+        Kind::Route => jobs.state.metrics.job(&job.route, outcome),
+        Kind::Subscription => jobs.state.metrics.delivery(&job.route, outcome),
+    }
+}
+
 fn done(jobs: &Jobs, job: &Claimed, outcome: &'static str) {
-    jobs.state.metrics.job(&job.route, outcome);
+    count(jobs, job, outcome);
     jobs.state
         .metrics
         .job_attempts
@@ -511,8 +563,11 @@ async fn send(
         None => (r.target.as_str(), None),
     };
     let mut headers = decode_headers(&r.headers);
-    if let Ok(v) = HeaderValue::try_from(format!("\"{}\"", job.id)) {
-        headers.insert("idempotency-key", v);
+    // An event's delivery carries the event's identity instead (SPEC §8).
+    if !headers.contains_key("idempotency-key") {
+        if let Ok(v) = HeaderValue::try_from(format!("\"{}\"", job.id)) {
+            headers.insert("idempotency-key", v);
+        }
     }
     if let Ok(v) = HeaderValue::try_from(&job.id) {
         headers.insert("x-fngate-job-id", v);

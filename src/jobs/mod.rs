@@ -12,7 +12,7 @@ mod answer;
 mod deliver;
 mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,13 +23,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::State;
 
-pub(crate) use accept::{accept, wants_async};
+pub(crate) use accept::{accept, policy_of, read_body, wants_async};
 pub(crate) use answer::{
     job_answer, status_document, time, JobRequest, X_FNGATE_JOB_ID, X_FNGATE_JOB_STATE,
 };
 pub(crate) use deliver::spawn as spawn_deliverer;
-use store::Millis;
-pub(crate) use store::{now_ms, Cancel, Job, JobState, ListFilter, Redrive, Store, StoreError};
+pub(crate) use store::{
+    encode_headers, now_ms, Cancel, Job, JobState, Kind, ListFilter, Millis, NewEvent, NewJob,
+    Redrive, Store, StoreError, StoredRequest,
+};
 
 /// Why a job request was refused (rendered by `error.rs`).
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,8 @@ pub(crate) struct Jobs {
     hints: Mutex<HashMap<String, Millis>>,
     /// Set when a change (a redrive) may have made work due anywhere.
     rescan: AtomicBool,
+    /// Subscriptions paused by a 410 (kept in the store; read back each backlog).
+    paused: Mutex<HashSet<String>>,
     /// Clients waiting (`Prefer: wait`) for a job to finish.
     waiters: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Attempts in flight here, to abort on cancel.
@@ -96,6 +100,7 @@ impl Jobs {
             wake: Notify::new(),
             hints: Mutex::new(HashMap::new()),
             rescan: AtomicBool::new(true),
+            paused: Mutex::new(HashSet::new()),
             waiters: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -142,7 +147,7 @@ impl Jobs {
         let started = Instant::now();
         let r = f.await;
         self.state.metrics.store_op(op, started.elapsed());
-        if !matches!(op, "get" | "list" | "backlog") {
+        if !matches!(op, "get" | "list" | "backlog" | "paused") {
             self.state.metrics.store_up.set(i64::from(r.is_ok()));
         }
         r
@@ -159,8 +164,44 @@ impl Jobs {
         self.stop.cancel();
     }
 
-    fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Stores the deliveries of published events in one commit (on a task of
+    /// its own, as an accept); per event, whether it was new.
+    pub(crate) async fn publish(
+        self: &Arc<Self>,
+        topic: &str,
+        events: Vec<NewEvent>,
+        now: Millis,
+    ) -> Result<Vec<bool>, JobError> {
+        let store = self.store()?;
+        let jobs = self.clone();
+        let topic = topic.to_owned();
+        let committed = tokio::spawn(async move {
+            let hints: Vec<String> = events
+                .iter()
+                .flat_map(|e| e.deliveries.iter().map(|d| d.backend.clone()))
+                .collect();
+            let r = jobs.timed("publish", store.publish(events, now)).await;
+            if let Ok(fresh) = &r {
+                for new in fresh {
+                    jobs.state
+                        .metrics
+                        .event(&topic, if *new { "accepted" } else { "duplicate" });
+                }
+                if fresh.iter().any(|n| *n) {
+                    for backend in hints {
+                        jobs.due(&backend, now);
+                    }
+                }
+            }
+            r
+        });
+        Ok(committed
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))??)
     }
 
     /// A job of `backend` is due at `at`: the deliverer looks then.
@@ -238,6 +279,24 @@ impl Jobs {
         self.rescan.store(true, Ordering::SeqCst);
         self.wake.notify_one();
         Ok(r)
+    }
+
+    /// The subscriptions paused by a 410.
+    pub(crate) async fn paused_subscriptions(&self) -> Result<Vec<String>, StoreError> {
+        let store = self.store()?;
+        self.timed("paused", store.paused()).await
+    }
+
+    /// Resumes a paused subscription; whether it was paused.
+    pub(crate) async fn resume(&self, subscription: &str) -> Result<bool, StoreError> {
+        let store = self.store()?;
+        let was = self.timed("resume", store.resume(subscription)).await?;
+        if let Ok(mut p) = self.paused.lock() {
+            p.remove(subscription);
+        }
+        self.rescan.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        Ok(was)
     }
 
     pub(crate) async fn purge(&self, id: &str) -> Result<bool, StoreError> {

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 
 use crate::body::Body;
+use crate::config::Action;
 use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error;
 use crate::jobs::{JobError, JobRequest, Jobs};
@@ -183,9 +184,31 @@ fn job_id(jobs_path: &str, req: &Request<Body>) -> Option<String> {
     .then(|| rest.to_owned())
 }
 
-/// Matches the request in `snapshot`: host, normalised path, method.
+/// Matches the request in `snapshot`: host, normalised path, method. A path
+/// under `events_path` is a topic's, whatever the routes say.
 fn route(snapshot: Arc<Snapshot>, req: &Request<Body>) -> Result<RouteContext, RouteError> {
     let host = request_host(req)?;
+    let events = &snapshot.config.server.events_path;
+    if let Some(topic) = req
+        .uri()
+        .path()
+        .strip_prefix(events.as_str())
+        .and_then(|p| p.strip_prefix('/'))
+    {
+        let route = snapshot
+            .config
+            .routes
+            .iter()
+            .position(|r| matches!(&r.action, Action::Publish(t) if *t.name == *topic))
+            .ok_or_else(|| RouteError::UnknownTopic(topic.to_owned()))?;
+        if req.method() != Method::POST {
+            return Err(RouteError::MethodNotAllowed {
+                allow: HeaderValue::from_static("POST"),
+            });
+        }
+        let path = req.uri().path().to_owned();
+        return Ok(context(snapshot, req, route, Vec::new(), path, host));
+    }
     let path = normalize_path(req.uri().path())?.into_owned();
     let lookup = Lookup {
         host: host.as_ref().map(|h| h.1.as_str()),
@@ -199,19 +222,37 @@ fn route(snapshot: Arc<Snapshot>, req: &Request<Body>) -> Result<RouteContext, R
         preflight: preflight_method(req),
     };
     let found = snapshot.table.resolve(&lookup)?.found;
+    Ok(context(
+        snapshot,
+        req,
+        found.route,
+        found.params,
+        path,
+        host,
+    ))
+}
+
+fn context(
+    snapshot: Arc<Snapshot>,
+    req: &Request<Body>,
+    route: usize,
+    params: Vec<std::ops::Range<usize>>,
+    path: String,
+    host: Option<(HeaderValue, String)>,
+) -> RouteContext {
     let peer = req
         .extensions()
         .get::<ConnInfo>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
     let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
-    Ok(RouteContext {
-        route: found.route,
-        params: found.params,
+    RouteContext {
+        route,
+        params,
         path,
         host: host.map(|h| h.0),
         client_ip,
         snapshot,
-    })
+    }
 }
 
 /// The method a CORS preflight asks about, when this request is one.

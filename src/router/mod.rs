@@ -36,6 +36,8 @@ pub enum RouteError {
     },
     #[error("HTTP/1.1 request without a Host header")]
     MissingHost,
+    #[error("no topic named `{0}`")]
+    UnknownTopic(String),
     #[error("unsafe path: {0}")]
     BadPath(#[from] crate::normalize::PathError),
 }

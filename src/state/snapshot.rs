@@ -89,6 +89,8 @@ pub enum ActiveAction {
         upstream: Arc<Upstream>,
     },
     Aggregate(Arc<Plan>),
+    /// A topic's route: the dispatcher publishes.
+    Publish(Arc<crate::config::Topic>),
 }
 
 impl Snapshot {
@@ -155,6 +157,7 @@ impl Snapshot {
                         config: a.clone(),
                         upstreams: a.calls.iter().map(|c| pool_of(&c.backend)).collect(),
                     })),
+                    Action::Publish(t) => ActiveAction::Publish(t.clone()),
                 };
                 let limits = r.rate_limits.iter().filter_map(|p| {
                     limiters

@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod config;
 mod cors;
+mod events;
 mod hostile;
 mod jobs;
 mod lifecycle;

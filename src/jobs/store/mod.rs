@@ -115,10 +115,38 @@ pub(crate) struct Idempotency {
     pub(crate) fingerprint: [u8; 32],
 }
 
+/// What made a job: a request to an async route, or an event for a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Kind {
+    #[default]
+    Route,
+    Subscription,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Route => "route",
+            Self::Subscription => "subscription",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Self {
+        match s {
+            "subscription" => Self::Subscription,
+            _ => Self::Route,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct NewJob {
     pub(crate) id: String,
+    pub(crate) kind: Kind,
+    /// The route's or the subscription's name.
     pub(crate) route: String,
+    /// Jobs of one partition are delivered one at a time, in the order accepted.
+    pub(crate) partition: Option<String>,
     pub(crate) backend: String,
     pub(crate) consumer: Option<String>,
     pub(crate) idempotency: Option<Idempotency>,
@@ -169,6 +197,7 @@ pub(crate) struct Job {
 #[derive(Debug, Clone)]
 pub(crate) struct Claimed {
     pub(crate) id: String,
+    pub(crate) kind: Kind,
     pub(crate) route: String,
     pub(crate) created: Millis,
     /// This attempt's number, from 1.
@@ -230,6 +259,18 @@ pub(crate) struct ListFilter {
     pub(crate) limit: usize,
 }
 
+/// One published event: its deliveries, unless (`source`, `id`) was seen on
+/// the topic before `dedupe_until` of that first sighting.
+#[derive(Debug, Clone)]
+pub(crate) struct NewEvent {
+    pub(crate) topic: String,
+    pub(crate) source: String,
+    pub(crate) id: String,
+    /// When this sighting stops deduplicating; `None`: no deduplication.
+    pub(crate) dedupe_until: Option<Millis>,
+    pub(crate) deliveries: Vec<NewJob>,
+}
+
 /// What one claim took, and when the backend's next job is due (or the
 /// soonest lease lapses), so the deliverer knows when to look again.
 #[derive(Debug, Clone, Default)]
@@ -266,6 +307,14 @@ pub(crate) trait Store: Send + Sync + 'static {
         next: Next,
         now: Millis,
     ) -> Op<bool>;
+    /// Stores every event's deliveries in one commit (durable, as `accept`);
+    /// per event, whether it was new (false: a duplicate, nothing stored).
+    fn publish(&self, events: Vec<NewEvent>, now: Millis) -> Op<Vec<bool>>;
+    /// A subscription's deliveries wait until it is resumed (it answered 410).
+    fn pause(&self, subscription: &str, now: Millis) -> Op<()>;
+    /// Whether it was paused.
+    fn resume(&self, subscription: &str) -> Op<bool>;
+    fn paused(&self) -> Op<Vec<String>>;
     fn cancel(&self, id: &str) -> Op<Cancel>;
     fn redrive(&self, id: &str, now: Millis) -> Op<Redrive>;
     fn purge(&self, id: &str) -> Op<bool>;

@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB NOT NULL,
     host TEXT,
     traceparent TEXT,
+    -- 'route' or 'subscription': what `route` names
+    kind TEXT NOT NULL,
+    -- jobs of one partition go one at a time, in rowid (accepted) order
+    partition TEXT,
     -- the delivery policy, fixed at accept
     max_attempts INTEGER NOT NULL,
     backoff_min_ms INTEGER NOT NULL,
@@ -62,6 +66,20 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idem_scope, idem_key
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (backend, due, created) WHERE due IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires) WHERE expires IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
+CREATE INDEX IF NOT EXISTS jobs_partition ON jobs (partition) WHERE partition IS NOT NULL AND expires IS NULL;
+-- (topic, source, id) of published events, for dedupe_window
+CREATE TABLE IF NOT EXISTS event_ids (
+    topic TEXT NOT NULL,
+    source TEXT NOT NULL,
+    id TEXT NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (topic, source, id)
+) STRICT, WITHOUT ROWID;
+-- subscriptions paused by a 410, until resumed
+CREATE TABLE IF NOT EXISTS paused (
+    subscription TEXT PRIMARY KEY,
+    since INTEGER NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS attempts (
     job TEXT NOT NULL,
     n INTEGER NOT NULL,
@@ -75,7 +93,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 /// Bumped whenever SCHEMA changes shape: a store of another version is
 /// refused at start-up rather than misread.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The most writes one transaction takes.
 const BATCH: usize = 1024;
@@ -437,50 +455,7 @@ impl Store for Sqlite {
                     }
                 }
             }
-            let (scope, key, fingerprint) = match &job.idempotency {
-                Some(i) => (
-                    Some(i.scope.as_str()),
-                    Some(i.key.as_str()),
-                    Some(&i.fingerprint[..]),
-                ),
-                None => (None, None, None),
-            };
-            let r = &job.request;
-            let p = &job.policy;
-            conn.prepare_cached(concat!(
-                "INSERT INTO jobs (id, route, backend, consumer, state, attempts, created, updated, due, \
-                 idem_scope, idem_key, fingerprint, method, target, headers, body, host, traceparent, ",
-                policy_columns!(),
-                ") \
-                 VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-                 ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
-            ))
-            .and_then(|mut s| {
-                s.execute(params![
-                    job.id,
-                    job.route,
-                    job.backend,
-                    job.consumer,
-                    job.now,
-                    scope,
-                    key,
-                    fingerprint,
-                    r.method,
-                    r.target,
-                    &r.headers[..],
-                    &r.body[..],
-                    r.host,
-                    job.traceparent,
-                    p.attempts,
-                    int(p.backoff_ms.0),
-                    int(p.backoff_ms.1),
-                    int(p.max_age_ms),
-                    int(p.timeout_ms),
-                    int(p.result_ttl_ms),
-                    int(p.max_result),
-                ])
-            })
-            .map_err(sql)?;
+            insert(conn, &job).map_err(sql)?;
             Ok(Accepted::New(Job {
                 id: job.id,
                 route: job.route,
@@ -508,10 +483,13 @@ impl Store for Sqlite {
         self.write(move |conn| {
             let mut stmt = conn
                 .prepare_cached(concat!(
-                    "SELECT id, route, created, attempts, method, target, headers, body, host, traceparent, ",
+                    "SELECT id, route, created, attempts, method, target, headers, body, host, traceparent, kind, ",
                     policy_columns!(),
                     " \
-                     FROM jobs WHERE backend = ?1 AND due IS NOT NULL AND due <= ?2 ORDER BY due LIMIT ?3"
+                     FROM jobs WHERE backend = ?1 AND due IS NOT NULL AND due <= ?2 \
+                     AND (partition IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.partition = jobs.partition \
+                          AND o.expires IS NULL AND o.rowid < jobs.rowid)) \
+                     ORDER BY due LIMIT ?3"
                 ))
                 .map_err(sql)?;
             // More candidates than slots: some routes may be full.
@@ -531,7 +509,8 @@ impl Store for Sqlite {
                             host: r.get(8)?,
                         },
                         traceparent: r.get(9)?,
-                        policy: policy_at(r, 10)?,
+                        kind: Kind::parse(&r.get::<_, String>(10)?),
+                        policy: policy_at(r, 11)?,
                     })
                 })
                 .map_err(sql)?;
@@ -650,6 +629,71 @@ impl Store for Sqlite {
         })
     }
 
+    fn publish(&self, events: Vec<NewEvent>, now: Millis) -> Op<Vec<bool>> {
+        self.write(move |conn| {
+            let mut fresh = Vec::with_capacity(events.len());
+            for event in &events {
+                if let Some(until) = event.dedupe_until {
+                    let seen: Option<Millis> = conn
+                        .prepare_cached(
+                            "SELECT until FROM event_ids WHERE topic = ?1 AND source = ?2 AND id = ?3",
+                        )
+                        .and_then(|mut s| {
+                            s.query_row(params![event.topic, event.source, event.id], |r| {
+                                r.get(0)
+                            })
+                            .optional()
+                        })
+                        .map_err(sql)?;
+                    if seen.is_some_and(|u| u > now) {
+                        fresh.push(false);
+                        continue;
+                    }
+                    conn.prepare_cached(
+                        "INSERT OR REPLACE INTO event_ids (topic, source, id, until) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .and_then(|mut s| s.execute(params![event.topic, event.source, event.id, until]))
+                    .map_err(sql)?;
+                }
+                for job in &event.deliveries {
+                    insert(conn, job).map_err(sql)?;
+                }
+                fresh.push(true);
+            }
+            Ok(fresh)
+        })
+    }
+
+    fn pause(&self, subscription: &str, now: Millis) -> Op<()> {
+        let name = subscription.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO paused (subscription, since) VALUES (?1, ?2)",
+                params![name, now],
+            )
+            .map(drop)
+            .map_err(sql)
+        })
+    }
+
+    fn resume(&self, subscription: &str) -> Op<bool> {
+        let name = subscription.to_owned();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM paused WHERE subscription = ?1", [&name])
+                .map(|n| n == 1)
+                .map_err(sql)
+        })
+    }
+
+    fn paused(&self) -> Op<Vec<String>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT subscription FROM paused ORDER BY subscription")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     fn cancel(&self, id: &str) -> Op<Cancel> {
         let id = id.to_owned();
         self.write(move |conn| {
@@ -737,6 +781,8 @@ impl Store for Sqlite {
                     [now],
                 )
                 .map_err(sql)?;
+            conn.execute("DELETE FROM event_ids WHERE until <= ?1", [now])
+                .map_err(sql)?;
             Ok(n as u64)
         })
     }
@@ -758,6 +804,53 @@ impl Store for Sqlite {
             rows.collect()
         })
     }
+}
+
+fn insert(conn: &Connection, job: &NewJob) -> rusqlite::Result<()> {
+    let (scope, key, fingerprint) = match &job.idempotency {
+        Some(i) => (
+            Some(i.scope.as_str()),
+            Some(i.key.as_str()),
+            Some(&i.fingerprint[..]),
+        ),
+        None => (None, None, None),
+    };
+    let r = &job.request;
+    let p = &job.policy;
+    conn.prepare_cached(concat!(
+        "INSERT INTO jobs (id, route, backend, consumer, state, attempts, created, updated, due, \
+         idem_scope, idem_key, fingerprint, method, target, headers, body, host, traceparent, kind, partition, ",
+        policy_columns!(),
+        ") \
+         VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+         ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+    ))?
+    .execute(params![
+        job.id,
+        job.route,
+        job.backend,
+        job.consumer,
+        job.now,
+        scope,
+        key,
+        fingerprint,
+        r.method,
+        r.target,
+        &r.headers[..],
+        &r.body[..],
+        r.host,
+        job.traceparent,
+        job.kind.as_str(),
+        job.partition,
+        p.attempts,
+        int(p.backoff_ms.0),
+        int(p.backoff_ms.1),
+        int(p.max_age_ms),
+        int(p.timeout_ms),
+        int(p.result_ttl_ms),
+        int(p.max_result),
+    ])
+    .map(drop)
 }
 
 fn delete(conn: &Connection, id: &str) -> rusqlite::Result<bool> {

@@ -20,7 +20,9 @@ fn policy() -> Policy {
 fn job(id: &str, route: &str, now: Millis) -> NewJob {
     NewJob {
         id: id.into(),
+        kind: Kind::Route,
         route: route.into(),
+        partition: None,
         backend: "fn".into(),
         consumer: Some("alice".into()),
         idempotency: None,
