@@ -569,3 +569,92 @@ async fn concurrent_puts_of_different_routes_all_survive() {
         assert_eq!(gw.get(&format!("/c{i}")).await.status, 200, "{name} serves");
     }
 }
+
+#[tokio::test]
+async fn topics_and_subscriptions_are_managed_live_and_refused_while_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::echo("b").await;
+    let store = format!("[store]\npath = \"{}/jobs.db\"", dir.path().display());
+    let (gw, path) = gateway(dir.path(), &store, &b).await;
+    let put = |what: &'static str, body: &'static str| {
+        let gw = &gw;
+        async move { admin(gw, Method::PUT, what, Some(body), &[]).await }
+    };
+    let a = put("/topics/orders", r#"{"dedupe_window": "1h"}"#).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    let a = put(
+        "/subscriptions/billing",
+        r#"{"topic": "orders", "backend": "b", "path": "/billing", "filter": {"type_prefix": "order."}}"#,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    // Live at once: a published event is delivered to the new subscription.
+    let published = send(
+        Request::post(gw.url("/events/orders"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "1")
+            .header("ce-source", "/shop")
+            .header("ce-type", "order.created")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(published.json()["deliveries"], 1, "{}", published.text());
+    b.wait_for(1).await;
+    assert_eq!(b.seen()[0].uri, "/billing");
+    let s = admin(&gw, Method::GET, "/subscriptions/billing", None, &[])
+        .await
+        .json();
+    assert_eq!(s["topic"], "orders");
+    assert_eq!(s["paused"], false);
+    // Written back to the file, as TOML the loader reads.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("[topics.orders]") && text.contains("[[subscriptions]]"),
+        "{text}"
+    );
+    assert!(text.contains("# the file's own comment"));
+    Config::load(&path).unwrap();
+
+    // Bad references are 422 with the loader's message; what is in use is 409.
+    let bad = put("/subscriptions/x", r#"{"topic": "nope", "backend": "b"}"#).await;
+    let p = admin_problem(&bad, 422);
+    assert!(p.to_string().contains("unknown topic `nope`"), "{p}");
+    let p = admin_problem(
+        &admin(&gw, Method::DELETE, "/topics/orders", None, &[]).await,
+        409,
+    );
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("subscriptions: billing"),
+        "{p}"
+    );
+    let p = admin_problem(
+        &admin(&gw, Method::DELETE, "/backends/b", None, &[]).await,
+        409,
+    );
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("subscriptions: billing"),
+        "{p}"
+    );
+    let r = admin(&gw, Method::POST, "/subscriptions/nope/resume", None, &[]).await;
+    admin_problem(&r, 404);
+
+    let d = admin(&gw, Method::DELETE, "/subscriptions/billing", None, &[]).await;
+    assert_eq!(d.status, 204, "{}", d.text());
+    let d = admin(&gw, Method::DELETE, "/topics/orders", None, &[]).await;
+    assert_eq!(d.status, 204, "{}", d.text());
+    let gone = send(
+        Request::post(gw.url("/events/orders"))
+            .header("content-type", "application/json")
+            .body(full("{}"))
+            .unwrap(),
+    )
+    .await;
+    gone.problem(404);
+}

@@ -571,3 +571,49 @@ async fn subscriptions_and_topics_are_validated_with_their_position() {
         assert!(err.contains("r.toml:"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn an_event_accepted_while_its_subscriber_is_down_is_delivered_after_a_kill_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bound, not listening: refused until the subscriber comes up on it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        events_config(
+            &dir,
+            &format!(
+                "{}{}",
+                backend_toml("fn", &format!("http://{addr}")),
+                subscription(
+                    "hook",
+                    "fn",
+                    "[subscriptions.delivery]\nbackoff = [\"50ms\", \"100ms\"]"
+                )
+            ),
+        ),
+    )
+    .unwrap();
+    let config = path.display().to_string();
+    let mut first = Proc::start(&config, &[]);
+    let mut req = Request::post(format!("http://{}/events/orders", first.addr));
+    for (k, v) in BINARY {
+        req = req.header(k, v);
+    }
+    let a = send(req.body(full(r#"{"order":1}"#)).unwrap()).await;
+    assert_eq!(a.json()["deliveries"], 1, "{}", a.text());
+    first.line_with("outcome=\"retried\"");
+    first.signal("-9");
+    first.wait_exit();
+    let fun = Backend::on(socket.listen(64).unwrap(), |_| async {
+        Response::new(full(""))
+    });
+    let second = Proc::start(&config, &[]);
+    fun.wait_for(1).await;
+    let e = sdk_event(&fun.seen()[0]);
+    assert_eq!(e.id(), "order-1");
+    assert_eq!(fun.seen()[0].body.as_ref(), br#"{"order":1}"#);
+    drop(second);
+}
