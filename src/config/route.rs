@@ -381,7 +381,7 @@ pub(super) fn route(
             }
         }
     }
-    not_yet(ctx, &mut obj, &["mode"]);
+    not_yet(ctx, &mut obj, &["mode", "upload"]);
     obj.finish(ctx);
     // A route forwards to its backend or fans out; validation keeps the two apart.
     let action = match (aggregate, backend) {

@@ -157,6 +157,7 @@ pub(super) fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Server
             "must differ from server.jobs_path",
         );
     }
+    super::load::not_yet(ctx, &mut obj, &["files_path"]);
     s.tls = obj
         .table(ctx, "tls")
         .and_then(|t| tls::server_tls(ctx, t, base));

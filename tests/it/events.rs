@@ -562,6 +562,15 @@ async fn subscriptions_and_topics_are_validated_with_their_position() {
             "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"e\"\npath = \"/events/x\"\nbackend = \"b\"\n",
             "server.events_path",
         ),
+        // Uploads come with the next step: refused, never ignored.
+        (
+            "[[routes]]\nname = \"u\"\npath = \"/u/{*key}\"\nupload = { topic = \"files\" }\n",
+            "`upload` is not supported",
+        ),
+        (
+            "[server]\nfiles_path = \"/files\"\n",
+            "`files_path` is not supported",
+        ),
     ];
     for (text, expected) in cases {
         let err = fngate::Config::parse(text, "r.toml", &|_| None)
