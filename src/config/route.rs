@@ -259,9 +259,11 @@ pub(super) fn route(
                 );
             } else if let Some(p) = &path {
                 let literal = p.literal_prefix();
-                let on_boundary =
-                    literal.len() == prefix.len() || literal[prefix.len()..].starts_with('/');
-                if !literal.starts_with(prefix) || !on_boundary {
+                // `get`: a prefix longer than the path is no prefix (and no panic).
+                let on_boundary = literal
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+                if !on_boundary {
                     ctx.error(
                         s.span,
                         obj.key_path("strip_prefix"),

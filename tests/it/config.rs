@@ -119,6 +119,15 @@ fn names_env_vars_and_unsupported_sections() {
 }
 
 #[test]
+fn a_strip_prefix_longer_than_the_path_is_refused_not_a_panic() {
+    // Found by the admin API fuzz: the boundary check sliced past the path's end.
+    let e = errors(&format!(
+        "{BACKEND}[[routes]]\nname = \"r\"\npath = \"/audit\"\nbackend = \"b\"\nstrip_prefix = \"/legacy\"\n"
+    ));
+    has(&e, 7, "routes[r].strip_prefix", "not a prefix");
+}
+
+#[test]
 fn a_non_loopback_admin_listener_needs_a_token() {
     let e = errors("[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"NO_SUCH_TOKEN\"\n");
     has(&e, 2, "admin.listen", "not loopback");
