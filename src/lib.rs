@@ -26,6 +26,7 @@ mod normalize;
 mod proxy;
 mod ratelimit;
 mod router;
+mod schedules;
 mod server;
 mod tls;
 mod upstream;

@@ -48,15 +48,21 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Show which route a request would take and why; sends nothing.
-    /// Exit 0 on a match, 1 when no route matches.
+    /// Exit 0 on a match, 1 when no route matches. With --schedule NAME:
+    /// the schedule's next 5 fire times instead.
     Explain {
         /// Config file [default: $FNGATE_CONFIG, else ./routes.toml]
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The next fire times of this schedule, in UTC and its time zone.
+        #[arg(long, conflicts_with_all = ["method", "path"])]
+        schedule: Option<String>,
         /// The request method, e.g. GET.
-        method: String,
+        #[arg(required_unless_present = "schedule")]
+        method: Option<String>,
         /// The request path, with an optional query: /users/42?x=1
-        path: String,
+        #[arg(required_unless_present = "schedule")]
+        path: Option<String>,
         /// A request header, e.g. -H "host: api.example.com" (repeatable).
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
@@ -128,10 +134,21 @@ fn main() -> ExitCode {
         Some(Command::Validate { config }) => validate(config::resolve_path(config)),
         Some(Command::Explain {
             config,
+            schedule: Some(name),
+            ..
+        }) => explain_schedule(config::resolve_path(config), &name),
+        Some(Command::Explain {
+            config,
             method,
             path,
             headers,
-        }) => explain(config::resolve_path(config), &method, &path, &headers),
+            ..
+        }) => explain(
+            config::resolve_path(config),
+            method.as_deref().unwrap_or_default(),
+            path.as_deref().unwrap_or_default(),
+            &headers,
+        ),
         Some(Command::Serve(args)) => serve(args, cli.log_format, false),
         Some(Command::Demo(args)) => serve(args, cli.log_format, true),
         Some(Command::Cert { dir, names, force }) => {
@@ -199,6 +216,30 @@ fn explain(path: PathBuf, method: &str, target: &str, headers: &[String]) -> Exi
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn explain_schedule(path: PathBuf, name: &str) -> ExitCode {
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
+    };
+    match fngate::cli::explain::schedule(&config, name, std::time::SystemTime::now()) {
+        Some(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            let known: Vec<&str> = config.schedules.iter().map(|s| &*s.name).collect();
+            eprintln!(
+                "error: no schedule named `{name}` (defined: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

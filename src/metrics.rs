@@ -91,6 +91,12 @@ pub struct DeliveryLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ScheduleLabels {
+    pub schedule: Name,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
 }
@@ -114,6 +120,7 @@ pub struct Metrics {
     pub jobs: Family<JobLabels, Counter>,
     pub events: Family<EventLabels, Counter>,
     pub deliveries: Family<DeliveryLabels, Counter>,
+    pub schedule_fires: Family<ScheduleLabels, Counter>,
     pub jobs_pending: Family<BackendLabel, Gauge>,
     pub job_oldest: Family<BackendLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub job_attempts: Histograms<RouteLabel>,
@@ -230,6 +237,12 @@ impl Metrics {
             "Event deliveries by subscription and outcome (succeeded, retried, dead, paused)",
             deliveries.clone(),
         );
+        let schedule_fires = Family::default();
+        registry.register(
+            "schedule_fires",
+            "Schedule ticks by schedule and outcome (ok, skipped, missed, caught_up, manual)",
+            schedule_fires.clone(),
+        );
         let jobs_pending = Family::default();
         registry.register(
             "jobs_pending",
@@ -267,6 +280,7 @@ impl Metrics {
             jobs,
             events,
             deliveries,
+            schedule_fires,
             jobs_pending,
             job_oldest,
             job_attempts,
@@ -338,6 +352,15 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    pub(crate) fn schedule_fire(&self, schedule: &str, outcome: &'static str, n: u64) {
+        self.schedule_fires
+            .get_or_create(&ScheduleLabels {
+                schedule: Name(schedule.into()),
+                outcome,
+            })
+            .inc_by(n);
     }
 
     pub(crate) fn store_op(&self, op: &'static str, elapsed: Duration) {

@@ -23,6 +23,7 @@ pub(crate) enum Kind {
     RateLimits,
     Topics,
     Subscriptions,
+    Schedules,
 }
 
 impl Kind {
@@ -34,13 +35,14 @@ impl Kind {
             Self::RateLimits => "rate_limits",
             Self::Topics => "topics",
             Self::Subscriptions => "subscriptions",
+            Self::Schedules => "schedules",
         }
     }
 
     /// `[[routes]]`-style: an array of tables, each with its `name`; the
     /// others are tables of named tables (`[backends.NAME]`).
     fn is_array(self) -> bool {
-        matches!(self, Self::Routes | Self::Subscriptions)
+        matches!(self, Self::Routes | Self::Subscriptions | Self::Schedules)
     }
 }
 
@@ -133,7 +135,15 @@ impl Doc {
         }
         // Read-only parts of a GET answer are ignored on input.
         fields.remove("status");
-        fields.remove("paused");
+        for read_only in [
+            "paused",
+            "next_fire",
+            "last_fire",
+            "last_outcome",
+            "last_job",
+        ] {
+            fields.remove(read_only);
+        }
         let existing = self.get_raw(kind, name);
         let mut table = Table::new();
         let mut path = vec![kind.key().to_owned(), "*".to_owned()];

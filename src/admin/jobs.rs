@@ -18,6 +18,7 @@ pub(super) fn routes() -> Router<AdminState> {
         .route("/jobs/{id}", get(get_one).delete(purge))
         .route("/jobs/{id}/redrive", post(redrive))
         .route("/subscriptions/{name}/resume", post(resume))
+        .route("/schedules/{name}/run", post(run_schedule))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -163,4 +164,27 @@ pub(super) async fn resume(
     Ok(Json(
         serde_json::json!({"name": name, "paused": false, "was_paused": was}),
     ))
+}
+
+#[utoipa::path(post, path = "/schedules/{name}/run", tag = "schedules", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The schedule")), responses(
+    (status = 202, description = "A run was stored (`{name}@manual-{id}`), a disabled schedule's too", body = Object),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+    (status = 503, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn run_schedule(
+    AxumState(admin): AxumState<AdminState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>)> {
+    let running = admin.state.load();
+    let Some(schedule) = running.config.schedule(&name) else {
+        return Err(AdminError::NotFound {
+            kind: "schedules",
+            name,
+        });
+    };
+    let id = crate::schedules::run_now(&admin.jobs, schedule)
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"id": id}))))
 }

@@ -183,7 +183,8 @@ type Result<T, E = AdminError> = std::result::Result<T, E>;
         rate_limits::list, rate_limits::get_one, rate_limits::put_one, rate_limits::delete_one,
         topics::list, topics::get_one, topics::put_one, topics::delete_one,
         subscriptions::list, subscriptions::get_one, subscriptions::put_one, subscriptions::delete_one,
-        jobs::resume,
+        schedules::list, schedules::get_one, schedules::put_one, schedules::delete_one,
+        jobs::resume, jobs::run_schedule,
         jobs::list, jobs::get_one, jobs::redrive, jobs::purge),
     components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated)),
     modifiers(&BearerAuth)
@@ -220,6 +221,7 @@ pub(crate) fn router(admin: AdminState) -> Router {
         .merge(rate_limits::routes())
         .merge(topics::routes())
         .merge(subscriptions::routes())
+        .merge(schedules::routes())
         .merge(jobs::routes())
         .route("/{collection}", any(unknown_collection))
         .route("/{collection}/{name}", any(unknown_entity))
@@ -336,7 +338,45 @@ async fn list(admin: &AdminState, kind: Kind) -> Result<Json<Vec<serde_json::Val
     if kind == Kind::Subscriptions {
         with_paused(admin, &mut items).await?;
     }
+    if kind == Kind::Schedules {
+        with_fires(admin, &mut items).await?;
+    }
     Ok(Json(items))
+}
+
+/// Adds `next_fire`, `last_fire`, `last_outcome` and `last_job` to schedules (read-only).
+async fn with_fires(admin: &AdminState, items: &mut [serde_json::Value]) -> Result<()> {
+    let states = admin
+        .jobs
+        .schedule_states()
+        .await
+        .map_err(|e| AdminError::JobStore(e.to_string()))?;
+    let running = admin.state.load();
+    let now = crate::jobs::now_ms();
+    for item in items {
+        let name = item
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default();
+        let state = states.iter().find(|s| s.name == name);
+        let next = running
+            .config
+            .schedule(name)
+            .filter(|s| s.enabled)
+            .and_then(|s| {
+                let last = state
+                    .and_then(|st| st.last_tick)
+                    .unwrap_or(now)
+                    .max(now - 1);
+                crate::schedules::plan::next_due(s, last)
+            });
+        let time = |t: Option<i64>| t.map(crate::jobs::time);
+        item["next_fire"] = time(next).into();
+        item["last_fire"] = time(state.and_then(|s| s.last_fire)).into();
+        item["last_outcome"] = state.and_then(|s| s.last_outcome.clone()).into();
+        item["last_job"] = state.and_then(|s| s.last_job.clone()).into();
+    }
+    Ok(())
 }
 
 /// Adds `paused` to subscriptions (read-only; ignored on PUT).
@@ -379,6 +419,9 @@ async fn get_one(admin: &AdminState, kind: Kind, name: &str) -> Result<Json<serd
     }
     if kind == Kind::Subscriptions {
         with_paused(admin, std::slice::from_mut(&mut item)).await?;
+    }
+    if kind == Kind::Schedules {
+        with_fires(admin, std::slice::from_mut(&mut item)).await?;
     }
     Ok(Json(item))
 }
@@ -493,7 +536,7 @@ fn users_of(running: &Snapshot, kind: Kind, name: &str) -> Vec<String> {
             Kind::Backends => r.backends().any(|b| &*b.name == name),
             Kind::Auth => r.auth.as_ref().is_some_and(|p| &*p.name == name),
             Kind::RateLimits => r.rate_limits.iter().any(|p| &*p.name == name),
-            Kind::Routes | Kind::Topics | Kind::Subscriptions => false,
+            Kind::Routes | Kind::Topics | Kind::Subscriptions | Kind::Schedules => false,
         })
         .map(|r| &*r.name)
         .collect();
@@ -507,6 +550,18 @@ fn users_of(running: &Snapshot, kind: Kind, name: &str) -> Vec<String> {
         })
         .map(|s| &*s.name)
         .collect();
+    let schedules: Vec<&str> = c
+        .schedules
+        .iter()
+        .filter(|s| match (&s.target, kind) {
+            (crate::config::ScheduleTarget::Backend { backend, .. }, Kind::Backends) => {
+                &*backend.name == name
+            }
+            (crate::config::ScheduleTarget::Topic(t), Kind::Topics) => &**t == name,
+            _ => false,
+        })
+        .map(|s| &*s.name)
+        .collect();
     let topics: Vec<&str> = c
         .topics
         .iter()
@@ -516,6 +571,7 @@ fn users_of(running: &Snapshot, kind: Kind, name: &str) -> Vec<String> {
     [
         ("routes", routes),
         ("subscriptions", subscriptions),
+        ("schedules", schedules),
         ("topics", topics),
     ]
     .into_iter()
@@ -636,6 +692,14 @@ collection!(
     "/subscriptions",
     "/subscriptions/{name}",
     "subscriptions"
+);
+collection!(
+    schedules,
+    Kind::Schedules,
+    Schedule,
+    "/schedules",
+    "/schedules/{name}",
+    "schedules"
 );
 collection!(
     rate_limits,
@@ -824,6 +888,7 @@ mod tests {
             (Kind::RateLimits, "RateLimit"),
             (Kind::Topics, "Topic"),
             (Kind::Subscriptions, "Subscription"),
+            (Kind::Schedules, "Schedule"),
         ] {
             let items = doc.list(kind);
             assert!(!items.is_empty(), "the shipped config has {}", kind.key());

@@ -276,3 +276,43 @@ pub(super) struct Filter {
     source_prefix: Option<String>,
     subject_prefix: Option<String>,
 }
+
+/// `[[schedules]]`: a job to a backend (or an event to a topic) on the clock.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Schedule {
+    /// `[a-z0-9_-]+`; may be left out of a PUT (the URL names it).
+    name: Option<String>,
+    /// 6 fields (seconds first) or 5; `@hourly`, `@daily`, ...; `@every 30s`.
+    cron: String,
+    /// IANA name; default UTC.
+    timezone: Option<String>,
+    /// Call this backend (or give `topic`).
+    backend: Option<String>,
+    /// Publish a `fngate.schedule.tick` event here instead.
+    topic: Option<String>,
+    /// Default POST.
+    method: Option<String>,
+    /// Default `/`.
+    path: Option<String>,
+    /// JSON, sent as application/json.
+    body: Option<String>,
+    /// Each fire is delayed by a fixed offset within this (default 0s).
+    window: Option<String>,
+    /// `latest` (default), `none` or `all` (at most 100).
+    catch_up: Option<String>,
+    /// Missed ticks older than this are not run (default 10m).
+    starting_deadline: Option<String>,
+    /// `forbid` (default), `allow` or `replace`.
+    concurrency: Option<String>,
+    enabled: Option<bool>,
+    delivery: Option<Delivery>,
+    /// Read-only.
+    next_fire: Option<String>,
+    /// Read-only.
+    last_fire: Option<String>,
+    /// Read-only: ok, skipped, caught_up or manual.
+    last_outcome: Option<String>,
+    /// Read-only: the id of the last run.
+    last_job: Option<String>,
+}

@@ -333,6 +333,53 @@ fn methods(route: &Route) -> String {
     })
 }
 
+/// `fngate explain --schedule NAME`: the next 5 fire times after `now`, in
+/// UTC and in the schedule's time zone (window offset included).
+pub fn schedule(config: &Config, name: &str, now: std::time::SystemTime) -> Option<String> {
+    use std::fmt::Write as _;
+    let s = config.schedule(name)?;
+    let mut out = String::new();
+    let target = match &s.target {
+        crate::config::ScheduleTarget::Backend {
+            backend,
+            method,
+            path,
+            ..
+        } => format!("{method} {path} on backend `{}`", backend.name),
+        crate::config::ScheduleTarget::Topic(t) => format!("an event to topic `{t}`"),
+    };
+    let _ = writeln!(
+        out,
+        "schedule `{}`: \"{}\" in {}, {target}{}",
+        s.name,
+        s.cron,
+        s.timezone,
+        if s.enabled { "" } else { " (disabled)" }
+    );
+    let offset = chrono::Duration::from_std(s.offset()).unwrap_or_default();
+    if !offset.is_zero() {
+        let _ = writeln!(
+            out,
+            "each fire {}ms after its tick (window)",
+            offset.num_milliseconds()
+        );
+    }
+    let mut t: chrono::DateTime<chrono::Utc> = now.into();
+    for _ in 0..5 {
+        let Some(tick) = s.next_tick(t) else { break };
+        let fire = tick + offset;
+        let _ = writeln!(
+            out,
+            "  {}  {}",
+            fire.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            fire.with_timezone(&s.timezone)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+        );
+        t = tick;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

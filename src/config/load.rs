@@ -98,14 +98,27 @@ pub(super) fn parse(
             subscriptions.push(Arc::new(s));
         }
     }
-    if root.has("schedules") {
-        ctx.error(
-            root.key_span("schedules"),
-            "schedules",
-            format!("`[[schedules]]` {NOT_YET}"),
-        );
+    let mut schedules: Vec<Arc<super::Schedule>> = Vec::new();
+    for obj in root.table_array(&mut ctx, "schedules") {
+        let span = obj.span();
+        if let Some(s) = super::schedules::schedule(&mut ctx, obj, &backends, &topics) {
+            let clash = if schedules.iter().any(|o| o.name == s.name) {
+                Some("schedule name `{}` is used twice")
+            } else if subscriptions.iter().any(|o| o.name == s.name) {
+                Some("`{}` names a subscription too; jobs are listed by that name, so it must be one or the other")
+            } else {
+                None
+            };
+            if let Some(why) = clash {
+                ctx.error(
+                    span,
+                    format!("schedules[{}].name", s.name),
+                    why.replace("{}", &s.name),
+                );
+            }
+            schedules.push(Arc::new(s));
+        }
     }
-    root.mark("schedules");
     let tables = root.table_array(&mut ctx, "routes");
     let mut routes = Vec::new();
     let mut spans = Vec::new();
@@ -127,12 +140,14 @@ pub(super) fn parse(
     check_routes(&mut ctx, &routes, &spans);
     // Jobs name their route or subscription by name alone (SPEC §11).
     for (i, r) in routes.iter().enumerate() {
-        if subscriptions.iter().any(|s| s.name == r.name) {
+        if subscriptions.iter().any(|s| s.name == r.name)
+            || schedules.iter().any(|s| s.name == r.name)
+        {
             ctx.error(
                 spans[i].clone(),
                 format!("routes[{}].name", r.name),
                 format!(
-                    "`{}` names a subscription too; jobs are listed by that name, so it must be one or the other",
+                    "`{}` names a subscription or schedule too; jobs are listed by that name, so it must be one or the other",
                     r.name
                 ),
             );
@@ -162,6 +177,7 @@ pub(super) fn parse(
         store,
         topics,
         subscriptions,
+        schedules,
     })
 }
 

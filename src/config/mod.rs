@@ -19,6 +19,7 @@ mod load;
 pub mod path;
 mod rate_limit;
 mod route;
+mod schedules;
 mod server;
 mod tls;
 
@@ -39,6 +40,7 @@ pub use jobs::{Delivery, Invoke, Store};
 pub use path::{HostPattern, Param, PathPattern, Template};
 pub use rate_limit::{LimitKey, RateLimit};
 pub use route::{Action, Cors, Forward, HostShapes, Route, Shapes, Target};
+pub use schedules::{CatchUp, Concurrency, Schedule, ScheduleTarget, When};
 pub use server::{Admin, Persist, Server};
 pub use tls::{PemFile, ServerTls, TlsCert};
 
@@ -59,6 +61,7 @@ pub struct Config {
     pub store: Store,
     pub topics: Vec<Arc<Topic>>,
     pub subscriptions: Vec<Arc<Subscription>>,
+    pub schedules: Vec<Arc<Schedule>>,
 }
 
 impl Config {
@@ -116,11 +119,16 @@ impl Config {
         self.subscriptions.iter().find(|s| &*s.name == name)
     }
 
+    pub fn schedule(&self, name: &str) -> Option<&Arc<Schedule>> {
+        self.schedules.iter().find(|s| &*s.name == name)
+    }
+
     /// Whether jobs can arrive: a route or a topic takes them, or `[store]`
     /// asks for the store anyway.
     pub fn needs_store(&self) -> bool {
         self.store.explicit
             || !self.topics.is_empty()
+            || !self.schedules.is_empty()
             || self.routes.iter().any(|r| r.invoke != Invoke::Sync)
     }
 }

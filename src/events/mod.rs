@@ -56,22 +56,11 @@ pub(crate) async fn publish(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let config = &ctx.snapshot.config;
-    let subscribers: Vec<&Arc<Subscription>> = config
-        .subscriptions
-        .iter()
-        .filter(|s| *s.topic == *topic.name)
-        .collect();
     let now = jobs::now_ms();
     let window = u64::try_from(topic.dedupe_window.as_millis()).unwrap_or(u64::MAX);
     let mut stored = Vec::with_capacity(events.len());
     for event in &events {
-        let mut deliveries = Vec::new();
-        for sub in subscribers
-            .iter()
-            .filter(|s| s.filter.matches(|a| event.attr(a)))
-        {
-            deliveries.push(delivery(sub, event, traceparent.as_deref(), now)?);
-        }
+        let deliveries = deliveries_of(config, topic, event, traceparent.as_deref(), now)?;
         stored.push(jobs::NewEvent {
             topic: topic.name.to_string(),
             source: event.source().to_owned(),
@@ -101,6 +90,22 @@ pub(crate) async fn publish(
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(res)
+}
+
+/// One delivery for each subscription of `topic` whose filter the event passes.
+pub(crate) fn deliveries_of(
+    config: &crate::config::Config,
+    topic: &Topic,
+    event: &Event,
+    traceparent: Option<&str>,
+    now: jobs::Millis,
+) -> Result<Vec<jobs::NewJob>, PublishError> {
+    config
+        .subscriptions
+        .iter()
+        .filter(|s| *s.topic == *topic.name && s.filter.matches(|a| event.attr(a)))
+        .map(|sub| delivery(sub, event, traceparent, now))
+        .collect()
 }
 
 /// The events of one request, by its content type (binary mode when it has `ce-specversion`).

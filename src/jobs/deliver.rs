@@ -22,7 +22,7 @@ use super::store::{
     Pending, Policy,
 };
 use super::{now_ms, Jobs};
-use crate::config::{Action, Config, Delivery, HeaderEdits, Invoke};
+use crate::config::{Action, Config, Delivery, HeaderEdits, Invoke, ScheduleTarget};
 use crate::metrics::{BackendLabel, Metrics, Name};
 use crate::upstream::{Outgoing, Prepared, Upstream, UpstreamError};
 
@@ -248,8 +248,14 @@ fn free_by_route(
         .iter()
         .filter(|s| *s.backend.name == *backend)
         .map(|s| (&s.name, &s.delivery));
+    let schedules = config
+        .schedules
+        .iter()
+        .filter(|s| matches!(&s.target, ScheduleTarget::Backend { backend: b, .. } if *b.name == *backend))
+        .map(|s| (&s.name, &s.delivery));
     routes
         .chain(subscriptions)
+        .chain(schedules)
         .map(|(name, delivery)| {
             let free = if paused.contains(&**name) {
                 0
@@ -526,7 +532,7 @@ async fn attempt(
 /// An outcome in `fngate_jobs_total` or, for an event's, `fngate_deliveries_total`.
 fn count(jobs: &Jobs, job: &Claimed, outcome: &'static str) {
     match job.kind {
-        Kind::Route => jobs.state.metrics.job(&job.route, outcome),
+        Kind::Route | Kind::Schedule => jobs.state.metrics.job(&job.route, outcome),
         Kind::Subscription => jobs.state.metrics.delivery(&job.route, outcome),
     }
 }

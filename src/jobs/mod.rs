@@ -29,8 +29,8 @@ pub(crate) use answer::{
 };
 pub(crate) use deliver::spawn as spawn_deliverer;
 pub(crate) use store::{
-    encode_headers, now_ms, Cancel, Job, JobState, Kind, ListFilter, Millis, NewEvent, NewJob,
-    Redrive, Store, StoreError, StoredRequest,
+    encode_headers, now_ms, Cancel, Fired, Job, JobState, Kind, ListFilter, Millis, NewEvent,
+    NewJob, Redrive, ScheduleState, Store, StoreError, StoredRequest, Tick,
 };
 
 /// Why a job request was refused (rendered by `error.rs`).
@@ -147,7 +147,7 @@ impl Jobs {
         let started = Instant::now();
         let r = f.await;
         self.state.metrics.store_op(op, started.elapsed());
-        if !matches!(op, "get" | "list" | "backlog" | "paused") {
+        if !matches!(op, "get" | "list" | "backlog" | "paused" | "schedules") {
             self.state.metrics.store_up.set(i64::from(r.is_ok()));
         }
         r
@@ -202,6 +202,45 @@ impl Jobs {
         Ok(committed
             .await
             .map_err(|e| StoreError::Failed(e.to_string()))??)
+    }
+
+    pub(crate) fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The store if it is open already.
+    pub(crate) fn store_if_open(&self) -> Option<Arc<dyn Store>> {
+        self.opened()
+    }
+
+    /// What the store keeps of every schedule.
+    pub(crate) async fn schedule_states(&self) -> Result<Vec<ScheduleState>, StoreError> {
+        let store = self.store()?;
+        self.timed("schedules", store.schedules()).await
+    }
+
+    /// Records a scheduler decision (and stores its run): on a task of its
+    /// own, as an accept. Replaced runs in flight here are aborted.
+    pub(crate) async fn tick(self: &Arc<Self>, tick: Tick) -> Result<Fired, StoreError> {
+        let store = self.store()?;
+        let jobs = self.clone();
+        let committed = tokio::spawn(async move {
+            let due = tick.job.as_ref().map(|j| (j.backend.clone(), j.created()));
+            let r = jobs.timed("tick", store.tick(tick)).await;
+            if let Ok(Fired::Stored { replaced }) = &r {
+                for id in replaced {
+                    jobs.abort(id);
+                    jobs.finished(id);
+                }
+                if let Some((backend, at)) = due {
+                    jobs.due(&backend, at);
+                }
+            }
+            r
+        });
+        committed
+            .await
+            .map_err(|e| StoreError::Failed(e.to_string()))?
     }
 
     /// A job of `backend` is due at `at`: the deliverer looks then.

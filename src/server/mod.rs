@@ -145,6 +145,8 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
         jobs.store().map_err(|e| StartError::Store(e.to_string()))?;
     }
     let deliverer = crate::jobs::spawn_deliverer(jobs.clone());
+    // Ends when draining starts: no tick fires during a shutdown.
+    let _scheduler = crate::schedules::spawn(jobs.clone());
 
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();

@@ -252,6 +252,44 @@ fn explain_shows_the_auth_policy_and_limits_in_the_order_they_run() {
 }
 
 #[test]
+fn explain_schedule_lists_the_next_five_fires_in_utc_and_its_time_zone() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml");
+    let out = fngate()
+        .args([
+            "explain",
+            "--config",
+            shipped,
+            "--schedule",
+            "nightly-report",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fires: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(fires.len(), 5, "{text}");
+    for line in &fires {
+        // 03:00 in Paris is 02:00 UTC in winter, 01:00 in summer.
+        let (utc, local) = line.trim().split_once("  ").expect("two times");
+        assert!(
+            utc.ends_with(":00:00Z") && (utc.contains("T02:") || utc.contains("T01:")),
+            "{line}"
+        );
+        assert!(local.contains("T03:00:00+0"), "{line}");
+    }
+    assert!(
+        text.contains("Europe/Paris") && text.contains("orders-write"),
+        "{text}"
+    );
+    let missing = fngate()
+        .args(["explain", "--config", shipped, "--schedule", "nope"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nightly-report"));
+}
+
+#[test]
 fn explain_shows_an_aggregates_calls_and_what_each_waits_for() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml");
     let out = fngate()

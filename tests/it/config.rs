@@ -114,8 +114,9 @@ fn names_env_vars_and_unsupported_sections() {
     ));
     has(&e, 1, "backends.Bad_Name", "not a valid name");
     has(&e, 5, "backends.b.headers.k", "UNSET_VAR is not set");
-    has(&e, 6, "schedules", "not supported");
-    assert_eq!(e.len(), 3, "SET_VAR interpolates without error");
+    has(&e, 6, "schedules[nightly].cron", "missing");
+    has(&e, 6, "schedules[nightly].backend", "missing");
+    assert_eq!(e.len(), 4, "SET_VAR interpolates without error");
 }
 
 #[test]

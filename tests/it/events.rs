@@ -556,7 +556,7 @@ async fn subscriptions_and_topics_are_validated_with_their_position() {
         ),
         (
             "[topics.orders]\n[[subscriptions]]\nname = \"w\"\ntopic = \"orders\"\nbackend = \"b\"\n[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"w\"\npath = \"/w\"\nbackend = \"b\"\n",
-            "names a subscription too",
+            "names a subscription or schedule too",
         ),
         (
             "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"e\"\npath = \"/events/x\"\nbackend = \"b\"\n",

@@ -19,6 +19,7 @@ mod rate_limit;
 mod reload;
 mod resilience;
 mod routing;
+mod schedules;
 mod streams;
 mod tls;
 mod upstreams;

@@ -115,12 +115,21 @@ pub(crate) struct Idempotency {
     pub(crate) fingerprint: [u8; 32],
 }
 
+impl NewJob {
+    /// When it is first due.
+    pub(crate) fn created(&self) -> Millis {
+        self.now
+    }
+}
+
 /// What made a job: a request to an async route, or an event for a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Kind {
     #[default]
     Route,
     Subscription,
+    /// A schedule's tick (or manual run).
+    Schedule,
 }
 
 impl Kind {
@@ -128,15 +137,56 @@ impl Kind {
         match self {
             Self::Route => "route",
             Self::Subscription => "subscription",
+            Self::Schedule => "schedule",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Self {
         match s {
             "subscription" => Self::Subscription,
+            "schedule" => Self::Schedule,
             _ => Self::Route,
         }
     }
+}
+
+/// What the store keeps of a schedule: the tick it dealt with last, and its last fire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ScheduleState {
+    pub(crate) name: String,
+    pub(crate) last_tick: Option<Millis>,
+    pub(crate) last_fire: Option<Millis>,
+    pub(crate) last_outcome: Option<String>,
+    pub(crate) last_job: Option<String>,
+}
+
+/// One decision of the scheduler, made durable in one commit.
+#[derive(Debug, Clone)]
+pub(crate) struct Tick {
+    pub(crate) schedule: String,
+    /// Ticks up to this one are dealt with (never moves back).
+    pub(crate) last_tick: Option<Millis>,
+    /// The run to store, if any; its id names the tick, so a tick runs once.
+    pub(crate) job: Option<NewJob>,
+    /// Store no run while one of this schedule's is unfinished...
+    pub(crate) forbid: bool,
+    /// ...or delete the unfinished ones first.
+    pub(crate) replace: bool,
+    /// Recorded as the schedule's last outcome when a run is stored.
+    pub(crate) outcome: &'static str,
+    pub(crate) now: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fired {
+    /// Stored; the unfinished runs `replace` deleted.
+    Stored { replaced: Vec<String> },
+    /// `forbid`, and a run was unfinished.
+    Busy,
+    /// This tick's run exists already.
+    Duplicate,
+    /// Only the tick was recorded.
+    Recorded,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +365,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Whether it was paused.
     fn resume(&self, subscription: &str) -> Op<bool>;
     fn paused(&self) -> Op<Vec<String>>;
+    fn schedules(&self) -> Op<Vec<ScheduleState>>;
+    fn tick(&self, tick: Tick) -> Op<Fired>;
     fn cancel(&self, id: &str) -> Op<Cancel>;
     fn redrive(&self, id: &str, now: Millis) -> Op<Redrive>;
     fn purge(&self, id: &str) -> Op<bool>;

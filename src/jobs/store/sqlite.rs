@@ -75,6 +75,14 @@ CREATE TABLE IF NOT EXISTS event_ids (
     until INTEGER NOT NULL,
     PRIMARY KEY (topic, source, id)
 ) STRICT, WITHOUT ROWID;
+-- each schedule's last tick dealt with and its last fire
+CREATE TABLE IF NOT EXISTS schedules (
+    name TEXT PRIMARY KEY,
+    last_tick INTEGER,
+    last_fire INTEGER,
+    last_outcome TEXT,
+    last_job TEXT
+) STRICT;
 -- subscriptions paused by a 410, until resumed
 CREATE TABLE IF NOT EXISTS paused (
     subscription TEXT PRIMARY KEY,
@@ -93,7 +101,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 /// Bumped whenever SCHEMA changes shape: a store of another version is
 /// refused at start-up rather than misread.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The most writes one transaction takes.
 const BATCH: usize = 1024;
@@ -691,6 +699,82 @@ impl Store for Sqlite {
                 conn.prepare_cached("SELECT subscription FROM paused ORDER BY subscription")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect()
+        })
+    }
+
+    fn schedules(&self) -> Op<Vec<ScheduleState>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, last_tick, last_fire, last_outcome, last_job FROM schedules ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ScheduleState {
+                    name: r.get(0)?,
+                    last_tick: r.get(1)?,
+                    last_fire: r.get(2)?,
+                    last_outcome: r.get(3)?,
+                    last_job: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn tick(&self, tick: Tick) -> Op<Fired> {
+        self.write(move |conn| {
+            // The outcome (when a run was stored or skipped) and the run's id.
+            let record = |fired: Option<(&str, Option<&str>)>| {
+                conn.prepare_cached(
+                    "INSERT INTO schedules (name, last_tick, last_fire, last_outcome, last_job) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (name) DO UPDATE SET \
+                       last_tick = MAX(COALESCE(last_tick, excluded.last_tick), COALESCE(excluded.last_tick, last_tick)), \
+                       last_fire = COALESCE(excluded.last_fire, last_fire), \
+                       last_outcome = COALESCE(excluded.last_outcome, last_outcome), \
+                       last_job = COALESCE(excluded.last_job, last_job)",
+                )?
+                .execute(params![
+                    tick.schedule,
+                    tick.last_tick,
+                    fired.map(|_| tick.now),
+                    fired.map(|(o, _)| o),
+                    fired.and_then(|(_, j)| j),
+                ])
+            };
+            let Some(job) = &tick.job else {
+                record(None).map_err(sql)?;
+                return Ok(Fired::Recorded);
+            };
+            let exists: bool = conn
+                .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")
+                .and_then(|mut s| s.exists([&job.id]))
+                .map_err(sql)?;
+            if exists {
+                record(None).map_err(sql)?;
+                return Ok(Fired::Duplicate);
+            }
+            let unfinished: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE kind = 'schedule' AND route = ?1 AND expires IS NULL",
+                )
+                .and_then(|mut s| {
+                    s.query_map([&tick.schedule], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()
+                })
+                .map_err(sql)?;
+            if tick.forbid && !unfinished.is_empty() {
+                record(Some(("skipped", None))).map_err(sql)?;
+                return Ok(Fired::Busy);
+            }
+            let mut replaced = Vec::new();
+            if tick.replace {
+                for id in unfinished {
+                    delete(conn, &id).map_err(sql)?;
+                    replaced.push(id);
+                }
+            }
+            insert(conn, job).map_err(sql)?;
+            record(Some((tick.outcome, Some(&job.id)))).map_err(sql)?;
+            Ok(Fired::Stored { replaced })
         })
     }
 
