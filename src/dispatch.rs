@@ -63,6 +63,9 @@ impl tower::Service<Request<Body>> for Dispatch {
                         .await
                         .map_err(error::Error::from)
                 }
+                ActiveAction::Upload(upload) => crate::uploads::receive(&jobs, req, &ctx, upload)
+                    .await
+                    .map_err(error::Error::from),
                 ActiveAction::Publish(topic) => crate::events::publish(&jobs, req, &ctx, topic)
                     .await
                     .map_err(error::Error::from),

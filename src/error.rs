@@ -19,6 +19,7 @@ use crate::events::PublishError;
 use crate::jobs::{JobError, X_FNGATE_JOB_ID, X_FNGATE_JOB_STATE};
 use crate::ratelimit::RateLimited;
 use crate::router::RouteError;
+use crate::uploads::UploadError;
 use crate::upstream::{Unavailable, UpstreamError};
 
 /// Why fngate itself answered with an error, for the access log.
@@ -42,6 +43,8 @@ pub(crate) enum Error {
     Job(#[from] JobError),
     #[error(transparent)]
     Publish(#[from] crate::events::PublishError),
+    #[error(transparent)]
+    Upload(#[from] crate::uploads::UploadError),
     /// A request reached the dispatcher without a route: a bug in the stack.
     #[error("the request reached the dispatcher unrouted")]
     Unrouted,
@@ -134,6 +137,18 @@ fn job_problem(e: &JobError) -> Problem {
 fn problem_of(err: &Error) -> Problem {
     match err {
         Error::Job(e) => job_problem(e),
+        Error::Upload(e) => match e {
+            UploadError::Key(_) => Problem::new(StatusCode::BAD_REQUEST, e.to_string()),
+            UploadError::TooLarge { .. } => {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            UploadError::Aborted(_) => Problem::new(StatusCode::BAD_REQUEST, e.to_string()),
+            UploadError::Disk(_) => Problem {
+                retry_after: Some(1),
+                ..Problem::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+            },
+            UploadError::Job(e) => job_problem(e),
+        },
         Error::Publish(e) => match e {
             PublishError::Event(e) => Problem::new(StatusCode::BAD_REQUEST, e.to_string()),
             PublishError::Json(_) | PublishError::EmptyBatch => {
@@ -288,6 +303,29 @@ pub(crate) fn problem_body(status: StatusCode, detail: &str) -> serde_json::Valu
 }
 
 /// Renders `err` as problem+json, with the request id when there is one.
+/// A problem+json answer of a status and detail (for fngate's own endpoints).
+pub(crate) fn status_problem(
+    status: StatusCode,
+    detail: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<Body> {
+    let mut body = problem_body(status, detail);
+    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+        body["request_id"] = serde_json::Value::from(id);
+    }
+    let mut res = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    res
+}
+
 pub(crate) fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Response<Body> {
     let err = err.into();
     let p = problem_of(&err);

@@ -28,7 +28,9 @@ mod ratelimit;
 mod router;
 mod schedules;
 mod server;
+mod signed_url;
 mod tls;
+mod uploads;
 mod upstream;
 
 pub use config::Config;

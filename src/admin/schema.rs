@@ -58,6 +58,8 @@ pub(super) struct Route {
     max_body: Option<Size>,
     cors: Option<Cors>,
     aggregate: Option<Aggregate>,
+    /// Store the body as a file and announce it on a topic (no `backend`).
+    upload: Option<UploadSchema>,
     /// `sync` (default), `async` (a durable job: 202 and a job URL) or
     /// `either` (async when the client sends `Prefer: respond-async`).
     invoke: Option<String>,
@@ -315,4 +317,19 @@ pub(super) struct Schedule {
     last_outcome: Option<String>,
     /// Read-only: the id of the last run.
     last_job: Option<String>,
+}
+
+/// `upload = { topic, dir, max_upload, url_ttl }`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Upload)]
+pub(super) struct UploadSchema {
+    /// The topic `fngate.file.created` events go to.
+    topic: String,
+    /// Default `data/uploads` beside routes.toml.
+    dir: Option<String>,
+    /// Default 100MiB; larger is 413 and leaves no file.
+    max_upload: Option<Size>,
+    /// How long a delivery's signed URL is valid (default 1h).
+    url_ttl: Option<String>,
 }

@@ -131,6 +131,7 @@ pub(super) fn parse(
             &backends,
             (&auth, &declared),
             &rate_limits,
+            (&topics, base),
         ) {
             routes.push(Arc::new(r));
             spans.push(span);
@@ -138,6 +139,27 @@ pub(super) fn parse(
     }
     root.finish(&mut ctx);
     check_routes(&mut ctx, &routes, &spans);
+    let serves_files = routes
+        .iter()
+        .any(|r| matches!(r.action, super::Action::Upload(_)));
+    if serves_files {
+        let files = &server.files_path;
+        for (i, r) in routes.iter().enumerate() {
+            let literal = r.path.literal_prefix();
+            if literal.starts_with(files.as_str())
+                && matches!(literal.as_bytes().get(files.len()), None | Some(b'/'))
+            {
+                ctx.error(
+                    spans[i].clone(),
+                    format!("routes[{}].path", r.name),
+                    format!(
+                        "`{}` would take requests under server.files_path `{files}`, where functions read uploaded files",
+                        r.path.raw
+                    ),
+                );
+            }
+        }
+    }
     // Jobs name their route or subscription by name alone (SPEC §11).
     for (i, r) in routes.iter().enumerate() {
         if subscriptions.iter().any(|s| s.name == r.name)
@@ -178,6 +200,7 @@ pub(super) fn parse(
         topics,
         subscriptions,
         schedules,
+        serves_files,
     })
 }
 

@@ -39,7 +39,7 @@ pub use headers::HeaderEdits;
 pub use jobs::{Delivery, Invoke, Store};
 pub use path::{HostPattern, Param, PathPattern, Template};
 pub use rate_limit::{LimitKey, RateLimit};
-pub use route::{Action, Cors, Forward, HostShapes, Route, Shapes, Target};
+pub use route::{Action, Cors, Forward, HostShapes, Route, Shapes, Target, Upload};
 pub use schedules::{CatchUp, Concurrency, Schedule, ScheduleTarget, When};
 pub use server::{Admin, Persist, Server};
 pub use tls::{PemFile, ServerTls, TlsCert};
@@ -62,6 +62,8 @@ pub struct Config {
     pub topics: Vec<Arc<Topic>>,
     pub subscriptions: Vec<Arc<Subscription>>,
     pub schedules: Vec<Arc<Schedule>>,
+    /// A route uploads files: `server.files_path` is fngate's.
+    pub serves_files: bool,
 }
 
 impl Config {

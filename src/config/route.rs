@@ -45,6 +45,19 @@ pub enum Action {
     Aggregate(Arc<Aggregate>),
     /// A topic's own route: the request is published (SPEC §8).
     Publish(Arc<Topic>),
+    /// The body is stored as a file and announced on a topic (SPEC §8).
+    Upload(Arc<Upload>),
+}
+
+/// `upload = { topic, dir, max_upload, url_ttl }` on a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upload {
+    pub topic: Arc<str>,
+    /// Where files go (relative to the config file's directory).
+    pub dir: std::path::PathBuf,
+    pub max_upload: u64,
+    /// How long a delivery's signed URL stays valid.
+    pub url_ttl: Duration,
 }
 
 /// Where and how a forwarding route sends a request.
@@ -62,7 +75,7 @@ impl Route {
         let (one, calls) = match &self.action {
             Action::Forward(f) => (Some(&f.backend), None),
             Action::Aggregate(a) => (None, Some(a.calls.iter().map(|c| &c.backend))),
-            Action::Publish(_) => (None, None),
+            Action::Publish(_) | Action::Upload(_) => (None, None),
         };
         one.into_iter().chain(calls.into_iter().flatten())
     }
@@ -122,6 +135,7 @@ pub(super) fn route(
     backends: &[Arc<Backend>],
     (auth, declared): (&[Arc<AuthPolicy>], &[String]),
     rate_limits: &[Arc<RateLimit>],
+    (topics, base): (&[Arc<Topic>], &std::path::Path),
 ) -> Option<Route> {
     let name = obj.string(ctx, "name");
     match &name {
@@ -211,16 +225,23 @@ pub(super) fn route(
             }
         },
         None => {
-            if !obj.has("aggregate") {
+            if !obj.has("aggregate") && !obj.has("upload") {
                 ctx.error(
                     obj.span(),
                     obj.key_path("backend"),
-                    "missing: a route needs a backend (or an aggregate)",
+                    "missing: a route needs a backend (or an aggregate, or an upload)",
                 );
             }
             None
         }
     };
+    if obj.has("upload") && obj.has("backend") {
+        ctx.error(
+            obj.key_span("backend"),
+            obj.key_path("backend"),
+            "an upload route stores the body itself; its function hears of it through the topic",
+        );
+    }
     if obj.has("aggregate") {
         for key in ["backend", "rewrite", "strip_prefix", "preserve_host"] {
             if obj.has(key) {
@@ -364,10 +385,13 @@ pub(super) fn route(
     }
     if let Some(p) = &path {
         let literal = p.literal_prefix();
-        for (key, prefix, what) in [
-            ("jobs_path", &server.jobs_path, "clients read their jobs"),
-            ("events_path", &server.events_path, "events are published"),
-        ] {
+        // fngate's own prefixes; events_path only once a topic exists (files_path
+        // is checked in load.rs once it is known whether a route uploads).
+        let mut own = vec![("jobs_path", &server.jobs_path, "clients read their jobs")];
+        if !topics.is_empty() {
+            own.push(("events_path", &server.events_path, "events are published"));
+        }
+        for (key, prefix, what) in own {
             let under = literal.starts_with(prefix.as_str())
                 && matches!(literal.as_bytes().get(prefix.len()), None | Some(b'/'));
             // A wider pattern (`/{*rest}`) may stay: fngate's own paths are matched first.
@@ -383,10 +407,14 @@ pub(super) fn route(
             }
         }
     }
-    not_yet(ctx, &mut obj, &["mode", "upload"]);
+    let upload = obj
+        .table(ctx, "upload")
+        .and_then(|u| upload(ctx, u, topics, base));
+    not_yet(ctx, &mut obj, &["mode"]);
     obj.finish(ctx);
     // A route forwards to its backend or fans out; validation keeps the two apart.
     let action = match (aggregate, backend) {
+        _ if upload.is_some() => Action::Upload(Arc::new(upload?)),
         (Some(a), _) => Action::Aggregate(Arc::new(a)),
         (None, Some(backend)) => Action::Forward(Forward {
             backend,
@@ -411,6 +439,54 @@ pub(super) fn route(
         rate_limits: limits,
         invoke,
         delivery,
+    })
+}
+
+fn upload(
+    ctx: &mut Ctx<'_>,
+    mut obj: Obj<'_>,
+    topics: &[Arc<Topic>],
+    base: &std::path::Path,
+) -> Option<Upload> {
+    let topic = match obj.string(ctx, "topic") {
+        Some(t) => match topics.iter().find(|x| *x.name == t.value) {
+            Some(found) => Some(found.name.clone()),
+            None => {
+                ctx.error(
+                    t.span,
+                    obj.key_path("topic"),
+                    format!("unknown topic `{}`", t.value),
+                );
+                None
+            }
+        },
+        None => {
+            ctx.error(
+                obj.span(),
+                obj.key_path("topic"),
+                "missing: an upload announces each file on a topic",
+            );
+            None
+        }
+    };
+    let dir = match obj.string(ctx, "dir") {
+        Some(d) if !d.value.trim().is_empty() => base.join(&d.value),
+        Some(d) => {
+            ctx.error(d.span, obj.key_path("dir"), "must not be empty");
+            return None;
+        }
+        None => base.join("data").join("uploads"),
+    };
+    let max_upload = obj.size(ctx, "max_upload").unwrap_or(100 << 20);
+    let url_ttl = obj
+        .positive_duration(ctx, "url_ttl")
+        .unwrap_or(Duration::from_secs(3600));
+    obj.finish(ctx);
+    Some(Upload {
+        topic: topic?,
+        dir,
+        max_upload,
+        url_ttl,
     })
 }
 

@@ -35,6 +35,10 @@ pub struct Server {
     pub jobs_path: String,
     /// Where events are published (`{events_path}/{topic}`); no route may live under it.
     pub events_path: String,
+    /// Where functions read uploaded files by signed URL (`{files_path}/{route}/{key}`).
+    pub files_path: String,
+    /// The HMAC key of those URLs (`files_key`, usually `${VAR}`); else one kept in the store.
+    pub files_key: Option<Secret>,
 }
 
 #[derive(Clone, PartialEq)]
@@ -81,6 +85,8 @@ pub(super) fn server_defaults() -> Server {
         trusted_proxies: Vec::new(),
         jobs_path: "/jobs".to_owned(),
         events_path: "/events".to_owned(),
+        files_path: "/files".to_owned(),
+        files_key: None,
     }
 }
 
@@ -157,7 +163,27 @@ pub(super) fn server(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Server
             "must differ from server.jobs_path",
         );
     }
-    super::load::not_yet(ctx, &mut obj, &["files_path"]);
+    if let Some(p) = prefix(ctx, &mut obj, "files_path") {
+        s.files_path = p;
+    }
+    if let Some(k) = obj.string(ctx, "files_key") {
+        if k.value.len() < 32 {
+            ctx.error(
+                k.span,
+                obj.key_path("files_key"),
+                "must be at least 32 bytes (it signs the URLs functions read files from)",
+            );
+        } else {
+            s.files_key = Some(Secret(k.value.as_bytes().into()));
+        }
+    }
+    if [&s.jobs_path, &s.events_path].contains(&&s.files_path) {
+        ctx.error(
+            obj.key_span("files_path"),
+            obj.key_path("files_path"),
+            "must differ from server.jobs_path and server.events_path",
+        );
+    }
     s.tls = obj
         .table(ctx, "tls")
         .and_then(|t| tls::server_tls(ctx, t, base));

@@ -357,9 +357,10 @@ async fn attempt(
     // taken over) aborts the attempt. (The answer waits while a renewal is
     // written: a few milliseconds every ten seconds.)
     let timeout = Duration::from_millis(policy.timeout_ms);
+    let signing = signing_for(&jobs, &job).await;
     let sent = tokio::time::timeout(
         timeout,
-        send(&upstream, &job, &edits, timeout, policy.max_result),
+        send(&upstream, &job, &edits, timeout, policy.max_result, signing),
     );
     tokio::pin!(sent);
     let mut renewals = tokio::time::interval_at(Instant::now() + LEASE / 3, LEASE / 3);
@@ -555,6 +556,44 @@ fn forget(jobs: &Jobs, id: &str) {
     }
 }
 
+/// What a delivery announcing an uploaded file needs to sign its URL: the
+/// key, `files_path` and the upload route's `url_ttl`.
+type Signing = (std::sync::Arc<[u8]>, String, Duration);
+
+async fn signing_for(jobs: &Jobs, job: &Claimed) -> Option<Signing> {
+    let marker = format!("{}:", crate::signed_url::FILE_MARKER);
+    if !job
+        .request
+        .headers
+        .windows(marker.len())
+        .any(|w| w == marker.as_bytes())
+    {
+        return None;
+    }
+    let key = match jobs.files_key().await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, "no key to sign the file URL: {e}");
+            return None;
+        }
+    };
+    let snapshot = jobs.state.load();
+    let files = snapshot.config.server.files_path.clone();
+    let headers = String::from_utf8_lossy(&job.request.headers);
+    let ttl = snapshot
+        .config
+        .routes
+        .iter()
+        .find_map(|r| match &r.action {
+            Action::Upload(u) if headers.contains(&format!("{files}/{}/", r.name)) => {
+                Some(u.url_ttl)
+            }
+            _ => None,
+        })
+        .unwrap_or(Duration::from_secs(3600));
+    Some((key, files, ttl))
+}
+
 /// Sends one attempt and reads the answer, keeping at most `max_result` of its body.
 async fn send(
     upstream: &Upstream,
@@ -562,6 +601,7 @@ async fn send(
     edits: &HeaderEdits,
     timeout: Duration,
     max_result: u64,
+    signing: Option<Signing>,
 ) -> Result<(u16, JobResult, Option<Duration>), UpstreamError> {
     let r = &job.request;
     let (path, query) = match r.target.split_once('?') {
@@ -586,6 +626,10 @@ async fn send(
     {
         headers.insert("traceparent", tp);
     }
+    let mut body = r.body.clone();
+    if let Some((key, files, ttl)) = &signing {
+        crate::signed_url::sign_delivery(&mut headers, &mut body, key, files, *ttl);
+    }
     let started = Instant::now();
     let res = upstream
         .send(Outgoing {
@@ -593,10 +637,10 @@ async fn send(
             path,
             query,
             headers,
-            body: if r.body.is_empty() {
+            body: if body.is_empty() {
                 Prepared::Empty
             } else {
-                Prepared::Full(r.body.clone())
+                Prepared::Full(body)
             },
             host: r
                 .host

@@ -29,8 +29,8 @@ pub(crate) use answer::{
 };
 pub(crate) use deliver::spawn as spawn_deliverer;
 pub(crate) use store::{
-    encode_headers, now_ms, Cancel, Fired, Job, JobState, Kind, ListFilter, Millis, NewEvent,
-    NewJob, Redrive, ScheduleState, Store, StoreError, StoredRequest, Tick,
+    decode_headers, encode_headers, now_ms, Cancel, Fired, Job, JobState, Kind, ListFilter, Millis,
+    NewEvent, NewJob, Redrive, ScheduleState, Store, StoreError, StoredRequest, Tick,
 };
 
 /// Why a job request was refused (rendered by `error.rs`).
@@ -73,6 +73,8 @@ pub(crate) struct Jobs {
     hints: Mutex<HashMap<String, Millis>>,
     /// Set when a change (a redrive) may have made work due anywhere.
     rescan: AtomicBool,
+    /// The key that signs file URLs, when the store made it (`server.files_key` wins).
+    files_key: tokio::sync::OnceCell<Arc<[u8]>>,
     /// Subscriptions paused by a 410 (kept in the store; read back each backlog).
     paused: Mutex<HashSet<String>>,
     /// Clients waiting (`Prefer: wait`) for a job to finish.
@@ -101,6 +103,7 @@ impl Jobs {
             hints: Mutex::new(HashMap::new()),
             rescan: AtomicBool::new(true),
             paused: Mutex::new(HashSet::new()),
+            files_key: tokio::sync::OnceCell::new(),
             waiters: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
@@ -202,6 +205,21 @@ impl Jobs {
         Ok(committed
             .await
             .map_err(|e| StoreError::Failed(e.to_string()))??)
+    }
+
+    /// The key that signs file URLs: `server.files_key`, else one the store keeps.
+    pub(crate) async fn files_key(&self) -> Result<Arc<[u8]>, StoreError> {
+        if let Some(k) = &self.state.load().config.server.files_key {
+            return Ok(k.0.clone());
+        }
+        self.files_key
+            .get_or_try_init(|| async {
+                let store = self.store()?;
+                let key = self.timed("secret", store.secret("files_key")).await?;
+                Ok::<_, StoreError>(Arc::from(key))
+            })
+            .await
+            .cloned()
     }
 
     pub(crate) fn state(&self) -> &Arc<State> {

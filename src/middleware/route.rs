@@ -84,6 +84,16 @@ where
                 inner, jobs, snapshot, id, req,
             ))));
         }
+        if snapshot.config.serves_files
+            && under(&snapshot.config.server.files_path, req.uri().path())
+        {
+            // A signed URL is its own authority: no route's policies apply.
+            let jobs = self.jobs.clone();
+            let (parts, _) = req.into_parts();
+            return Either::Right(Either::Right(Box::pin(async move {
+                Ok(crate::uploads::serve(&jobs, &snapshot, &parts).await)
+            })));
+        }
         match route(snapshot, &req) {
             Ok(ctx) => {
                 if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
@@ -169,6 +179,11 @@ where
     call.await
 }
 
+/// Whether `path` lies under the prefix `base` (`/files/...`).
+fn under(base: &str, path: &str) -> bool {
+    path.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
+}
+
 /// The id in `{jobs_path}/{id}`, when that is the path.
 fn job_id(jobs_path: &str, req: &Request<Body>) -> Option<String> {
     let rest = req
@@ -194,6 +209,7 @@ fn route(snapshot: Arc<Snapshot>, req: &Request<Body>) -> Result<RouteContext, R
         .path()
         .strip_prefix(events.as_str())
         .and_then(|p| p.strip_prefix('/'))
+        .filter(|_| !snapshot.config.topics.is_empty())
     {
         let route = snapshot
             .config

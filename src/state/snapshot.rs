@@ -91,6 +91,8 @@ pub enum ActiveAction {
     Aggregate(Arc<Plan>),
     /// A topic's route: the dispatcher publishes.
     Publish(Arc<crate::config::Topic>),
+    /// An upload route: the dispatcher stores the file and announces it.
+    Upload(Arc<crate::config::Upload>),
 }
 
 impl Snapshot {
@@ -158,6 +160,7 @@ impl Snapshot {
                         upstreams: a.calls.iter().map(|c| pool_of(&c.backend)).collect(),
                     })),
                     Action::Publish(t) => ActiveAction::Publish(t.clone()),
+                    Action::Upload(u) => ActiveAction::Upload(u.clone()),
                 };
                 let limits = r.rate_limits.iter().filter_map(|p| {
                     limiters

@@ -559,19 +559,17 @@ async fn subscriptions_and_topics_are_validated_with_their_position() {
             "names a subscription or schedule too",
         ),
         (
-            "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"e\"\npath = \"/events/x\"\nbackend = \"b\"\n",
+            "[topics.t]\n[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"e\"\npath = \"/events/x\"\nbackend = \"b\"\n",
             "server.events_path",
         ),
-        // Uploads come with the next step: refused, never ignored.
-        (
-            "[[routes]]\nname = \"u\"\npath = \"/u/{*key}\"\nupload = { topic = \"files\" }\n",
-            "`upload` is not supported",
-        ),
-        (
-            "[server]\nfiles_path = \"/files\"\n",
-            "`files_path` is not supported",
-        ),
     ];
+    // Without a topic, events_path is any route's to use.
+    fngate::Config::parse(
+        "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"e\"\npath = \"/events/x\"\nbackend = \"b\"\n",
+        "r.toml",
+        &|_| None,
+    )
+    .expect("no topic: allowed");
     for (text, expected) in cases {
         let err = fngate::Config::parse(text, "r.toml", &|_| None)
             .unwrap_err()

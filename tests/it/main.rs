@@ -22,4 +22,5 @@ mod routing;
 mod schedules;
 mod streams;
 mod tls;
+mod uploads;
 mod upstreams;

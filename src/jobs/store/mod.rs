@@ -365,6 +365,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Whether it was paused.
     fn resume(&self, subscription: &str) -> Op<bool>;
     fn paused(&self) -> Op<Vec<String>>;
+    /// A random secret of 32 bytes kept under `name`, made on first ask.
+    fn secret(&self, name: &str) -> Op<Vec<u8>>;
     fn schedules(&self) -> Op<Vec<ScheduleState>>;
     fn tick(&self, tick: Tick) -> Op<Fired>;
     fn cancel(&self, id: &str) -> Op<Cancel>;

@@ -83,6 +83,11 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_outcome TEXT,
     last_job TEXT
 ) STRICT;
+-- secrets fngate made for itself (the key that signs file URLs)
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) STRICT;
 -- subscriptions paused by a 410, until resumed
 CREATE TABLE IF NOT EXISTS paused (
     subscription TEXT PRIMARY KEY,
@@ -101,7 +106,7 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 /// Bumped whenever SCHEMA changes shape: a store of another version is
 /// refused at start-up rather than misread.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The most writes one transaction takes.
 const BATCH: usize = 1024;
@@ -699,6 +704,26 @@ impl Store for Sqlite {
                 conn.prepare_cached("SELECT subscription FROM paused ORDER BY subscription")?;
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect()
+        })
+    }
+
+    fn secret(&self, name: &str) -> Op<Vec<u8>> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            use ring::rand::SecureRandom as _;
+            let mut fresh = [0u8; 32];
+            ring::rand::SystemRandom::new()
+                .fill(&mut fresh)
+                .map_err(|_| failed("no randomness for a secret"))?;
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+                params![name, &fresh[..]],
+            )
+            .map_err(sql)?;
+            conn.query_row("SELECT value FROM secrets WHERE name = ?1", [&name], |r| {
+                r.get(0)
+            })
+            .map_err(sql)
         })
     }
 
