@@ -658,3 +658,49 @@ async fn topics_and_subscriptions_are_managed_live_and_refused_while_in_use() {
     .await;
     gone.problem(404);
 }
+
+#[tokio::test]
+async fn schedules_are_managed_live_and_their_backend_cannot_go_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::echo("b").await;
+    let store = format!("[store]\npath = \"{}/jobs.db\"", dir.path().display());
+    let (gw, path) = gateway(dir.path(), &store, &b).await;
+    let a = admin(
+        &gw,
+        Method::PUT,
+        "/schedules/beat",
+        Some(r#"{"cron": "* * * * * *", "backend": "b", "path": "/beat"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    // Live at once: it fires within the next seconds.
+    b.wait_for(1).await;
+    assert_eq!(b.seen()[0].uri, "/beat");
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("[[schedules]]"));
+    let p = admin_problem(
+        &admin(&gw, Method::DELETE, "/backends/b", None, &[]).await,
+        409,
+    );
+    assert!(
+        p["detail"].as_str().unwrap().contains("schedules: beat"),
+        "{p}"
+    );
+    let bad = admin(
+        &gw,
+        Method::PUT,
+        "/schedules/x",
+        Some(r#"{"cron": "nope", "backend": "b"}"#),
+        &[],
+    )
+    .await;
+    admin_problem(&bad, 422);
+    let d = admin(&gw, Method::DELETE, "/schedules/beat", None, &[]).await;
+    assert_eq!(d.status, 204, "{}", d.text());
+    admin_problem(
+        &admin(&gw, Method::GET, "/schedules/beat", None, &[]).await,
+        404,
+    );
+}
