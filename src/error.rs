@@ -148,6 +148,12 @@ fn problem_of(err: &Error) -> Problem {
                 ..Problem::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
             },
             UploadError::Job(e) => job_problem(e),
+            UploadError::Forbidden => Problem::new(StatusCode::FORBIDDEN, e.to_string()),
+            UploadError::NoFile => Problem::new(StatusCode::NOT_FOUND, e.to_string()),
+            UploadError::Method => Problem {
+                allow: Some(HeaderValue::from_static("GET, HEAD")),
+                ..Problem::new(StatusCode::METHOD_NOT_ALLOWED, e.to_string())
+            },
         },
         Error::Publish(e) => match e {
             PublishError::Event(e) => Problem::new(StatusCode::BAD_REQUEST, e.to_string()),
@@ -303,29 +309,6 @@ pub(crate) fn problem_body(status: StatusCode, detail: &str) -> serde_json::Valu
 }
 
 /// Renders `err` as problem+json, with the request id when there is one.
-/// A problem+json answer of a status and detail (for fngate's own endpoints).
-pub(crate) fn status_problem(
-    status: StatusCode,
-    detail: &str,
-    request_id: Option<&HeaderValue>,
-) -> Response<Body> {
-    let mut body = problem_body(status, detail);
-    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
-        body["request_id"] = serde_json::Value::from(id);
-    }
-    let mut res = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|e| match e {})
-            .boxed_unsync(),
-    );
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    res
-}
-
 pub(crate) fn respond(err: impl Into<Error>, request_id: Option<&HeaderValue>) -> Response<Body> {
     let err = err.into();
     let p = problem_of(&err);

@@ -75,7 +75,10 @@ pub(crate) fn sign_delivery(
     // The path signed is the one the file is read at; the marker may carry a base.
     let at = marker.find(files_path).unwrap_or(0);
     let path = &marker[at..];
-    let expires = u64::try_from(crate::jobs::now_ms() / 1000).unwrap_or(0) + ttl.as_secs().max(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires = now + ttl.as_secs().max(1);
     let url = format!("{marker}?{}", sign(key, path, expires));
     let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;

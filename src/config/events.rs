@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::decode::{Ctx, Obj, Spanned};
-use super::load::check_name;
+use super::load::{check_name, entry_name, reference};
 use super::*;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,66 +146,26 @@ pub(super) fn subscription(
     topics: &[Arc<Topic>],
     backends: &[Arc<Backend>],
 ) -> Option<Subscription> {
-    let name = obj.string(ctx, "name");
-    let named = match &name {
-        Some(n) => {
-            let ok = check_name(ctx, n, &obj.key_path("name"));
-            if ok {
-                obj.rename(format!("subscriptions[{}]", n.value));
-            }
-            ok
-        }
-        None => {
-            ctx.error(
-                obj.span(),
-                obj.key_path("name"),
-                "missing: every subscription needs a name",
-            );
-            false
-        }
-    };
-    let topic = match obj.string(ctx, "topic") {
-        Some(t) => match topics.iter().find(|x| *x.name == t.value) {
-            Some(found) => Some(found.name.clone()),
-            None => {
-                ctx.error(
-                    t.span,
-                    obj.key_path("topic"),
-                    format!("unknown topic `{}`", t.value),
-                );
-                None
-            }
-        },
-        None => {
-            ctx.error(
-                obj.span(),
-                obj.key_path("topic"),
-                "missing: a subscription needs a topic",
-            );
-            None
-        }
-    };
-    let backend = match obj.string(ctx, "backend") {
-        Some(b) => {
-            let found = backends.iter().find(|x| *x.name == b.value).cloned();
-            if found.is_none() {
-                ctx.error(
-                    b.span,
-                    obj.key_path("backend"),
-                    format!("unknown backend `{}`", b.value),
-                );
-            }
-            found
-        }
-        None => {
-            ctx.error(
-                obj.span(),
-                obj.key_path("backend"),
-                "missing: a subscription needs a backend to deliver to",
-            );
-            None
-        }
-    };
+    let name = entry_name(ctx, &mut obj, "subscriptions", "subscription");
+    let topic = reference(
+        ctx,
+        &mut obj,
+        "topic",
+        "topic",
+        topics,
+        |t| &t.name,
+        Some("a subscription needs a topic"),
+    )
+    .map(|t| t.name.clone());
+    let backend = reference(
+        ctx,
+        &mut obj,
+        "backend",
+        "backend",
+        backends,
+        |b| &b.name,
+        Some("a subscription needs a backend to deliver to"),
+    );
     let path = match obj.string(ctx, "path") {
         Some(p) if p.value.starts_with('/') && !p.value.contains(['?', '#', ' ']) => p.value,
         Some(p) => {
@@ -258,7 +218,7 @@ pub(super) fn subscription(
         .unwrap_or_default();
     obj.finish(ctx);
     Some(Subscription {
-        name: name.filter(|_| named)?.value.into(),
+        name: name?.into(),
         topic: topic?,
         backend: backend?,
         path,

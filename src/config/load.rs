@@ -237,6 +237,58 @@ pub(super) fn address(
     }
 }
 
+/// The `name` of one `[[section]]` entry, checked; the table is renamed
+/// `section[name]` for the errors that follow. `None` (reported) when missing
+/// or invalid.
+pub(super) fn entry_name(
+    ctx: &mut Ctx<'_>,
+    obj: &mut Obj<'_>,
+    section: &str,
+    what: &str,
+) -> Option<String> {
+    let Some(name) = obj.string(ctx, "name") else {
+        ctx.error(
+            obj.span(),
+            obj.key_path("name"),
+            format!("missing: every {what} needs a name"),
+        );
+        return None;
+    };
+    if !check_name(ctx, &name, &obj.key_path("name")) {
+        return None;
+    }
+    obj.rename(format!("{section}[{}]", name.value));
+    Some(name.value)
+}
+
+/// The entity `key` names among `known` (`what`: "topic", "backend"); an
+/// error when it names none, or when it is missing and `missing` says why.
+pub(super) fn reference<T>(
+    ctx: &mut Ctx<'_>,
+    obj: &mut Obj<'_>,
+    key: &'static str,
+    what: &str,
+    known: &[Arc<T>],
+    name_of: impl Fn(&T) -> &str,
+    missing: Option<&str>,
+) -> Option<Arc<T>> {
+    let Some(given) = obj.string(ctx, key) else {
+        if let Some(why) = missing {
+            ctx.error(obj.span(), obj.key_path(key), format!("missing: {why}"));
+        }
+        return None;
+    };
+    let found = known.iter().find(|x| name_of(x) == given.value).cloned();
+    if found.is_none() {
+        ctx.error(
+            given.span,
+            obj.key_path(key),
+            format!("unknown {what} `{}`", given.value),
+        );
+    }
+    found
+}
+
 pub(super) fn check_name(ctx: &mut Ctx<'_>, name: &Spanned<String>, what: &str) -> bool {
     let ok = !name.value.is_empty()
         && name.value.len() <= 64

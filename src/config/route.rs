@@ -448,27 +448,16 @@ fn upload(
     topics: &[Arc<Topic>],
     base: &std::path::Path,
 ) -> Option<Upload> {
-    let topic = match obj.string(ctx, "topic") {
-        Some(t) => match topics.iter().find(|x| *x.name == t.value) {
-            Some(found) => Some(found.name.clone()),
-            None => {
-                ctx.error(
-                    t.span,
-                    obj.key_path("topic"),
-                    format!("unknown topic `{}`", t.value),
-                );
-                None
-            }
-        },
-        None => {
-            ctx.error(
-                obj.span(),
-                obj.key_path("topic"),
-                "missing: an upload announces each file on a topic",
-            );
-            None
-        }
-    };
+    let topic = super::load::reference(
+        ctx,
+        &mut obj,
+        "topic",
+        "topic",
+        topics,
+        |t| &t.name,
+        Some("an upload announces each file on a topic"),
+    )
+    .map(|t| t.name.clone());
     let dir = match obj.string(ctx, "dir") {
         Some(d) if !d.value.trim().is_empty() => base.join(&d.value),
         Some(d) => {

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone as _, Timelike as _, Utc};
 use http::Method;
 
 use super::decode::{Ctx, Obj};
-use super::load::check_name;
+use super::load::entry_name;
 use super::*;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,24 +129,7 @@ pub(super) fn schedule(
     backends: &[Arc<Backend>],
     topics: &[Arc<Topic>],
 ) -> Option<Schedule> {
-    let name = obj.string(ctx, "name");
-    let named = match &name {
-        Some(n) => {
-            let ok = check_name(ctx, n, &obj.key_path("name"));
-            if ok {
-                obj.rename(format!("schedules[{}]", n.value));
-            }
-            ok
-        }
-        None => {
-            ctx.error(
-                obj.span(),
-                obj.key_path("name"),
-                "missing: every schedule needs a name",
-            );
-            false
-        }
-    };
+    let name = entry_name(ctx, &mut obj, "schedules", "schedule");
     let cron = obj.string(ctx, "cron");
     let when = match &cron {
         Some(c) => match parse_when(&c.value) {
@@ -329,7 +312,7 @@ pub(super) fn schedule(
         });
     obj.finish(ctx);
     Some(Schedule {
-        name: name.filter(|_| named)?.value.into(),
+        name: name?.into(),
         cron: cron?.value,
         when: when?,
         timezone: timezone?,

@@ -91,7 +91,10 @@ where
             let jobs = self.jobs.clone();
             let (parts, _) = req.into_parts();
             return Either::Right(Either::Right(Box::pin(async move {
-                Ok(crate::uploads::serve(&jobs, &snapshot, &parts).await)
+                let id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+                Ok(crate::uploads::serve(&jobs, &snapshot, &parts)
+                    .await
+                    .unwrap_or_else(|e| error::respond(e, id.as_ref())))
             })));
         }
         match route(snapshot, &req) {

@@ -32,6 +32,12 @@ pub(crate) enum UploadError {
     Disk(String),
     #[error(transparent)]
     Job(#[from] JobError),
+    #[error("the signature is missing, wrong or expired")]
+    Forbidden,
+    #[error("no such file")]
+    NoFile,
+    #[error("files are read with GET")]
+    Method,
 }
 
 /// A temporary file that is removed unless it was renamed into place.
@@ -265,50 +271,35 @@ pub(crate) async fn serve(
     jobs: &Jobs,
     snapshot: &Snapshot,
     req: &http::request::Parts,
-) -> Response<Body> {
-    let id = req
-        .extensions
-        .get::<crate::context::RequestId>()
-        .map(|r| &r.0);
-    let plain = |status, detail: &str| crate::error::status_problem(status, detail, id);
+) -> Result<Response<Body>, UploadError> {
     let path = req.uri.path();
     let files = &snapshot.config.server.files_path;
     let rest = path
         .strip_prefix(files.as_str())
         .and_then(|p| p.strip_prefix('/'))
         .unwrap_or_default();
-    let Some((route, key)) = rest.split_once('/') else {
-        return plain(StatusCode::NOT_FOUND, "no such file");
-    };
+    let (route, key) = rest.split_once('/').ok_or(UploadError::NoFile)?;
     if req.method != Method::GET && req.method != Method::HEAD {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "files are read with GET");
-        r.headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        return Err(UploadError::Method);
     }
-    let Ok(key_bytes) = jobs.files_key().await else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the store is not available",
-        );
-    };
+    let key_bytes = jobs
+        .files_key()
+        .await
+        .map_err(|e| UploadError::Job(JobError::Store(e)))?;
     let now = u64::try_from(jobs::now_ms() / 1000).unwrap_or(0);
     if !crate::signed_url::verify(&key_bytes, path, req.uri.query(), now) {
-        return plain(
-            StatusCode::FORBIDDEN,
-            "the signature is missing, wrong or expired",
-        );
+        return Err(UploadError::Forbidden);
     }
     let dir = snapshot.config.routes.iter().find_map(|r| match &r.action {
         crate::config::Action::Upload(u) if *r.name == *route => Some(u.dir.clone()),
         _ => None,
     });
     let (Some(dir), Ok(())) = (dir, check_key(key)) else {
-        return plain(StatusCode::NOT_FOUND, "no such file");
+        return Err(UploadError::NoFile);
     };
-    let Ok(file) = tokio::fs::File::open(dir.join(key)).await else {
-        return plain(StatusCode::NOT_FOUND, "no such file");
-    };
+    let file = tokio::fs::File::open(dir.join(key))
+        .await
+        .map_err(|_| UploadError::NoFile)?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let body: Body = if req.method == Method::HEAD {
         Full::new(Bytes::new())
@@ -328,7 +319,7 @@ pub(crate) async fn serve(
         CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    res
+    Ok(res)
 }
 
 /// A file read in 64 KiB frames as the client takes them.
