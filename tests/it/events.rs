@@ -28,6 +28,16 @@ fn subscription(name: &str, backend: &str, extra: &str) -> String {
     )
 }
 
+/// Topic `orders` (with `topic_extra`) and one subscription `all` to `fun`.
+async fn one_subscriber(dir: &tempfile::TempDir, fun: &Backend, topic_extra: &str) -> Gw {
+    let rest = format!(
+        "{topic_extra}{}{}",
+        backend_toml("fn", &fun.url()),
+        subscription("all", "fn", "")
+    );
+    Gw::start(&events_config(dir, &rest)).await
+}
+
 async fn publish(gw: &Gw, topic: &str, headers: &[(&str, &str)], body: &'static str) -> Answer {
     let mut req = Request::post(gw.url(&format!("/events/{topic}")));
     for (k, v) in headers {
@@ -119,15 +129,7 @@ async fn a_binary_event_reaches_every_subscriber_in_its_format() {
 async fn structured_batch_and_plain_json_are_published() {
     let dir = tempfile::tempdir().unwrap();
     let fun = Backend::echo("fn").await;
-    let config = events_config(
-        &dir,
-        &format!(
-            "{}{}",
-            backend_toml("fn", &fun.url()),
-            subscription("all", "fn", "")
-        ),
-    );
-    let gw = Gw::start(&config).await;
+    let gw = one_subscriber(&dir, &fun, "").await;
     let structured = r#"{"specversion":"1.0","id":"s1","source":"/s","type":"t","datacontenttype":"text/plain","data":"hello"}"#;
     let a = publish(
         &gw,
@@ -188,15 +190,13 @@ async fn structured_batch_and_plain_json_are_published() {
 async fn bad_events_are_refused_naming_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let fun = Backend::echo("fn").await;
-    let config = events_config(
+    let gw = one_subscriber(
         &dir,
-        &format!(
-            "max_event = \"64KiB\"\n{}{}",
-            backend_toml("fn", &fun.url()),
-            subscription("all", "fn", "")
-        ),
-    );
-    let gw = Gw::start(&config).await;
+        &fun,
+        "max_event = \"64KiB\"
+",
+    )
+    .await;
     for (missing, _) in &BINARY[..4] {
         let headers: Vec<_> = BINARY
             .iter()
@@ -332,15 +332,7 @@ async fn filters_choose_subscribers_by_type_source_and_subject() {
 async fn the_same_source_and_id_within_the_window_is_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
     let fun = Backend::echo("fn").await;
-    let config = events_config(
-        &dir,
-        &format!(
-            "{}{}",
-            backend_toml("fn", &fun.url()),
-            subscription("all", "fn", "")
-        ),
-    );
-    let gw = Gw::start(&config).await;
+    let gw = one_subscriber(&dir, &fun, "").await;
     let a = publish(&gw, "orders", &BINARY, "{}").await;
     assert_eq!(a.json()["deliveries"], 1);
     let again = publish(&gw, "orders", &BINARY, "{}").await;
@@ -623,4 +615,40 @@ async fn an_event_accepted_while_its_subscriber_is_down_is_delivered_after_a_kil
     assert_eq!(e.id(), "order-1");
     assert_eq!(fun.seen()[0].body.as_ref(), br#"{"order":1}"#);
     drop(second);
+}
+
+#[tokio::test]
+async fn a_topics_auth_decides_who_may_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    // sha256("demo-key-acme"), as in the shipped routes.toml.
+    let auth = "[auth.partners]\ntype = \"api_key\"\nheader = \"x-api-key\"\n\
+                keys = [{ id = \"acme\", sha256 = \"8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873\" }]\n";
+    let config = format!(
+        "{auth}{}",
+        events_config(
+            &dir,
+            &format!(
+                "auth = \"partners\"\n{}{}",
+                backend_toml("fn", &fun.url()),
+                subscription("all", "fn", "")
+            )
+        )
+    );
+    let gw = Gw::start(&config).await;
+    let json = [("content-type", "application/json")];
+    publish(&gw, "orders", &json, "{}").await.problem(401);
+    let wrong = [("content-type", "application/json"), ("x-api-key", "nope")];
+    publish(&gw, "orders", &wrong, "{}").await.problem(401);
+    let key = [
+        ("content-type", "application/json"),
+        ("x-api-key", "demo-key-acme"),
+    ];
+    let a = publish(&gw, "orders", &key, "{}").await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    fun.wait_for(1).await;
+    assert!(
+        fun.seen()[0].headers.get("x-api-key").is_none(),
+        "the publisher's key does not reach subscribers"
+    );
 }
