@@ -139,7 +139,10 @@ where
         Err(e) => return Ok(error::respond(e, rid.as_ref())),
     };
     let job = match jobs.get(&id, false).await {
-        Ok(Some(job)) => job,
+        // An event's delivery or a schedule's run (whose id is its tick, so
+        // guessable) is not a client's: the admin API shows those.
+        Ok(Some(job)) if job.kind == crate::jobs::Kind::Route => job,
+        Ok(Some(_)) => return Ok(error::respond(JobError::NotFound, rid.as_ref())),
         Ok(None) => return Ok(error::respond(JobError::NotFound, rid.as_ref())),
         Err(e) => return Ok(error::respond(JobError::Store(e), rid.as_ref())),
     };

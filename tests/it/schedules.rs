@@ -88,6 +88,15 @@ async fn an_every_second_schedule_fires_on_each_second_without_drift() {
     assert_eq!(header(s, "x-fngate-job-id"), id);
     assert_eq!(header(s, "idempotency-key"), format!("\"{id}\""));
     assert_eq!(header(s, "x-fngate-past-due"), "");
+    // A run's id is its tick, so guessable: the data path does not show it.
+    gw.get(&format!("/jobs/{id}")).await.problem(404);
+    let admin_view = admin_json(&gw, http::Method::GET, &format!("/jobs/{id}")).await;
+    assert_eq!(
+        admin_view.status,
+        200,
+        "operators see it: {}",
+        admin_view.text()
+    );
     // The admin API shows the schedule's fires.
     let doc = admin_json(&gw, http::Method::GET, "/schedules/tick")
         .await

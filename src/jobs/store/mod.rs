@@ -227,6 +227,8 @@ pub(crate) struct Attempt {
 #[derive(Debug, Clone)]
 pub(crate) struct Job {
     pub(crate) id: String,
+    /// Only a route's jobs are a client's to read; deliveries and runs are operators'.
+    pub(crate) kind: Kind,
     pub(crate) route: String,
     pub(crate) backend: String,
     pub(crate) consumer: Option<String>,

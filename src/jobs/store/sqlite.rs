@@ -333,7 +333,7 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 const JOB_COLUMNS: &str = "id, route, backend, consumer, state, attempts, created, updated, due, \
-     last_error, timed_out, result_status, result_headers, result_body, expires";
+     last_error, timed_out, result_status, result_headers, result_body, expires, kind";
 
 fn job_of(row: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = row.get(4)?;
@@ -349,6 +349,7 @@ fn job_of(row: &Row<'_>) -> rusqlite::Result<Job> {
         None => None,
     };
     Ok(Job {
+        kind: Kind::parse(&row.get::<_, String>(15)?),
         id: row.get(0)?,
         route: row.get(1)?,
         backend: row.get(2)?,
@@ -470,6 +471,7 @@ impl Store for Sqlite {
             }
             insert(conn, &job).map_err(sql)?;
             Ok(Accepted::New(Job {
+                kind: job.kind,
                 id: job.id,
                 route: job.route,
                 backend: job.backend,
