@@ -291,3 +291,30 @@ fn upload_routes_are_validated_with_their_position() {
         .to_string();
     assert!(err.contains("at least 32 bytes"), "{err}");
 }
+
+#[tokio::test]
+async fn without_a_catch_all_each_upload_gets_a_key_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let config = format!(
+        "[store]\npath = \"{0}/jobs.db\"\n[backends.fn]\nurls = [\"{1}\"]\n[topics.files]\n\
+         [[routes]]\nname = \"drop\"\npath = \"/drop\"\nmethods = [\"POST\"]\n\
+         upload = {{ topic = \"files\", dir = \"{0}/files\" }}\n",
+        dir.path().display(),
+        fun.url()
+    );
+    let gw = Gw::start(&config).await;
+    let post = |body: &'static str| send(Request::post(gw.url("/drop")).body(full(body)).unwrap());
+    let (a, b) = (post("one").await, post("two").await);
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (201, 201));
+    let (ka, kb) = (
+        a.json()["key"].as_str().unwrap().to_owned(),
+        b.json()["key"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(ka, kb);
+    assert_eq!(
+        std::fs::read(dir.path().join("files").join(&ka)).unwrap(),
+        b"one"
+    );
+    assert_eq!(a.json()["content_type"], "application/octet-stream");
+}
