@@ -97,7 +97,7 @@ impl Schedule {
             When::Every(d) => {
                 let step = i64::try_from(d.as_millis()).ok()?.max(1);
                 let ms = t.timestamp_millis();
-                let next = (ms.div_euclid(step) + 1).checked_mul(step)?;
+                let next = ms.div_euclid(step).checked_add(1)?.checked_mul(step)?;
                 Utc.timestamp_millis_opt(next).single()
             }
             // Cron counts whole seconds (croner would keep t's fraction).

@@ -65,7 +65,8 @@ pub(crate) async fn publish(
             topic: topic.name.to_string(),
             source: event.source().to_owned(),
             id: event.id().to_owned(),
-            dedupe_until: (window > 0).then(|| now.saturating_add(window as i64)),
+            dedupe_until: (window > 0)
+                .then(|| now.saturating_add(i64::try_from(window).unwrap_or(i64::MAX))),
             deliveries,
         });
     }

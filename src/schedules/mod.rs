@@ -239,7 +239,8 @@ async fn fire_job(
                 topic: t.name.to_string(),
                 source: event.source().to_owned(),
                 id: event.id().to_owned(),
-                dedupe_until: (window > 0).then(|| now.saturating_add(window as i64)),
+                dedupe_until: (window > 0)
+                    .then(|| now.saturating_add(i64::try_from(window).unwrap_or(i64::MAX))),
                 deliveries,
             };
             jobs.publish(&t.name, vec![published], now)

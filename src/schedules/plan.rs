@@ -49,28 +49,31 @@ pub(crate) fn plan(s: &Schedule, last: Option<i64>, now: i64) -> Plan {
         return Plan {
             fire: Vec::new(),
             missed: 0,
-            last: Some(now - offset),
+            last: Some(now.saturating_sub(offset)),
         };
     };
     // Ticks older than the starting deadline are missed without being listed.
-    let oldest = now - offset - ms(s.starting_deadline);
+    // Saturating throughout: a window or deadline of centuries is valid config.
+    let oldest = now
+        .saturating_sub(offset)
+        .saturating_sub(ms(s.starting_deadline));
     let mut from = last;
     let mut missed = 0;
-    if from < oldest - 1 {
+    if from < oldest.saturating_sub(1) {
         // Whether anything was skipped there (counted once, not per tick).
         if s.next_tick(at(from))
             .is_some_and(|t| t.timestamp_millis() < oldest)
         {
             missed += 1;
         }
-        from = oldest - 1;
+        from = oldest.saturating_sub(1);
     }
     let mut due = Vec::new();
     let mut t = at(from);
     while due.len() < MAX_TICKS {
         let Some(next) = s.next_tick(t) else { break };
         let tick = next.timestamp_millis();
-        if tick + offset > now {
+        if tick.saturating_add(offset) > now {
             break;
         }
         due.push(tick);
@@ -80,10 +83,12 @@ pub(crate) fn plan(s: &Schedule, last: Option<i64>, now: i64) -> Plan {
         return Plan {
             fire: Vec::new(),
             missed,
-            last: (missed > 0).then_some(oldest - 1).or(Some(last)),
+            last: (missed > 0)
+                .then_some(oldest.saturating_sub(1))
+                .or(Some(last)),
         };
     };
-    let late = |tick: i64| now - (tick + offset) > ms(GRACE);
+    let late = |tick: i64| now.saturating_sub(tick.saturating_add(offset)) > ms(GRACE);
     let (past, on_time): (Vec<i64>, Vec<i64>) = due.iter().partition(|&&t| late(t));
     let mut fire: Vec<Fire> = Vec::new();
     match s.catch_up {
@@ -125,7 +130,7 @@ pub(crate) fn plan(s: &Schedule, last: Option<i64>, now: i64) -> Plan {
 /// When the next tick after `last` is due (its time plus the offset).
 pub(crate) fn next_due(s: &Schedule, last: i64) -> Option<i64> {
     let tick = s.next_tick(at(last))?.timestamp_millis();
-    Some(tick + ms(s.offset()))
+    Some(tick.saturating_add(ms(s.offset())))
 }
 
 #[cfg(test)]
@@ -236,6 +241,22 @@ mod tests {
                 past_due: false
             }]
         );
+    }
+
+    #[test]
+    fn centuries_of_window_or_deadline_plan_without_overflow() {
+        let s = schedule(
+            "cron = \"* * * * * *\"\nwindow = \"500years\"\nstarting_deadline = \"900years\"",
+        );
+        let now = t("2026-12-01T10:00:00Z");
+        let p = plan(&s, Some(now - 5_000), now);
+        assert!(p.fire.len() <= MAX_TICKS);
+        let _ = next_due(&s, now);
+        let p = plan(&s, Some(i64::MIN + 1), i64::MAX - 1);
+        assert!(p.fire.len() <= MAX_TICKS);
+        let every = schedule("cron = \"@every 1s\"\nwindow = \"500years\"");
+        assert!(plan(&every, Some(i64::MAX - 1), i64::MAX).fire.len() <= MAX_TICKS);
+        let _ = next_due(&every, i64::MAX);
     }
 
     #[test]

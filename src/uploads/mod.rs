@@ -258,7 +258,8 @@ async fn announce(
         topic: topic.name.to_string(),
         source: event.source().to_owned(),
         id: event.id().to_owned(),
-        dedupe_until: (window > 0).then(|| now.saturating_add(window as i64)),
+        dedupe_until: (window > 0)
+            .then(|| now.saturating_add(i64::try_from(window).unwrap_or(i64::MAX))),
         deliveries,
     };
     jobs.publish(&topic.name, vec![published], now).await?;
