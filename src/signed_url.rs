@@ -78,7 +78,7 @@ pub(crate) fn sign_delivery(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let expires = now + ttl.as_secs().max(1);
+    let expires = now.saturating_add(ttl.as_secs().max(1));
     let url = format!("{marker}?{}", sign(key, path, expires));
     let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;
