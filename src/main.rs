@@ -249,7 +249,7 @@ fn validate(path: PathBuf) -> ExitCode {
             println!(
                 "{}: valid ({} routes, {} backends)",
                 path.display(),
-                c.routes.len(),
+                c.own_routes().count(),
                 c.backends.len()
             );
             ExitCode::SUCCESS

@@ -741,7 +741,7 @@ async fn validate(AxumState(admin): AxumState<AdminState>, body: Bytes) -> Resul
     .map_err(|e| AdminError::Change(ChangeError::Invalid(e)))?;
     Ok(Json(Validated {
         valid: true,
-        routes: config.routes.len(),
+        routes: config.own_routes().count(),
         backends: config.backends.len(),
     }))
 }

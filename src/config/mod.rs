@@ -109,6 +109,13 @@ impl Config {
         self.auth.iter().find(|p| &*p.name == name)
     }
 
+    /// The file's routes (not the ones fngate made for its topics).
+    pub fn own_routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes
+            .iter()
+            .filter(|r| !matches!(r.action, Action::Publish(_)))
+    }
+
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| &*r.name == name)
     }
