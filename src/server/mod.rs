@@ -143,6 +143,14 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     let jobs = crate::jobs::Jobs::new(state.clone());
     if state.load().config.needs_store() {
         jobs.store().map_err(|e| StartError::Store(e.to_string()))?;
+        // One process per store: partial uploads in its directories are a dead one's.
+        let swept = crate::uploads::sweep_temps(&state.load().config);
+        if swept > 0 {
+            tracing::info!(
+                files = swept,
+                "removed partial uploads left by a process that died"
+            );
+        }
     }
     let deliverer = crate::jobs::spawn_deliverer(jobs.clone());
     // Ends when draining starts: no tick fires during a shutdown.

@@ -40,6 +40,35 @@ pub(crate) enum UploadError {
     Method,
 }
 
+/// Removes the temporary files a killed process left in the upload
+/// directories (a drop guard does not run on SIGKILL); how many.
+pub(crate) fn sweep_temps(config: &crate::config::Config) -> usize {
+    fn sweep(dir: &Path, depth: usize) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let path = e.path();
+            let is_temp = e.file_name().to_string_lossy().starts_with(".tmp-");
+            match e.file_type() {
+                Ok(t) if t.is_dir() && depth < 64 => n += sweep(&path, depth + 1),
+                Ok(t) if t.is_file() && is_temp && std::fs::remove_file(&path).is_ok() => n += 1,
+                _ => {}
+            }
+        }
+        n
+    }
+    config
+        .routes
+        .iter()
+        .filter_map(|r| match &r.action {
+            crate::config::Action::Upload(u) => Some(sweep(&u.dir, 0)),
+            _ => None,
+        })
+        .sum()
+}
+
 /// A temporary file that is removed unless it was renamed into place.
 struct Temp(Option<PathBuf>);
 

@@ -318,3 +318,37 @@ async fn without_a_catch_all_each_upload_gets_a_key_of_its_own() {
     );
     assert_eq!(a.json()["content_type"], "application/octet-stream");
 }
+
+#[tokio::test]
+async fn a_partial_upload_left_by_a_kill_is_removed_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, upload_config(&dir, &fun.url(), "")).unwrap();
+    let config = path.display().to_string();
+    let mut first = Proc::start(&config, &[]);
+    let mut s = tokio::net::TcpStream::connect(first.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"PUT /uploads/half HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nthe first bytes",
+    )
+    .await
+    .unwrap();
+    let files = dir.path().join("files");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while files_in(&files).is_empty() {
+        assert!(Instant::now() < deadline, "the upload never began");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.signal("-9");
+    first.wait_exit();
+    drop(s);
+    assert_eq!(
+        files_in(&files).len(),
+        1,
+        "the killed process left its partial file"
+    );
+    let _second = Proc::start(&config, &[]);
+    assert_eq!(files_in(&files), Vec::<String>::new(), "swept at start");
+    assert_eq!(fun.count(), 0, "nothing was announced");
+}
