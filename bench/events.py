@@ -19,7 +19,6 @@ import argparse
 import http.client
 import http.server
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -27,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
@@ -43,14 +41,6 @@ request = function()
 end
 """
 SYNC_LUA = 'wrk.method = "POST"\nwrk.body = "{\\"order\\":17}"\nwrk.headers["content-type"] = "application/json"\n'
-
-
-def counter(admin, family, label, value, outcome):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
-    total = 0
-    for m in re.finditer(r'fngate_%s_total\{%s="%s",outcome="%s"\} (\d+)' % (family, label, value, outcome), text):
-        total += int(m.group(1))
-    return total
 
 
 class Subscriber(http.server.BaseHTTPRequestHandler):
@@ -95,42 +85,36 @@ def main():
     latencies = []
     try:
         procs.append(run.start_nginx(work, "backend", "  server { listen 127.0.0.1:%d; location / { return 200 '{\"ok\":true}\\n'; } }" % backend))
-        config = os.path.join(work, "routes.toml")
-        with open(config, "w") as f:
-            f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n[admin]\nlisten = "127.0.0.1:%d"\n'
-                    '[store]\npath = "%s/jobs.db"\n'
-                    '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
-                    '[backends.timer]\nurls = ["http://127.0.0.1:%d"]\n'
-                    '[[routes]]\nname = "sync"\npath = "/sync"\nbackend = "fn"\n'
-                    '[topics.orders]\n[topics.timed]\n'
-                    '[[subscriptions]]\nname = "billing"\ntopic = "orders"\nbackend = "fn"\npath = "/billing"\n'
-                    '[subscriptions.delivery]\nconcurrency = 64\n'
-                    '[[subscriptions]]\nname = "audit"\ntopic = "orders"\nbackend = "fn"\npath = "/audit"\nformat = "structured"\n'
-                    '[subscriptions.delivery]\nconcurrency = 64\n'
-                    '[[subscriptions]]\nname = "timer"\ntopic = "timed"\nbackend = "timer"\npath = "/t"\n'
-                    % (port, admin, work, backend, sub.server_address[1]))
-        gw = subprocess.Popen([os.path.join(run.ROOT, "target/release/fngate"), "--config", config],
-                              env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.DEVNULL)
-        procs.append(gw)
-        for p in (backend, port, admin):
-            run.wait_port(p)
+        procs.append(run.start_fngate(
+            work, port, admin,
+            '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
+            '[backends.timer]\nurls = ["http://127.0.0.1:%d"]\n'
+            '[[routes]]\nname = "sync"\npath = "/sync"\nbackend = "fn"\n'
+            '[topics.orders]\n[topics.timed]\n'
+            '[[subscriptions]]\nname = "billing"\ntopic = "orders"\nbackend = "fn"\npath = "/billing"\n'
+            '[subscriptions.delivery]\nconcurrency = 64\n'
+            '[[subscriptions]]\nname = "audit"\ntopic = "orders"\nbackend = "fn"\npath = "/audit"\nformat = "structured"\n'
+            '[subscriptions.delivery]\nconcurrency = 64\n'
+            '[[subscriptions]]\nname = "timer"\ntopic = "timed"\nbackend = "timer"\npath = "/t"\n'
+            % (backend, sub.server_address[1])))
+        run.wait_port(backend)
         for rnd in range(args.rounds):
             for name in ("sync", "publish"):
                 path = "/sync" if name == "sync" else "/events/orders"
-                before = counter(admin, "deliveries", "subscription", "[a-z]+", "succeeded")
+                before = run.counter(admin, "deliveries", "subscription", "[a-z]+", "succeeded")
                 started = time.monotonic()
                 cmd = ["wrk", "-t1", f"-c{args.conns}", f"-d{args.duration}s", "--latency", "-s", luas[name],
                        f"http://127.0.0.1:{port}{path}"]
                 r = run.parse_wrk(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
                 if name == "publish":
                     # Every accepted event has two deliveries (ids are new each request, within each round).
-                    wanted = 2 * counter(admin, "events", "topic", "orders", "accepted")
+                    wanted = 2 * run.counter(admin, "events", "topic", "orders", "accepted")
                     deadline = time.monotonic() + 300
-                    while counter(admin, "deliveries", "subscription", "[a-z]+", "succeeded") < wanted:
+                    while run.counter(admin, "deliveries", "subscription", "[a-z]+", "succeeded") < wanted:
                         if time.monotonic() > deadline:
                             sys.exit("deliveries did not finish within 300 s")
                         time.sleep(0.05)
-                    delivered = counter(admin, "deliveries", "subscription", "[a-z]+", "succeeded") - before
+                    delivered = run.counter(admin, "deliveries", "subscription", "[a-z]+", "succeeded") - before
                     r["deliveries_s"] = delivered / (time.monotonic() - started)
                 results.setdefault(name, []).append(r)
                 extra = f"  {r['deliveries_s']:.0f} deliveries/s end to end" if name == "publish" else ""

@@ -15,25 +15,17 @@ per second end to end (accepted in the round / (load time + time to drain)).
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
 POST_LUA = 'wrk.method = "POST"\nwrk.body = "{\\"picture\\":\\"cat.jpg\\"}"\nwrk.headers["content-type"] = "application/json"\n'
-
-
-def counter(admin, route, outcome):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
-    m = re.search(r'fngate_jobs_total\{route="%s",outcome="%s"\} (\d+)' % (route, outcome), text)
-    return int(m.group(1)) if m else 0
 
 
 def main():
@@ -55,31 +47,23 @@ def main():
     results = {}
     try:
         procs.append(run.start_nginx(work, "backend", "  server { listen 127.0.0.1:%d; location / { return 200 '{\"thumbnail\":\"ok\"}\\n'; } }" % backend))
-        config = os.path.join(work, "routes.toml")
-        with open(config, "w") as f:
-            f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n[admin]\nlisten = "127.0.0.1:%d"\n'
-                    '[store]\npath = "%s/jobs.db"\n'
-                    '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
-                    '[[routes]]\nname = "sync"\npath = "/sync"\nbackend = "fn"\n'
-                    '[[routes]]\nname = "async"\npath = "/async"\nbackend = "fn"\ninvoke = "async"\n'
-                    '[routes.delivery]\nconcurrency = 64\n'
-                    % (port, admin, work, backend))
-        gw = subprocess.Popen([os.path.join(run.ROOT, "target/release/fngate"), "--config", config],
-                              env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.DEVNULL)
-        procs.append(gw)
-        for p in (backend, port, admin):
-            run.wait_port(p)
+        procs.append(run.start_fngate(work, port, admin,
+                                      '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
+                                      '[[routes]]\nname = "sync"\npath = "/sync"\nbackend = "fn"\n'
+                                      '[[routes]]\nname = "async"\npath = "/async"\nbackend = "fn"\ninvoke = "async"\n'
+                                      '[routes.delivery]\nconcurrency = 64\n' % backend))
+        run.wait_port(backend)
         for rnd in range(args.rounds):
             for name in ("sync", "async"):
-                before = counter(admin, "async", "accepted")
+                before = run.counter(admin, "jobs", "route", "async", "accepted")
                 started = time.monotonic()
                 cmd = ["wrk", "-t1", f"-c{args.conns}", f"-d{args.duration}s", "--latency", "-s", lua,
                        f"http://127.0.0.1:{port}/{name}"]
                 r = run.parse_wrk(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
                 if name == "async":
-                    accepted = counter(admin, "async", "accepted") - before
+                    accepted = run.counter(admin, "jobs", "route", "async", "accepted") - before
                     deadline = time.monotonic() + 300
-                    while counter(admin, "async", "succeeded") < counter(admin, "async", "accepted"):
+                    while run.counter(admin, "jobs", "route", "async", "succeeded") < run.counter(admin, "jobs", "route", "async", "accepted"):
                         if time.monotonic() > deadline:
                             sys.exit("jobs were not delivered within 300 s")
                         time.sleep(0.05)

@@ -113,6 +113,28 @@ def start_nginx(workdir, name, body):
     return subprocess.Popen([nginx_bin(), "-p", f"{workdir}/{name}", "-c", conf], stderr=subprocess.DEVNULL)
 
 
+def start_fngate(workdir, port, admin, body):
+    """fngate (release build, workers = 1, its store in `workdir`) on `port` and `admin`,
+    with `body` (routes.toml sections) after [server], [admin] and [store]; once it listens."""
+    config = os.path.join(workdir, "routes.toml")
+    with open(config, "w") as f:
+        f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n[admin]\nlisten = "127.0.0.1:%d"\n'
+                '[store]\npath = "%s/jobs.db"\n' % (port, admin, workdir) + body)
+    gw = subprocess.Popen([os.path.join(ROOT, "target/release/fngate"), "--config", config],
+                          env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.DEVNULL)
+    wait_port(port)
+    wait_port(admin)
+    return gw
+
+
+def counter(admin, family, label, value, outcome):
+    """The sum of `fngate_<family>_total{<label>=~value,outcome=...}` (value is a regex)."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    pattern = r'fngate_%s_total\{%s="%s",outcome="%s"\} (\d+)' % (family, label, value, outcome)
+    return sum(int(m.group(1)) for m in re.finditer(pattern, text))
+
+
 def stop(procs):
     """Stops what a benchmark started, by pid: SIGTERM, then SIGKILL after 10 s."""
     for p in procs:

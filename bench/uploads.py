@@ -48,18 +48,13 @@ def main():
                 digest.update(chunk)
                 f.write(chunk)
         procs.append(run.start_nginx(work, "sink", "  server { listen 127.0.0.1:%d; location / { return 200; } }" % sink))
-        config = os.path.join(work, "routes.toml")
-        with open(config, "w") as f:
-            f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n[admin]\nlisten = "127.0.0.1:%d"\n'
-                    '[store]\npath = "%s/jobs.db"\n[backends.sink]\nurls = ["http://127.0.0.1:%d"]\n[topics.files]\n'
-                    '[[subscriptions]]\nname = "s"\ntopic = "files"\nbackend = "sink"\n'
-                    '[[routes]]\nname = "up"\npath = "/uploads/{*key}"\nmethods = ["PUT"]\n'
-                    'upload = { topic = "files", dir = "%s/files", max_upload = "%dMiB" }\n'
-                    % (port, admin, work, sink, work, args.mib + 1))
-        gw = subprocess.Popen([os.path.join(run.ROOT, "target/release/fngate"), "--config", config],
-                              env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.DEVNULL)
+        gw = run.start_fngate(work, port, admin,
+                              '[backends.sink]\nurls = ["http://127.0.0.1:%d"]\n[topics.files]\n'
+                              '[[subscriptions]]\nname = "s"\ntopic = "files"\nbackend = "sink"\n'
+                              '[[routes]]\nname = "up"\npath = "/uploads/{*key}"\nmethods = ["PUT"]\n'
+                              'upload = { topic = "files", dir = "%s/files", max_upload = "%dMiB" }\n'
+                              % (sink, work, args.mib + 1))
         procs.append(gw)
-        run.wait_port(port)
         before = run.rss_kib(gw.pid)
         samples = []
         done = threading.Event()

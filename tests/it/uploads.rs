@@ -35,6 +35,15 @@ async fn put(gw: &Gw, path: &str, body: Vec<u8>) -> Answer {
     .await
 }
 
+/// Waits (at most 5 s) until the gateway has started a file under `files`.
+async fn began(files: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while files_in(files).is_empty() {
+        assert!(Instant::now() < deadline, "the upload never began");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Files under `dir`, temporary ones included.
 fn files_in(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -176,11 +185,7 @@ async fn an_aborted_upload_leaves_no_file_and_no_event() {
     .unwrap();
     // Wait until the gateway has started the file, then hang up.
     let files = dir.path().join("files");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while files_in(&files).is_empty() {
-        assert!(Instant::now() < deadline, "the upload never began");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    began(&files).await;
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !files_in(&files).is_empty() {
@@ -335,11 +340,7 @@ async fn a_partial_upload_left_by_a_kill_is_removed_at_the_next_start() {
     .await
     .unwrap();
     let files = dir.path().join("files");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while files_in(&files).is_empty() {
-        assert!(Instant::now() < deadline, "the upload never began");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    began(&files).await;
     first.signal("-9");
     first.wait_exit();
     drop(s);
