@@ -63,13 +63,13 @@ impl tower::Service<Request<Body>> for Dispatch {
                         .await
                         .map_err(error::Error::from)
                 }
-                ActiveAction::Upload(upload) => crate::uploads::receive(&jobs, req, &ctx, upload)
+                ActiveAction::Forward { to, upstream } => proxy::forward(req, &ctx, to, upstream)
                     .await
                     .map_err(error::Error::from),
                 ActiveAction::Publish(topic) => crate::events::publish(&jobs, req, &ctx, topic)
                     .await
                     .map_err(error::Error::from),
-                ActiveAction::Forward { to, upstream } => proxy::forward(req, &ctx, to, upstream)
+                ActiveAction::Upload(upload) => crate::uploads::receive(&jobs, req, &ctx, upload)
                     .await
                     .map_err(error::Error::from),
                 ActiveAction::Aggregate(plan) => {

@@ -129,8 +129,8 @@ impl Jobs {
         Ok(self.store.get_or_init(|| (path, store)).1.clone())
     }
 
-    /// The store if it is open already (the deliverer does not open one).
-    fn opened(&self) -> Option<Arc<dyn Store>> {
+    /// The store if it is open already (the deliverer and the scheduler open none).
+    pub(crate) fn opened(&self) -> Option<Arc<dyn Store>> {
         self.store.get().map(|(_, s)| s.clone())
     }
 
@@ -226,11 +226,6 @@ impl Jobs {
         &self.state
     }
 
-    /// The store if it is open already.
-    pub(crate) fn store_if_open(&self) -> Option<Arc<dyn Store>> {
-        self.opened()
-    }
-
     /// What the store keeps of every schedule.
     pub(crate) async fn schedule_states(&self) -> Result<Vec<ScheduleState>, StoreError> {
         let store = self.store()?;
@@ -243,7 +238,7 @@ impl Jobs {
         let store = self.store()?;
         let jobs = self.clone();
         let committed = tokio::spawn(async move {
-            let due = tick.job.as_ref().map(|j| (j.backend.clone(), j.created()));
+            let due = tick.job.as_ref().map(|j| (j.backend.clone(), j.now));
             let r = jobs.timed("tick", store.tick(tick)).await;
             if let Ok(Fired::Stored { replaced }) = &r {
                 for id in replaced {

@@ -46,7 +46,7 @@ async fn run(jobs: Arc<Jobs>) {
         let snapshot = jobs.state().load();
         let schedules = &snapshot.config.schedules;
         let mut sleep = LOOK_EVERY;
-        if !schedules.is_empty() && jobs.store_if_open().is_some() {
+        if !schedules.is_empty() && jobs.opened().is_some() {
             if last.is_none() {
                 match jobs.schedule_states().await {
                     Ok(states) => {

@@ -115,13 +115,6 @@ pub(crate) struct Idempotency {
     pub(crate) fingerprint: [u8; 32],
 }
 
-impl NewJob {
-    /// When it is first due.
-    pub(crate) fn created(&self) -> Millis {
-        self.now
-    }
-}
-
 /// What made a job: a request to an async route, or an event for a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Kind {
