@@ -305,6 +305,218 @@ async fn cancel_redrive_and_purge() {
     }
 }
 
+fn delivery(id: &str, partition: Option<&str>, now: Millis) -> NewJob {
+    let mut j = job(id, "sub", now);
+    j.kind = Kind::Subscription;
+    j.partition = partition.map(str::to_owned);
+    j
+}
+
+fn event(id: &str, until: Option<Millis>, deliveries: Vec<NewJob>) -> NewEvent {
+    NewEvent {
+        topic: "t".into(),
+        source: "/s".into(),
+        id: id.into(),
+        dedupe_until: until,
+        deliveries,
+    }
+}
+
+#[tokio::test]
+async fn a_published_event_is_stored_once_within_its_dedupe_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        let fresh = s
+            .publish(
+                vec![
+                    event("e1", Some(1_000), vec![delivery("d1", None, 0)]),
+                    // The same event twice in one batch: the second is a duplicate.
+                    event("e1", Some(1_000), vec![delivery("d2", None, 0)]),
+                    event("e2", None, vec![delivery("d3", None, 0)]),
+                ],
+                0,
+            )
+            .await
+            .expect("publish");
+        assert_eq!(fresh, [true, false, true]);
+        assert!(s.get("d2", false, 1).await.expect("get").is_none());
+        let d1 = s.get("d1", false, 1).await.expect("get").expect("stored");
+        assert_eq!(d1.kind, Kind::Subscription);
+        // Past the window the same identity is a new event.
+        let again = s
+            .publish(
+                vec![event("e1", Some(3_000), vec![delivery("d4", None, 1_000)])],
+                1_000,
+            )
+            .await
+            .expect("publish");
+        assert_eq!(again, [true]);
+        // Without dedupe (no window) nothing is remembered.
+        let e2 = s
+            .publish(vec![event("e2", None, vec![delivery("d5", None, 5)])], 5)
+            .await
+            .expect("publish");
+        assert_eq!(e2, [true]);
+    }
+}
+
+#[tokio::test]
+async fn a_partition_is_claimed_one_job_at_a_time_in_accepted_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        let jobs = ["p1", "p2", "p3"]
+            .iter()
+            .map(|id| event(id, None, vec![delivery(id, Some("sub\nk"), 0)]))
+            .chain(std::iter::once(event(
+                "free",
+                None,
+                vec![delivery("free", None, 0)],
+            )))
+            .collect();
+        s.publish(jobs, 0).await.expect("publish");
+        let ids = |c: &Claims| c.jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+        let first = s.claim(claim(10, 10, &[])).await.expect("claim");
+        assert_eq!(
+            ids(&first),
+            ["p1", "free"],
+            "one of the partition, and the rest"
+        );
+        assert!(s
+            .claim(claim(10, 10, &[]))
+            .await
+            .expect("claim")
+            .jobs
+            .is_empty());
+        let ok = Next::Succeeded(JobResult {
+            status: 200,
+            headers: Bytes::new(),
+            body: Bytes::new(),
+        });
+        assert!(s.finish("p1", "me", None, ok, 11).await.expect("finish"));
+        let next = s.claim(claim(12, 10, &[])).await.expect("claim");
+        assert_eq!(ids(&next), ["p2"]);
+        // A retry keeps its place: p3 waits for it.
+        let retry = Next::Retry {
+            at: 100,
+            timed_out: false,
+        };
+        assert!(s.finish("p2", "me", None, retry, 13).await.expect("finish"));
+        assert!(s
+            .claim(claim(50, 10, &[]))
+            .await
+            .expect("claim")
+            .jobs
+            .is_empty());
+        assert_eq!(
+            ids(&s.claim(claim(100, 10, &[])).await.expect("claim")),
+            ["p2"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_pause_and_resume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        assert!(s.paused().await.expect("paused").is_empty());
+        s.pause("b", 1).await.expect("pause");
+        s.pause("a", 2).await.expect("pause");
+        s.pause("a", 3).await.expect("pause again");
+        assert_eq!(s.paused().await.expect("paused"), ["a", "b"]);
+        assert!(s.resume("a").await.expect("resume"));
+        assert!(!s.resume("a").await.expect("resume"), "not paused any more");
+        assert_eq!(s.paused().await.expect("paused"), ["b"]);
+    }
+}
+
+fn run(id: &str, now: Millis) -> NewJob {
+    let mut j = job(id, "nightly", now);
+    j.kind = Kind::Schedule;
+    j
+}
+
+fn tick(last: Option<Millis>, job: Option<NewJob>, forbid: bool, replace: bool) -> Tick {
+    Tick {
+        schedule: "nightly".into(),
+        last_tick: last,
+        job,
+        forbid,
+        replace,
+        outcome: "ok",
+        now: last.unwrap_or(0),
+    }
+}
+
+#[tokio::test]
+async fn a_tick_runs_once_and_follows_the_concurrency_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        let stored = |r: Fired| matches!(r, Fired::Stored { .. });
+        assert!(stored(
+            s.tick(tick(Some(10), Some(run("n@10", 10)), true, false))
+                .await
+                .expect("tick")
+        ));
+        // The same tick again: one job per tick.
+        assert_eq!(
+            s.tick(tick(Some(10), Some(run("n@10", 10)), false, false))
+                .await
+                .expect("tick"),
+            Fired::Duplicate
+        );
+        // forbid: n@10 is unfinished, so n@20 is skipped (but dealt with).
+        assert_eq!(
+            s.tick(tick(Some(20), Some(run("n@20", 20)), true, false))
+                .await
+                .expect("tick"),
+            Fired::Busy
+        );
+        assert!(s.get("n@20", false, 21).await.expect("get").is_none());
+        // replace: n@10 goes, n@30 comes.
+        assert_eq!(
+            s.tick(tick(Some(30), Some(run("n@30", 30)), false, true))
+                .await
+                .expect("tick"),
+            Fired::Stored {
+                replaced: vec!["n@10".into()]
+            }
+        );
+        assert!(s.get("n@10", false, 31).await.expect("get").is_none());
+        // A tick dealt with but not run moves the last tick, never back.
+        assert_eq!(
+            s.tick(tick(Some(40), None, false, false))
+                .await
+                .expect("tick"),
+            Fired::Recorded
+        );
+        s.tick(tick(Some(5), None, false, false))
+            .await
+            .expect("tick");
+        let state = s.schedules().await.expect("schedules");
+        assert_eq!(
+            state,
+            [ScheduleState {
+                name: "nightly".into(),
+                last_tick: Some(40),
+                last_fire: Some(30),
+                last_outcome: Some("ok".into()),
+                last_job: Some("n@30".into()),
+            }]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_secret_is_made_once_and_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for s in stores(&dir) {
+        let a = s.secret("k").await.expect("secret");
+        assert_eq!(a.len(), 32);
+        assert_eq!(s.secret("k").await.expect("secret"), a);
+        assert_ne!(s.secret("other").await.expect("secret"), a);
+    }
+}
+
 #[tokio::test]
 async fn a_reopened_store_takes_up_the_attempts_of_a_process_that_died() {
     let dir = tempfile::tempdir().expect("tempdir");
