@@ -306,10 +306,7 @@ pub(super) fn schedule(
     let delivery = obj
         .table(ctx, "delivery")
         .map(|d| super::jobs::delivery(ctx, d))
-        .unwrap_or_else(|| Delivery {
-            attempts: 3,
-            ..Delivery::default()
-        });
+        .unwrap_or_default();
     obj.finish(ctx);
     Some(Schedule {
         name: name?.into(),

@@ -260,6 +260,15 @@ mod tests {
     }
 
     #[test]
+    fn a_schedules_delivery_has_a_routes_defaults_with_or_without_its_table() {
+        let bare = schedule("cron = \"@hourly\"");
+        let table = schedule("cron = \"@hourly\"\n[schedules.delivery]\nconcurrency = 2");
+        assert_eq!(bare.delivery, crate::config::Delivery::default());
+        assert_eq!(table.delivery.attempts, bare.delivery.attempts);
+        assert_eq!(table.delivery.concurrency, 2);
+    }
+
+    #[test]
     fn every_ticks_at_multiples_since_the_epoch() {
         let s = schedule("cron = \"@every 30s\"");
         assert_eq!(
