@@ -10,6 +10,10 @@ pub mod clock;
 pub mod config;
 pub mod state;
 
+/// Entry points for the fuzz targets (fuzz/README.md); not a stable API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 mod admin;
 mod aggregate;
 mod auth;

@@ -93,6 +93,19 @@ pub(crate) fn normalize_segment(seg: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Whether a path (up to its query) has a `.` or `..` segment, escaped
+/// (`%2E`) or not: what a server resolving dot segments would climb by.
+pub(crate) fn has_dot_segment(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/').any(|seg| {
+        seg.len() <= 6
+            && matches!(
+                seg.replace("%2e", ".").replace("%2E", ".").as_str(),
+                "." | ".."
+            )
+    })
+}
+
 fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -132,6 +145,16 @@ mod tests {
         assert_eq!(n("/%7euser/%41").as_deref(), Ok("/~user/A"));
         assert_eq!(n("/a%2fb/%2F").as_deref(), Ok("/a%2Fb/%2F"));
         assert_eq!(n("/a%20b").as_deref(), Ok("/a%20b"));
+    }
+
+    #[test]
+    fn dot_segments_are_found_escaped_or_not() {
+        for dotted in ["/a/..", "/a/./b", "/%2E%2e/x", "/a/%2E?q", "/.", ".."] {
+            assert!(has_dot_segment(dotted), "{dotted}");
+        }
+        for clean in ["/a/...", "/a/.b/", "/x%2E", "/a?x=/../", "/", "/a/b"] {
+            assert!(!has_dot_segment(clean), "{clean}");
+        }
     }
 
     #[test]

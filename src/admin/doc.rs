@@ -133,8 +133,9 @@ impl Doc {
                 })
             }
         }
-        // Read-only parts of a GET answer are ignored on input.
-        fields.remove("status");
+        // Read-only parts of a GET answer are ignored on input. `shift_remove`:
+        // `remove` swaps the last key into the hole, reordering the file.
+        fields.shift_remove("status");
         for read_only in [
             "paused",
             "next_fire",
@@ -142,7 +143,7 @@ impl Doc {
             "last_outcome",
             "last_job",
         ] {
-            fields.remove(read_only);
+            fields.shift_remove(read_only);
         }
         let existing = self.get_raw(kind, name);
         let mut table = Table::new();
@@ -150,7 +151,7 @@ impl Doc {
         if kind.is_array() {
             table.insert("name", Item::Value(Value::from(name)));
         }
-        fields.remove("name");
+        fields.shift_remove("name");
         for (key, value) in &fields {
             path.push(key.clone());
             let v = json_value(value, &mut path, existing.as_ref())?;
@@ -409,6 +410,23 @@ backend = "users"
         assert_eq!(b["headers"]["x-env"], "${ENV_KEY}");
         assert_eq!(d.list(Kind::Routes).len(), 2);
         assert!(!d.to_json().to_string().contains("literal-secret"));
+    }
+
+    #[test]
+    fn a_put_keeps_the_bodys_key_order_and_a_get_put_back_keeps_the_file() {
+        // Found by fuzz/splice: taking `name` out swapped the last key into its place.
+        let mut d = Doc::parse(TEXT).expect("parses");
+        let body = json!({ "name": "c", "path": "/c", "backend": "users", "methods": ["GET"] });
+        d.put(Kind::Routes, "c", body).expect("put");
+        let text = d.text();
+        let c = &text[text.find("name = \"c\"").expect("written")..];
+        assert!(
+            c.starts_with("name = \"c\"\npath = \"/c\"\nbackend = \"users\"\nmethods"),
+            "{c}"
+        );
+        let shown = d.get(Kind::Routes, "c").expect("found");
+        d.put(Kind::Routes, "c", shown).expect("put back");
+        assert_eq!(d.text(), text);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! never imports it. Every change goes through `State::change`: validated as
 //! a whole config, written back, then swapped in.
 
-mod doc;
+pub(crate) mod doc;
 mod jobs;
 mod schema;
 

@@ -432,6 +432,25 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Renders a call path as a route with `params` (matched as `values`)
+/// would, after a call named `prev` answered `answer`; for the fuzz targets.
+pub(crate) fn render_call(
+    raw: &str,
+    params: &[crate::config::Param],
+    values: &[&str],
+    query: Option<&str>,
+    answer: &Value,
+) -> Option<String> {
+    let path = crate::config::parse_call_path(raw, params, &["prev".to_owned()]).ok()?;
+    let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+    render(
+        &path.parts,
+        &values,
+        &query_pairs(query),
+        &[Some(Ok(answer.clone()))],
+    )
+}
+
 /// A call's path with its placeholders filled; `None` when a field it needs
 /// is missing or is no string, number or boolean.
 fn render(
@@ -475,6 +494,11 @@ fn render(
             }
         }
     }
+    // A value of `..` (escaped, it is still a dot segment to most servers)
+    // would climb out of the path the route names.
+    if crate::normalize::has_dot_segment(&out) {
+        return None;
+    }
     Some(out)
 }
 
@@ -484,6 +508,29 @@ mod tests {
 
     fn ok(v: i64) -> Result<Value, Outcome> {
         Ok(Value::from(v))
+    }
+
+    #[test]
+    fn a_dot_segment_value_makes_a_call_unrenderable() {
+        // Found by fuzz/template: `..` from a call's answer or the query was
+        // sent as `%2E%2E`, which most servers resolve as `..`.
+        let params = [crate::config::Param {
+            name: "id".into(),
+            catch_all: false,
+        }];
+        let answer = serde_json::json!({ "next": "..", "ok": "a..b" });
+        let call = |raw, query| render_call(raw, &params, &["7"], query, &answer);
+        assert_eq!(call("/p/{prev.next}/x", None), None);
+        assert_eq!(call("/p/{query.q}", Some("q=%2e")), None);
+        assert_eq!(
+            call("/p/{prev.ok}/{id}", None).as_deref(),
+            Some("/p/a%2E%2Eb/7")
+        );
+        // In the query a dot is only data.
+        assert_eq!(
+            call("/p?next={prev.next}", None).as_deref(),
+            Some("/p?next=..")
+        );
     }
 
     #[tokio::test]

@@ -297,9 +297,16 @@ pub(crate) enum CallPathError {
 
 /// `/recs/{user.segment}?limit={query.n}`: placeholders name a route param,
 /// `query.NAME`, or a field of a call.
-fn parse_path(raw: &str, params: &[Param], calls: &[String]) -> Result<CallPath, CallPathError> {
+pub(crate) fn parse_path(
+    raw: &str,
+    params: &[Param],
+    calls: &[String],
+) -> Result<CallPath, CallPathError> {
     if !raw.starts_with('/') {
         return Err(CallPathError::NoLeadingSlash);
+    }
+    if crate::normalize::has_dot_segment(raw) {
+        return Err(PatternError::DotInTarget.into());
     }
     let mut parts = Vec::new();
     for piece in pieces(raw)? {

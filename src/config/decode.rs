@@ -103,6 +103,22 @@ impl<'e> Ctx<'e> {
     }
 }
 
+/// Where an item is. An implicit table (`[a.b]` with no `[a]`) has no span
+/// of its own: then where its first entry is, so every error has a line.
+fn span_of(item: &Item) -> Option<Range<usize>> {
+    if let Some(span) = item.span() {
+        return Some(span);
+    }
+    if let Some(tables) = item.as_array_of_tables() {
+        return tables.iter().find_map(|t| t.span());
+    }
+    let table = item.as_table_like()?;
+    table.iter().find_map(|(key, child)| {
+        let key_span = table.get_key_value(key).and_then(|(k, _)| k.span());
+        key_span.or_else(|| span_of(child))
+    })
+}
+
 /// One TOML table (standard or inline) being read. Keys are marked as used
 /// when asked for; the rest are reported by [`Obj::finish`].
 pub(crate) struct Obj<'a> {
@@ -119,11 +135,11 @@ impl<'a> Obj<'a> {
             Some(table) => Some(Self {
                 table,
                 path,
-                span: item.span(),
+                span: span_of(item),
                 used: Vec::new(),
             }),
             None => {
-                ctx.error(item.span(), path, "expected a table");
+                ctx.error(span_of(item), path, "expected a table");
                 None
             }
         }
@@ -383,7 +399,7 @@ impl<'a> Obj<'a> {
                 .filter_map(|(i, v)| Obj::from_value(ctx, v, format!("{path}[{i}]")))
                 .collect();
         }
-        ctx.error(item.span(), path, "expected an array of tables");
+        ctx.error(span_of(item), path, "expected an array of tables");
         Vec::new()
     }
 
@@ -452,6 +468,17 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn an_implicit_table_in_the_wrong_shape_is_refused_with_a_position() {
+        // Found by fuzz/config: `[schedules.delivery]` alone makes `schedules` a
+        // table with no span of its own, and the error had no line.
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n\n[schedules.delivery]\nattempts = 3\n";
+        let errors = crate::config::Config::parse(text, "r.toml", &|_| None).expect_err("refused");
+        let e = &errors.0[0];
+        assert_eq!((e.line, e.key.as_str()), (4, "schedules"), "{errors}");
+        assert!(e.message.contains("array of tables"), "{errors}");
+    }
 
     #[test]
     fn sizes_parse_with_binary_and_decimal_units() {

@@ -27,6 +27,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub(crate) use aggregate::parse_path as parse_call_path;
 pub use aggregate::{Aggregate, Call, CallPart, CallPath, Merge};
 pub use auth::{
     jwk_family, parse_jwks, ApiKey, ApiKeys, AuthKind, AuthPolicy, JwksError, Jwt, JwtKeys,
@@ -40,6 +41,7 @@ pub use jobs::{Delivery, Invoke, Store};
 pub use path::{HostPattern, Param, PathPattern, Template};
 pub use rate_limit::{LimitKey, RateLimit};
 pub use route::{Action, Cors, Forward, HostShapes, Route, Shapes, Target, Upload};
+pub(crate) use schedules::parse_when;
 pub use schedules::{CatchUp, Concurrency, Schedule, ScheduleTarget, When};
 pub use server::{Admin, Persist, Server};
 pub use tls::{PemFile, ServerTls, TlsCert};

@@ -36,6 +36,8 @@ pub enum PatternError {
     EmptySegment,
     #[error("dot segments cannot match: request paths are normalised first")]
     DotSegment,
+    #[error("a `.` or `..` segment (or `%2E`) would climb out of the upstream path")]
+    DotInTarget,
     #[error(
         "segment `{0}` is not in normal form (request paths are normalised before matching: \
          unreserved characters decoded, hex in upper case)"
@@ -231,6 +233,9 @@ impl Template {
         if !raw.starts_with('/') {
             return Err(PatternError::NoLeadingSlash("rewrite"));
         }
+        if crate::normalize::has_dot_segment(raw) {
+            return Err(PatternError::DotInTarget);
+        }
         let mut parts = Vec::new();
         for piece in pieces(raw)? {
             let name = match piece {
@@ -323,6 +328,19 @@ mod tests {
         );
         assert!(HostPattern::parse("example.com:80").is_err());
         assert!(HostPattern::parse("*").is_err());
+    }
+
+    #[test]
+    fn rewrites_with_dot_segments_are_refused() {
+        let p = PathPattern::parse("/u/{id}").expect("valid");
+        for bad in ["/a/../{id}", "/./{id}", "/%2E%2e/{id}", "/{id}/.."] {
+            assert_eq!(
+                Template::parse(bad, &p.params),
+                Err(PatternError::DotInTarget),
+                "{bad}"
+            );
+        }
+        assert!(Template::parse("/a/...{id}/.x", &p.params).is_ok());
     }
 
     #[test]

@@ -90,22 +90,29 @@ impl Concurrency {
     }
 }
 
-impl Schedule {
-    /// The first tick strictly after `t` (a tick is due at tick + [`Schedule::offset`]).
-    pub fn next_tick(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match &self.when {
-            When::Every(d) => {
+impl When {
+    /// The first tick strictly after `t`, in `timezone` for a cron expression.
+    pub fn next_tick(&self, timezone: &chrono_tz::Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Every(d) => {
                 let step = i64::try_from(d.as_millis()).ok()?.max(1);
                 let ms = t.timestamp_millis();
                 let next = ms.div_euclid(step).checked_add(1)?.checked_mul(step)?;
                 Utc.timestamp_millis_opt(next).single()
             }
             // Cron counts whole seconds (croner would keep t's fraction).
-            When::Cron(c) => c
-                .find_next_occurrence(&t.with_nanosecond(0)?.with_timezone(&self.timezone), false)
+            Self::Cron(c) => c
+                .find_next_occurrence(&t.with_nanosecond(0)?.with_timezone(timezone), false)
                 .ok()
                 .map(|d| d.with_timezone(&Utc)),
         }
+    }
+}
+
+impl Schedule {
+    /// The first tick strictly after `t` (a tick is due at tick + [`Schedule::offset`]).
+    pub fn next_tick(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.when.next_tick(&self.timezone, t)
     }
 
     /// The schedule's fixed delay within `window`: the same on every
@@ -324,7 +331,7 @@ pub(super) fn schedule(
 }
 
 /// `@every 30s`, or a cron expression of 5 or 6 fields (seconds first) or an alias.
-fn parse_when(text: &str) -> Result<When, String> {
+pub(crate) fn parse_when(text: &str) -> Result<When, String> {
     let t = text.trim();
     if let Some(d) = t.strip_prefix("@every") {
         return match humantime::parse_duration(d.trim()) {
