@@ -387,4 +387,219 @@ mod tests {
         assert_eq!(host_only("[::1]:80"), "[::1]");
         assert_eq!(host_only("example.com."), "example.com");
     }
+
+    /// The router against a plain reference matcher, over generated route
+    /// sets and requests: hosts (exact, wildcard, none), literal segments,
+    /// params, catch-alls, trailing slashes and method lists.
+    mod differential {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        #[derive(Debug, Clone)]
+        struct GenRoute {
+            host: Option<&'static str>,
+            /// Segments after the leading `/`: a literal, `{}` a param, `{*}` a catch-all.
+            segments: Vec<&'static str>,
+            methods: Option<Vec<&'static str>>,
+        }
+
+        fn route() -> impl Strategy<Value = GenRoute> {
+            let host = select(vec![None, Some("x.com"), Some("*.com"), Some("*.x.com")]);
+            let segment = select(vec!["a", "b", "", "{}", "{}"]);
+            let last = select(vec!["a", "b", "", "{}", "{*}"]);
+            let methods = select(vec![
+                None,
+                Some(vec!["GET"]),
+                Some(vec!["POST"]),
+                Some(vec!["GET", "POST"]),
+            ]);
+            (host, prop::collection::vec(segment, 0..3), last, methods).prop_map(
+                |(host, mut segments, last, methods)| {
+                    segments.push(last);
+                    GenRoute {
+                        host,
+                        segments,
+                        methods,
+                    }
+                },
+            )
+        }
+
+        fn request() -> impl Strategy<Value = (Option<&'static str>, &'static str, String)> {
+            let host = select(vec![
+                None,
+                Some("x.com"),
+                Some("y.x.com"),
+                Some("z.com"),
+                Some("com"),
+            ]);
+            let method = select(vec!["GET", "POST", "DELETE"]);
+            let segments = prop::collection::vec(select(vec!["a", "b", "c"]), 0..4);
+            let slash = any::<bool>();
+            (host, method, segments, slash).prop_map(|(host, method, segments, slash)| {
+                let mut path = format!("/{}", segments.join("/"));
+                if slash && !segments.is_empty() {
+                    path.push('/');
+                }
+                (host, method, path)
+            })
+        }
+
+        fn toml(routes: &[GenRoute]) -> String {
+            let mut out = String::from("[backends.b]\nurls = [\"http://127.0.0.1:1\"]\n");
+            for (i, r) in routes.iter().enumerate() {
+                let mut n = 0;
+                let path: Vec<String> = r
+                    .segments
+                    .iter()
+                    .map(|s| {
+                        n += 1;
+                        match *s {
+                            "{}" => format!("{{p{n}}}"),
+                            "{*}" => format!("{{*p{n}}}"),
+                            lit => lit.to_owned(),
+                        }
+                    })
+                    .collect();
+                out += &format!(
+                    "[[routes]]\nname = \"r{i}\"\npath = \"/{}\"\nbackend = \"b\"\n",
+                    path.join("/")
+                );
+                if let Some(h) = r.host {
+                    out += &format!("host = \"{h}\"\n");
+                }
+                if let Some(m) = &r.methods {
+                    out += &format!("methods = {m:?}\n");
+                }
+            }
+            out
+        }
+
+        /// The pattern's rank per segment (literal 2, param 1, catch-all 0)
+        /// and the param values, when it matches `path`.
+        fn reference_match(r: &GenRoute, path: &str) -> Option<(Vec<u8>, Vec<String>)> {
+            let segs: Vec<&str> = path[1..].split('/').collect();
+            let (mut rank, mut values) = (Vec::new(), Vec::new());
+            for (i, p) in r.segments.iter().enumerate() {
+                match *p {
+                    "{*}" => {
+                        let rest = segs.get(i..).map(|s| s.join("/")).unwrap_or_default();
+                        if rest.is_empty() {
+                            return None;
+                        }
+                        rank.push(0);
+                        values.push(rest);
+                        return Some((rank, values));
+                    }
+                    "{}" => {
+                        let seg = segs.get(i).filter(|s| !s.is_empty())?;
+                        rank.push(1);
+                        values.push((*seg).to_owned());
+                    }
+                    lit => {
+                        if segs.get(i) != Some(&lit) {
+                            return None;
+                        }
+                        rank.push(2);
+                    }
+                }
+            }
+            (segs.len() == r.segments.len()).then_some((rank, values))
+        }
+
+        fn host_fits(pattern: Option<&str>, host: Option<&str>) -> bool {
+            match (pattern, host) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(p), Some(h)) => match p.strip_prefix('*') {
+                    Some(suffix) => h.len() > suffix.len() && h.ends_with(suffix),
+                    None => p == h,
+                },
+            }
+        }
+
+        /// Ok(route, params), or Err(allowed methods; empty for 404).
+        fn reference(
+            routes: &[GenRoute],
+            host: Option<&str>,
+            method: &str,
+            path: &str,
+        ) -> Result<(usize, Vec<String>), Vec<String>> {
+            // Host tiers: exact, wildcards by longest suffix, then none.
+            let mut tiers: Vec<Option<&str>> = routes.iter().map(|r| r.host).collect();
+            tiers.sort_by_key(|h| match h {
+                Some(h) if !h.starts_with('*') => (0, 0),
+                Some(h) => (1, usize::MAX - h.len()),
+                None => (2, 0),
+            });
+            tiers.dedup();
+            let mut allow = Vec::new();
+            for tier in tiers.into_iter().filter(|t| host_fits(*t, host)) {
+                let found: Vec<(usize, Vec<u8>, Vec<String>)> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.host == tier)
+                    .filter_map(|(i, r)| reference_match(r, path).map(|(rank, v)| (i, rank, v)))
+                    .collect();
+                let Some(best) = found.iter().map(|(_, rank, _)| rank).max() else {
+                    continue;
+                };
+                let entry: Vec<&(usize, Vec<u8>, Vec<String>)> =
+                    found.iter().filter(|(_, rank, _)| rank == best).collect();
+                let by_method = entry.iter().find(|(i, _, _)| {
+                    routes[*i]
+                        .methods
+                        .as_ref()
+                        .is_some_and(|m| m.contains(&method))
+                });
+                let any = entry.iter().find(|(i, _, _)| routes[*i].methods.is_none());
+                if let Some((i, _, v)) = by_method.or(any) {
+                    return Ok((*i, v.clone()));
+                }
+                for (i, _, _) in &entry {
+                    for m in routes[*i].methods.iter().flatten() {
+                        if !allow.iter().any(|a| a == m) {
+                            allow.push((*m).to_owned());
+                        }
+                    }
+                }
+            }
+            Err(allow)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn the_route_table_agrees_with_the_reference(
+                routes in prop::collection::vec(route(), 1..6),
+                requests in prop::collection::vec(request(), 1..12),
+            ) {
+                let text = toml(&routes);
+                // Sets that validation refuses (two routes of one shape and method) have no table.
+                let Ok(config) = Config::parse(&text, "gen.toml", &|_| None) else {
+                    return Ok(());
+                };
+                let table = RouteTable::build(&config.routes);
+                for (host, method, path) in &requests {
+                    let m = Method::from_bytes(method.as_bytes()).expect("a method");
+                    let got = match table.find(*host, &m, path) {
+                        Ok(found) => Ok((
+                            found.route,
+                            found.params.iter().map(|r| path[r.clone()].to_owned()).collect(),
+                        )),
+                        Err(RouteError::NotFound) => Err(Vec::new()),
+                        Err(RouteError::MethodNotAllowed { allow }) => {
+                            let allow = allow.to_str().expect("ASCII");
+                            Err(allow.split(", ").map(str::to_owned).collect())
+                        }
+                        Err(other) => panic!("{other:?}"),
+                    };
+                    let want = reference(&routes, *host, method, path);
+                    prop_assert_eq!(&got, &want, "{} {:?} {}\n{}", method, host, path, text);
+                }
+            }
+        }
+    }
 }
