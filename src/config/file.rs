@@ -48,6 +48,16 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Relative paths are relative to the config file's directory.
+pub(super) fn resolve(base: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -67,15 +77,5 @@ mod tests {
             assert!(errors.to_string().contains(why), "{errors}");
             assert_eq!(errors.0[0].line, 4, "{errors}");
         }
-    }
-}
-
-/// Relative paths are relative to the config file's directory.
-pub(super) fn resolve(base: &Path, file: &str) -> PathBuf {
-    let p = Path::new(file);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
     }
 }
