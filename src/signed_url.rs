@@ -53,6 +53,11 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) || s.len() > 128 {
         return None;
     }
+    // Digits only: `from_str_radix` alone takes "+1" for 01, so a tag
+    // would verify in spellings other than the one issued.
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
@@ -101,6 +106,25 @@ mod tests {
     use super::*;
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_tag_is_hex_digits_only() {
+        // Found by fuzz/signed_url: "+1" was read as the byte 01, so a tag
+        // verified in spellings other than the one issued.
+        assert_eq!(from_hex("+1ff"), None);
+        assert_eq!(from_hex("-1"), None);
+        assert_eq!(from_hex("01fF"), Some(vec![1, 255]));
+        let q = sign(KEY, "/f", 1_000);
+        let upper = q
+            .replace("sig=", "SIG=")
+            .to_uppercase()
+            .replace("SIG=", "sig=")
+            .replace("EXPIRES", "expires");
+        assert!(
+            verify(KEY, "/f", Some(&upper), 10),
+            "hex in either case is the same tag"
+        );
+    }
 
     #[test]
     fn a_signature_holds_for_its_path_until_it_expires() {
