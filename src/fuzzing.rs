@@ -507,6 +507,27 @@ pub fn signed_url(data: &[u8]) {
     assert!(!crate::signed_url::verify(key, &other, Some(&good), now));
 }
 
+/// `Idempotency-Key` values: a key is 1 to 255 characters, and written
+/// back as an RFC 8941 string it reads as the same key.
+pub fn idempotency(data: &[u8]) {
+    let Ok(value) = HeaderValue::from_bytes(data) else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("idempotency-key", value);
+    let Ok(Some(key)) = crate::jobs::idempotency_key(&headers) else {
+        return;
+    };
+    assert!((1..=255).contains(&key.len()), "{key:?}");
+    let quoted = format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""));
+    headers.insert(
+        "idempotency-key",
+        HeaderValue::from_str(&quoted).expect("a key is header-safe"),
+    );
+    let again = crate::jobs::idempotency_key(&headers).expect("its string form parses");
+    assert_eq!(again.as_deref(), Some(key.as_str()), "{quoted}");
+}
+
 /// A fuzz target: one input, properties asserted.
 pub type Target = fn(&[u8]);
 
@@ -521,6 +542,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cloudevent", cloudevent),
     ("cron", cron),
     ("signed_url", signed_url),
+    ("idempotency", idempotency),
 ];
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub(crate) fn wants_async(invoke: Invoke, headers: &HeaderMap) -> bool {
 }
 
 /// `Idempotency-Key`: an RFC 8941 string (`"..."`), or a bare token.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, JobError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, JobError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };

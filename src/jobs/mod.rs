@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::State;
 
-pub(crate) use accept::{accept, policy_of, read_body, wants_async};
+pub(crate) use accept::{accept, idempotency_key, policy_of, read_body, wants_async};
 pub(crate) use answer::{
     job_answer, status_document, time, JobRequest, X_FNGATE_JOB_ID, X_FNGATE_JOB_STATE,
 };
