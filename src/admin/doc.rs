@@ -62,6 +62,7 @@ pub(crate) enum EditError {
 }
 
 /// The document of the running config.
+#[derive(Clone)]
 pub(crate) struct Doc(DocumentMut);
 
 impl Doc {
