@@ -210,7 +210,7 @@ pub(super) fn aggregate(
                 Some(v) => Some(v),
                 None => {
                     ctx.error(
-                        item.span(),
+                        super::decode::span_of(item),
                         c.key_path("fallback"),
                         "expected a value that JSON can hold",
                     );

@@ -105,7 +105,7 @@ impl<'e> Ctx<'e> {
 
 /// Where an item is. An implicit table (`[a.b]` with no `[a]`) has no span
 /// of its own: then where its first entry is, so every error has a line.
-fn span_of(item: &Item) -> Option<Range<usize>> {
+pub(super) fn span_of(item: &Item) -> Option<Range<usize>> {
     if let Some(span) = item.span() {
         return Some(span);
     }
@@ -186,7 +186,7 @@ impl<'a> Obj<'a> {
     pub(crate) fn key_span(&self, key: &str) -> Option<Range<usize>> {
         self.table
             .get_key_value(key)
-            .and_then(|(k, item)| k.span().or_else(|| item.span()))
+            .and_then(|(k, item)| k.span().or_else(|| span_of(item)))
     }
 
     pub(crate) fn has(&self, key: &str) -> bool {
@@ -200,7 +200,7 @@ impl<'a> Obj<'a> {
     ) -> Option<Spanned<String>> {
         let item = self.item(key)?;
         let path = self.key_path(key);
-        string_of(ctx, item.as_value(), item.span(), &path)
+        string_of(ctx, item.as_value(), span_of(item), &path)
     }
 
     pub(crate) fn bool(&mut self, ctx: &mut Ctx<'_>, key: &'static str) -> Option<bool> {
@@ -208,7 +208,7 @@ impl<'a> Obj<'a> {
         match item.as_bool() {
             Some(b) => Some(b),
             None => {
-                ctx.error(item.span(), self.key_path(key), "expected true or false");
+                ctx.error(span_of(item), self.key_path(key), "expected true or false");
                 None
             }
         }
@@ -221,14 +221,14 @@ impl<'a> Obj<'a> {
             Some(n) if n >= 0 && (n as u64) <= max => Some(n as u64),
             Some(_) => {
                 ctx.error(
-                    item.span(),
+                    span_of(item),
                     self.key_path(key),
                     format!("expected an integer from 0 to {max}"),
                 );
                 None
             }
             None => {
-                ctx.error(item.span(), self.key_path(key), "expected an integer");
+                ctx.error(span_of(item), self.key_path(key), "expected an integer");
                 None
             }
         }
@@ -277,12 +277,12 @@ impl<'a> Obj<'a> {
         let path = self.key_path(key);
         if let Some(n) = item.as_integer() {
             if n < 0 {
-                ctx.error(item.span(), path, "a size cannot be negative");
+                ctx.error(span_of(item), path, "a size cannot be negative");
                 return None;
             }
             return Some(n as u64);
         }
-        let s = string_of(ctx, item.as_value(), item.span(), &path)?;
+        let s = string_of(ctx, item.as_value(), span_of(item), &path)?;
         match parse_size(&s.value) {
             Some(n) => Some(n),
             None => {
@@ -307,7 +307,7 @@ impl<'a> Obj<'a> {
         let item = self.item(key)?;
         let path = self.key_path(key);
         let Some(array) = item.as_array() else {
-            ctx.error(item.span(), path, "expected an array of strings");
+            ctx.error(span_of(item), path, "expected an array of strings");
             return None;
         };
         let mut out = Vec::with_capacity(array.len());
@@ -331,7 +331,7 @@ impl<'a> Obj<'a> {
         for (k, v) in obj.table.iter() {
             let kspan = obj.table.get_key_value(k).and_then(|(key, _)| key.span());
             let path = obj.key_path(k);
-            if let Some(value) = string_of(ctx, v.as_value(), v.span(), &path) {
+            if let Some(value) = string_of(ctx, v.as_value(), span_of(v), &path) {
                 out.push((
                     Spanned {
                         value: k.to_owned(),
@@ -416,7 +416,7 @@ impl<'a> Obj<'a> {
                     .table
                     .get_key_value(key)
                     .and_then(|(k, _)| k.span())
-                    .or_else(|| item.span());
+                    .or_else(|| span_of(item));
                 ctx.error(span, self.key_path(key), "unknown key");
             }
         }
@@ -478,6 +478,21 @@ mod tests {
         let e = &errors.0[0];
         assert_eq!((e.line, e.key.as_str()), (4, "schedules"), "{errors}");
         assert!(e.message.contains("array of tables"), "{errors}");
+    }
+
+    #[test]
+    fn a_dotted_key_where_a_value_belongs_is_refused_with_a_position() {
+        // Found by fuzz/config: `cron.0.1 = ".."` makes `cron` a dotted table, again spanless.
+        let text = "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[schedules]]\nname = \"s\"\n\
+                    cron.0.1 = \"0 0 * * *\"\nbackend = \"b\"\n";
+        let errors = crate::config::Config::parse(text, "r.toml", &|_| None).expect_err("refused");
+        let e = errors
+            .0
+            .iter()
+            .find(|e| e.message == "expected a string")
+            .expect("cron refused");
+        assert_eq!(e.line, 5, "{errors}");
+        assert!(errors.0.iter().all(|e| e.line > 0), "{errors}");
     }
 
     #[test]
