@@ -9,7 +9,8 @@ Meanwhile: the config is rewritten and reloaded (SIGHUP) every 5 s, every sixth
 time with an error that must leave the old config serving; one endpoint of the
 pool is `kill -9`ed every 30 s and restarted 10 s later; and a client opens
 connections and abandons them (half a request head, or a whole request and no
-reading the answer).
+reading the answer, then a close; or half a head and silence, which fngate must
+end itself).
 
 A failure is any other status, a connection error or a timeout. Only the `only_k`
 route, which has no endpoint but the killed one, may fail; its failures are counted
@@ -246,20 +247,40 @@ async def client(cls, base, auth, stats, stop, interval):
                 next_at = time.monotonic()
 
 
-async def abandoner(port, stop, counts):
-    """Opens connections and walks away from them, 20 a second."""
+async def held(reader, writer, counts):
+    """A connection left open mid-head: fngate must close it (header_read_timeout)."""
+    started = time.monotonic()
+    try:
+        while await asyncio.wait_for(reader.read(4096), 60):
+            pass
+        counts["held_closed"] += 1
+        counts["held_max_s"] = max(counts["held_max_s"], time.monotonic() - started)
+    except (asyncio.TimeoutError, OSError):
+        counts["held_not_closed"] += 1
+    finally:
+        writer.close()
+
+
+async def abandoner(port, stop, counts, holders):
+    """Opens connections and walks away from them, 20 a second: half a request
+    head then a close, a whole request and a close before the answer, or (one
+    in five) half a head and silence, the connection left open."""
     n = 0
     while not stop.is_set():
         n += 1
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            if n % 2:
+            if n % 2 or n % 5 == 1:
                 writer.write(b"GET /plain HTTP/1.1\r\nHost: soak\r\nx-half: ")
             else:
                 writer.write(b"GET /plain HTTP/1.1\r\nHost: soak\r\n\r\n")
             await writer.drain()
-            writer.close()
-            counts["abandoned"] += 1
+            if n % 5 == 1:
+                counts["held"] += 1
+                holders.append(asyncio.create_task(held(reader, writer, counts)))
+            else:
+                writer.close()
+                counts["abandoned"] += 1
         except OSError:
             counts["abandon_errors"] += 1
         await asyncio.sleep(0.05)
@@ -291,12 +312,14 @@ def nginx_steady(work, name, port):
 async def soak(args, ports, procs, gw, cfg_path):
     stats = Stats()
     stop = asyncio.Event()
-    counts = {"abandoned": 0, "abandon_errors": 0, "reloads": 0, "bad_reloads": 0, "kills": 0}
+    counts = {"abandoned": 0, "abandon_errors": 0, "reloads": 0, "bad_reloads": 0, "kills": 0,
+              "held": 0, "held_closed": 0, "held_not_closed": 0, "held_max_s": 0.0}
+    holders = []
     base = f"http://127.0.0.1:{ports['gw']}"
     auth = token()
     tasks = [asyncio.create_task(client(cls, base, auth, stats, stop, CLIENTS / rate))
              for cls, rate in RATES.items() for _ in range(CLIENTS)]
-    tasks.append(asyncio.create_task(abandoner(ports["gw"], stop, counts)))
+    tasks.append(asyncio.create_task(abandoner(ports["gw"], stop, counts, holders)))
     samples = []
     started = time.monotonic()
     killed = {"proc": procs["killed"], "down_since": None}
@@ -343,6 +366,7 @@ async def soak(args, ports, procs, gw, cfg_path):
                   f"conns {s['conns']}  failed {s['failed']}", file=sys.stderr, flush=True)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*holders, return_exceptions=True)
     # Every accepted job delivered: what a 202 promised.
     deadline = time.monotonic() + 120
     delivered = 0
@@ -442,7 +466,10 @@ def main():
 - Of the `limited` answers, {stats.limited} were 429 (the limit is 50/s, the load 80/s). Async jobs accepted {stats.accepted},
   delivered {delivered:.0f}.
 - Reloads: {counts['reloads']} good and {counts['bad_reloads']} broken configs sent; fngate counted
-  {reload_ok:.0f} ok and {reload_err:.0f} refused. Abandoned connections: {counts['abandoned']}.
+  {reload_ok:.0f} ok and {reload_err:.0f} refused.
+- Abandoned connections: {counts['abandoned']} closed by the client mid-head or before the answer;
+  {counts['held']} left open mid-head, of which fngate closed {counts['held_closed']} (the slowest after
+  {counts['held_max_s']:.1f} s; header_read_timeout is 5 s) and {counts['held_not_closed']} were still open after 60 s.
 - After warm-up, first quarter → last quarter (medians): RSS {med(first, 'rss_mib'):.1f} →
   {med(last, 'rss_mib'):.1f} MiB; open fds {med(first, 'fds'):.0f} → {med(last, 'fds'):.0f};
   {med(first, 'rps'):.0f} → {med(last, 'rps'):.0f} req/s. Peak RSS {max(s['rss_mib'] for s in samples):.1f} MiB.
@@ -459,7 +486,7 @@ Failure reasons:
     with open(os.path.join(args.out, "soak-results.md"), "w") as f:
         f.write(report)
     print(report)
-    sys.exit(0 if failed == 0 and alive and delivered >= stats.accepted else 1)
+    sys.exit(0 if failed == 0 and alive and delivered >= stats.accepted and counts["held_not_closed"] == 0 else 1)
 
 
 if __name__ == "__main__":
