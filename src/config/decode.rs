@@ -493,6 +493,7 @@ mod tests {
             .expect("cron refused");
         assert_eq!(e.line, 5, "{errors}");
         assert!(errors.0.iter().all(|e| e.line > 0), "{errors}");
+        assert_eq!(errors.0.len(), 1, "one error, not also `missing`: {errors}");
     }
 
     #[test]

@@ -146,6 +146,8 @@ pub(super) fn schedule(
                 None
             }
         },
+        // Present but not a string: already reported.
+        None if obj.has("cron") => None,
         None => {
             ctx.error(
                 obj.span(),
