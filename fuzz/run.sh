@@ -31,16 +31,16 @@ fi
 run_one() {
     local t=$1
     mkdir -p "target/corpus/$t" "artifacts/$t"
-    local log="target/fuzz-$t.log"
-    if "${fuzz[@]}" run -O "$t" "target/corpus/$t" "corpus/$t" -- \
+    local log="target/fuzz-$t.log" started=$SECONDS execs ok=0
+    "${fuzz[@]}" run -O "$t" "target/corpus/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
-        -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
-        local execs
-        execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-        echo "$t: ${seconds}s, ${execs:-?} executions, no failure"
+        -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1 || ok=$?
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    if [ "$ok" -eq 0 ]; then
+        echo "$t: $((SECONDS - started))s, ${execs:-?} executions, no failure"
     else
-        echo "$t: FAILED; see fuzz/$log and fuzz/artifacts/$t/"
-        tail -40 "$log"
+        echo "$t: FAILED after $((SECONDS - started))s and ${execs:-?} executions; see fuzz/$log and fuzz/artifacts/$t/"
+        grep -m1 -A3 "panicked at" "$log" || tail -40 "$log"
         return 1
     fi
 }
