@@ -144,3 +144,92 @@ async fn idle_keep_alive_connections_close_after_idle_timeout_not_header_timeout
         "an idle keep-alive connection lives idle_timeout (1s), not header_read_timeout: closed after {idle:?}"
     );
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client opening streams and resetting
+/// them at once is cut off with a GOAWAY after a few dozen, other clients are
+/// served throughout, and no connection of it stays behind.
+#[tokio::test]
+async fn http2_rapid_reset_leaves_nothing_behind_and_others_are_served() {
+    // Slow enough that every forwarded stream is still waiting when it is reset.
+    let slow = Backend::with(|_| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let fast = Backend::echo("fast").await;
+    let gw = Gw::start(&format!(
+        "{}[backends.fast]\nurls = [\"{}\"]\n\
+         [[routes]]\nname = \"fast\"\npath = \"/fast\"\nbackend = \"fast\"\n",
+        config(&slow.url(), ANY),
+        fast.url()
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let addr = gw.addr;
+    let flood = tokio::spawn(async move {
+        let mut opened = 0;
+        for _ in 0..5000 {
+            let Ok(mut c) = client.clone().ready().await else {
+                break; // the gateway ended the connection
+            };
+            let req = http::Request::get(format!("http://{addr}/slow"))
+                .body(())
+                .unwrap();
+            let Ok((answer, mut stream)) = c.send_request(req, true) else {
+                break;
+            };
+            // Let the connection task write the HEADERS, then reset the stream.
+            tokio::task::yield_now().await;
+            stream.send_reset(h2::Reason::CANCEL);
+            drop(answer);
+            opened += 1;
+        }
+        opened
+    });
+    let mut served = 0;
+    while !flood.is_finished() || served == 0 {
+        assert_eq!(gw.get("/fast").await.status, 200, "served during the flood");
+        served += 1;
+    }
+    let opened = flood.await.unwrap();
+    assert!(opened > 0, "no stream opened");
+    // The gateway cut the flood off long before its 5000 streams: GOAWAY
+    // ENHANCE_YOUR_CALM, as h2 answers too many resets.
+    assert!(
+        opened < 1000,
+        "{opened} streams opened and reset before a GOAWAY"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the connection ends")
+        .expect("the connection task");
+    let goaway = ended.expect_err("a GOAWAY");
+    assert_eq!(
+        goaway.reason(),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{goaway}"
+    );
+    assert!(goaway.is_go_away() && goaway.is_remote(), "{goaway}");
+    // The flood's connection is gone once the client is (and no other is left).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = gw.metrics().await;
+        let open = m
+            .lines()
+            .find(|l| l.starts_with("fngate_open_connections"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if open == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connections still open:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        slow.heads() <= opened,
+        "{} heads for {opened} streams",
+        slow.heads()
+    );
+}
