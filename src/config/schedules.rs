@@ -335,27 +335,62 @@ pub(super) fn schedule(
 /// `@every 30s`, or a cron expression of 5 or 6 fields (seconds first) or an alias.
 pub(crate) fn parse_when(text: &str) -> Result<When, String> {
     let t = text.trim();
-    if let Some(d) = t.strip_prefix("@every") {
-        return match humantime::parse_duration(d.trim()) {
-            Ok(d) if d >= Duration::from_secs(1) => Ok(When::Every(d)),
-            Ok(_) => Err("`@every` needs at least 1s".into()),
-            Err(_) => Err(format!(
-                "`{}` is not a duration; write e.g. \"@every 30s\"",
-                d.trim()
-            )),
-        };
+    let when = if let Some(d) = t.strip_prefix("@every") {
+        match humantime::parse_duration(d.trim()) {
+            Ok(d) if d >= Duration::from_secs(1) => When::Every(d),
+            Ok(_) => return Err("`@every` needs at least 1s".into()),
+            Err(_) => {
+                return Err(format!(
+                    "`{}` is not a duration; write e.g. \"@every 30s\"",
+                    d.trim()
+                ))
+            }
+        }
+    } else {
+        let fields = t.split_whitespace().count();
+        if !t.starts_with('@') && !(5..=6).contains(&fields) {
+            return Err(format!(
+                "`{t}` has {fields} fields; a cron expression has 5 (minute first) or 6 (second first)"
+            ));
+        }
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(t)
+            .map(|c| When::Cron(Box::new(c)))
+            .map_err(|e| format!("`{t}` is not a cron expression: {e}"))?
+    };
+    // "0 0 31 2 *" parses but has no date, and asking it for a tick searches
+    // for years (most of a second); "@every 1000000y" overflows the clock.
+    // Either is refused here, once, rather than never firing.
+    match when.next_tick(&chrono_tz::UTC, Utc::now()) {
+        Some(_) => Ok(when),
+        None => Err(format!("`{t}` never fires")),
     }
-    let fields = t.split_whitespace().count();
-    if !t.starts_with('@') && !(5..=6).contains(&fields) {
-        return Err(format!(
-            "`{t}` has {fields} fields; a cron expression has 5 (minute first) or 6 (second first)"
-        ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_when;
+
+    #[test]
+    fn a_cron_expression_that_never_fires_is_refused() {
+        // Found by fuzz/cron: it parsed, and each tick asked of it searched for
+        // most of a second (on whichever thread asked).
+        for never in ["0 0 31 2 *", "0 0 0 30 2 *", "0 0 31 4 *"] {
+            let e = parse_when(never)
+                .err()
+                .unwrap_or_else(|| panic!("{never} accepted"));
+            assert!(e.contains("never fires"), "{e}");
+        }
+        assert!(
+            parse_when("0 0 29 2 *").is_ok(),
+            "every leap year is a tick"
+        );
+        let text = "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[schedules]]\nname = \"s\"\n\
+                    cron = \"0 0 31 2 *\"\nbackend = \"b\"\n";
+        let errors = crate::config::Config::parse(text, "r.toml", &|_| None).expect_err("refused");
+        assert_eq!((errors.0[0].line, errors.0[0].col), (5, 8), "{errors}");
     }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Optional)
-        .year(croner::parser::Year::Disallowed)
-        .build()
-        .parse(t)
-        .map(|c| When::Cron(Box::new(c)))
-        .map_err(|e| format!("`{t}` is not a cron expression: {e}"))
 }
