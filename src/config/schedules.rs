@@ -353,6 +353,14 @@ pub(crate) fn parse_when(text: &str) -> Result<When, String> {
                 "`{t}` has {fields} fields; a cron expression has 5 (minute first) or 6 (second first)"
             ));
         }
+        // croner reads "," or "1,,2" as a list with nothing in it, a field no
+        // time matches: the tick search below would then run for years.
+        if let Some(field) = t
+            .split_whitespace()
+            .find(|f| f.split(',').any(str::is_empty))
+        {
+            return Err(format!("`{t}`: the field `{field}` has an empty list item"));
+        }
         croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Optional)
             .year(croner::parser::Year::Disallowed)
@@ -388,6 +396,17 @@ mod tests {
             parse_when("0 0 29 2 *").is_ok(),
             "every leap year is a tick"
         );
+        assert!(
+            parse_when("@every 100000000y").is_err(),
+            "past the clock's end"
+        );
+        // Found by the CI fuzz run: an empty list searched past the 10 s timeout.
+        for empty in [",  30 2 * * *", "0 1,,2 * * *", "0 0 1, * *"] {
+            let e = parse_when(empty)
+                .err()
+                .unwrap_or_else(|| panic!("{empty} accepted"));
+            assert!(e.contains("empty list item"), "{e}");
+        }
         let text = "[backends.b]\nurls = [\"http://127.0.0.1:9\"]\n[[schedules]]\nname = \"s\"\n\
                     cron = \"0 0 31 2 *\"\nbackend = \"b\"\n";
         let errors = crate::config::Config::parse(text, "r.toml", &|_| None).expect_err("refused");
