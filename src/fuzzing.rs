@@ -15,7 +15,7 @@ use chrono::{DateTime, Timelike, Utc};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::Value as Json;
 
-use crate::admin::doc::{Doc, Kind, HIDDEN};
+use crate::admin::doc::{Doc, Kind, HIDDEN, READ_ONLY};
 use crate::auth::{Authenticator, Check};
 use crate::config::path::{PathPattern, Template};
 use crate::config::{AuthKind, AuthPolicy, Config, Jwt, JwtKeys, Secret};
@@ -35,7 +35,9 @@ fn fields(data: &str, n: usize) -> Vec<&str> {
 }
 
 /// Segments of a rendered path, as a server that decodes unreserved escapes
-/// reads them (`%2E` is `.`), so `%2E%2E` counts as `..`.
+/// reads them (`%2E` is `.`), so `%2E%2E` counts as `..`. Deliberately not
+/// `normalize::has_dot_segment`: the aggregate renderer uses that one, and a
+/// property checked by the code under test could not fail.
 fn dot_segment(path: &str) -> Option<&str> {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     path.split('/').find(|seg| {
@@ -206,15 +208,8 @@ fn contains_hidden(v: &Json) -> bool {
 /// The body as the API stores it: read-only keys dropped, `name` from the path.
 fn without_read_only(body: &Json, name: &str) -> Json {
     let mut fields = body.as_object().cloned().unwrap_or_default();
-    for key in [
-        "status",
-        "paused",
-        "next_fire",
-        "last_fire",
-        "last_outcome",
-        "last_job",
-    ] {
-        fields.remove(key);
+    for key in READ_ONLY {
+        fields.shift_remove(key);
     }
     fields.insert("name".into(), Json::from(name));
     Json::Object(fields)

@@ -98,11 +98,17 @@ pub(crate) fn normalize_segment(seg: &str) -> Result<String, PathError> {
 pub(crate) fn has_dot_segment(path: &str) -> bool {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     path.split('/').any(|seg| {
-        seg.len() <= 6
-            && matches!(
-                seg.replace("%2e", ".").replace("%2E", ".").as_str(),
-                "." | ".."
-            )
+        // Without allocating: aggregates check every call path they render.
+        let (mut rest, mut dots) = (seg.as_bytes(), 0);
+        while let Some(next) = rest.strip_prefix(b".").or_else(|| {
+            rest.get(..3)
+                .filter(|e| e.eq_ignore_ascii_case(b"%2e"))
+                .map(|_| &rest[3..])
+        }) {
+            rest = next;
+            dots += 1;
+        }
+        rest.is_empty() && matches!(dots, 1 | 2)
     })
 }
 

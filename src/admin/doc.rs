@@ -14,6 +14,16 @@ use crate::config::json;
 /// Shown instead of a secret; sent back in a PUT, it keeps the stored value.
 pub(crate) const HIDDEN: &str = "<hidden>";
 
+/// Keys a GET answer adds (state, not config); a PUT ignores them.
+pub(crate) const READ_ONLY: [&str; 6] = [
+    "status",
+    "paused",
+    "next_fire",
+    "last_fire",
+    "last_outcome",
+    "last_job",
+];
+
 /// The named collections of routes.toml the admin API edits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -136,14 +146,7 @@ impl Doc {
         }
         // Read-only parts of a GET answer are ignored on input. `shift_remove`:
         // `remove` swaps the last key into the hole, reordering the file.
-        fields.shift_remove("status");
-        for read_only in [
-            "paused",
-            "next_fire",
-            "last_fire",
-            "last_outcome",
-            "last_job",
-        ] {
+        for read_only in READ_ONLY {
             fields.shift_remove(read_only);
         }
         let existing = self.get_raw(kind, name);
