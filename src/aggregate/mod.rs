@@ -526,6 +526,14 @@ mod tests {
             call("/p/{prev.ok}/{id}", None).as_deref(),
             Some("/p/a%2E%2Eb/7")
         );
+        // A literal dot segment is refused when the config loads.
+        let refused = crate::config::parse_call_path("/a/%2e%2E/{id}", &params, &[]);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("climb out")),
+            "{refused:?}"
+        );
         // In the query a dot is only data.
         assert_eq!(
             call("/p?next={prev.next}", None).as_deref(),
