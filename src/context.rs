@@ -2,9 +2,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
+
+use crate::hex::hex;
+use crate::telemetry::Span;
 
 /// The client connection, set by the server for every request.
 #[derive(Debug, Clone)]
@@ -27,15 +30,6 @@ impl ConnInfo {
     }
 }
 
-/// Lower-case hex of `n`'s last `out.len()` digits, into `out` (no allocation).
-pub(crate) fn hex(out: &mut [u8], mut n: u128) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-}
-
 /// A W3C `traceparent` in the same trace with a new parent id: what a hop
 /// fngate makes on its own (a job's attempt) sends on.
 pub(crate) fn child_traceparent(tp: &str) -> Option<HeaderValue> {
@@ -44,15 +38,18 @@ pub(crate) fn child_traceparent(tp: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&out).ok()
 }
 
-/// The request's id (client-sent when sane, else generated).
+/// The request's id (client-sent when sane, else generated), and whether the
+/// client sent a valid `traceparent` (else the request starts a trace).
 #[derive(Debug, Clone)]
-pub(crate) struct RequestId(pub HeaderValue);
+pub(crate) struct RequestId(pub HeaderValue, pub bool);
 
 /// Facts the access log needs that inner layers learn.
 #[derive(Debug, Default)]
 pub(crate) struct RequestLog {
     bytes_in: AtomicU64,
     fields: Mutex<LogFields>,
+    /// The SERVER span, when traced; it ends with the log line.
+    span: OnceLock<Mutex<Option<Span>>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -85,18 +82,20 @@ impl RequestLog {
     pub(crate) fn fields(&self) -> LogFields {
         self.fields.lock().map(|f| f.clone()).unwrap_or_default()
     }
+
+    pub(crate) fn set_span(&self, span: Span) {
+        let _ = self.span.set(Mutex::new(Some(span)));
+    }
+
+    /// The SERVER span, once: whoever ends the exchange ends it.
+    pub(crate) fn take_span(&self) -> Option<Span> {
+        self.span.get()?.lock().ok()?.take()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_fills_its_buffer_from_the_right() {
-        let mut four = [0u8; 4];
-        hex(&mut four, 0x1abcd);
-        assert_eq!(&four, b"abcd");
-    }
 
     #[test]
     fn a_child_keeps_the_trace_and_gets_its_own_parent() {

@@ -77,6 +77,7 @@ impl tower::Service<Request<Body>> for Dispatch {
                         route: &active.config,
                         params: ctx.params().map(str::to_owned).collect(),
                         host: ctx.host.as_ref(),
+                        telemetry: ctx.snapshot.telemetry.as_ref(),
                     };
                     aggregate::run(req, inputs, plan, &metrics)
                         .await

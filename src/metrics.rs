@@ -126,6 +126,7 @@ pub struct Metrics {
     pub job_attempts: Histograms<RouteLabel>,
     pub store_up: Gauge,
     pub store_operation: Histograms<OpLabel>,
+    pub spans_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -275,8 +276,15 @@ impl Metrics {
             "Time of job store operations, by operation",
             store_operation.clone(),
         );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "spans_dropped",
+            "Spans not exported: the export queue was full, or their batch failed for 10 s",
+            spans_dropped.clone(),
+        );
         Self {
             registry,
+            spans_dropped,
             jobs,
             events,
             deliveries,

@@ -294,7 +294,10 @@ fn is_secret(path: &[String]) -> bool {
             .map(String::as_str)
             .collect::<Vec<_>>()
             .as_slice(),
-        ["backends", _, "headers", _] | ["auth", _, "keys", _, "sha256"] | ["auth", _, "secret"]
+        ["backends", _, "headers", _]
+            | ["auth", _, "keys", _, "sha256"]
+            | ["auth", _, "secret"]
+            | ["telemetry", "headers", _]
     )
 }
 

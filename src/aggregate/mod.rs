@@ -25,8 +25,9 @@ use crate::body::Body;
 use crate::config::{Aggregate, AuthKind, CallPart, HeaderEdits, Route};
 use crate::context::{ConnInfo, RequestLog};
 use crate::metrics::Metrics;
+use crate::telemetry::{KeyValue, Telemetry};
 use crate::upstream::headers;
-use crate::upstream::{Outgoing, Prepared, Upstream, UpstreamError};
+use crate::upstream::{Outgoing, Prepared, Traced, Upstream, UpstreamError};
 
 /// Placeholder values in a path are one segment: everything but unreserved
 /// characters is escaped, dots too, so a value cannot be `..`.
@@ -124,6 +125,7 @@ pub(crate) struct Inputs<'a> {
     pub params: Vec<String>,
     /// The host the client addressed (for `x-forwarded-host`).
     pub host: Option<&'a HeaderValue>,
+    pub telemetry: Option<&'a Arc<Telemetry>>,
 }
 
 /// Runs the plan for a routed request and answers.
@@ -137,6 +139,7 @@ pub(crate) async fn run(
         route,
         params,
         host,
+        telemetry,
     } = inputs;
     let log = req.extensions().get::<Arc<RequestLog>>().cloned();
     let agg = &plan.config;
@@ -173,6 +176,7 @@ pub(crate) async fn run(
                 path,
                 headers,
                 deadline,
+                telemetry: telemetry.cloned(),
             };
             Some(task.run())
         },
@@ -260,6 +264,7 @@ struct Task {
     path: String,
     headers: HeaderMap,
     deadline: Instant,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Task {
@@ -273,6 +278,7 @@ impl Task {
             Some((p, q)) => (p, Some(q)),
             None => (self.path.as_str(), None),
         };
+        let call_attribute = KeyValue::new("fngate.aggregate.call", call.name.to_string());
         let fetch = async {
             let res = self
                 .upstream
@@ -290,6 +296,10 @@ impl Task {
                     response_edits: &NO_EDITS,
                     upgrade: false,
                     attempt_timeout: None,
+                    trace: self.telemetry.as_deref().map(|telemetry| Traced {
+                        telemetry,
+                        attributes: std::slice::from_ref(&call_attribute),
+                    }),
                 })
                 .await
                 .map_err(|e| match e {

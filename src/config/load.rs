@@ -51,6 +51,9 @@ pub(super) fn parse(
         Some(obj) => super::jobs::store(&mut ctx, obj, base),
         None => super::jobs::store_default(base),
     };
+    let telemetry = root
+        .table(&mut ctx, "telemetry")
+        .and_then(|obj| super::telemetry::telemetry(&mut ctx, obj));
     let admin_table = root.table(&mut ctx, "admin");
     let admin = admin(&mut ctx, admin_table);
     let mut backends = Vec::new();
@@ -197,6 +200,7 @@ pub(super) fn parse(
         rate_limits,
         routes,
         store,
+        telemetry,
         topics,
         subscriptions,
         schedules,

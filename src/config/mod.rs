@@ -21,6 +21,7 @@ mod rate_limit;
 mod route;
 mod schedules;
 mod server;
+mod telemetry;
 mod tls;
 
 use std::fmt;
@@ -44,6 +45,7 @@ pub use route::{Action, Cors, Forward, HostShapes, Route, Shapes, Target, Upload
 pub(crate) use schedules::parse_when;
 pub use schedules::{CatchUp, Concurrency, Schedule, ScheduleTarget, When};
 pub use server::{Admin, Persist, Server};
+pub use telemetry::{Telemetry, MAX_EXPORT_TIMEOUT};
 pub use tls::{PemFile, ServerTls, TlsCert};
 
 /// The validated contents of one routes.toml.
@@ -66,6 +68,8 @@ pub struct Config {
     pub schedules: Vec<Arc<Schedule>>,
     /// A route uploads files: `server.files_path` is fngate's.
     pub serves_files: bool,
+    /// Trace export; `None` (no `otlp_endpoint`) costs the request path nothing.
+    pub telemetry: Option<Telemetry>,
 }
 
 impl Config {

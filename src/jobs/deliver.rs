@@ -24,7 +24,8 @@ use super::store::{
 use super::{now_ms, Jobs};
 use crate::config::{Action, Config, Delivery, HeaderEdits, Invoke, ScheduleTarget};
 use crate::metrics::{BackendLabel, Metrics, Name};
-use crate::upstream::{Outgoing, Prepared, Upstream, UpstreamError};
+use crate::telemetry::{KeyValue, Telemetry};
+use crate::upstream::{Outgoing, Prepared, Traced, Upstream, UpstreamError};
 
 /// How long an attempt's lease lasts; it is renewed at a third of that.
 pub(crate) const LEASE: Duration = Duration::from_secs(30);
@@ -360,7 +361,15 @@ async fn attempt(
     let signing = signing_for(&jobs, &job).await;
     let sent = tokio::time::timeout(
         timeout,
-        send(&upstream, &job, &edits, timeout, policy.max_result, signing),
+        send(
+            &upstream,
+            &job,
+            &edits,
+            timeout,
+            policy.max_result,
+            signing,
+            jobs.state.load().telemetry.clone(),
+        ),
     );
     tokio::pin!(sent);
     let mut renewals = tokio::time::interval_at(Instant::now() + LEASE / 3, LEASE / 3);
@@ -602,6 +611,7 @@ async fn send(
     timeout: Duration,
     max_result: u64,
     signing: Option<Signing>,
+    telemetry: Option<Arc<Telemetry>>,
 ) -> Result<(u16, JobResult, Option<Duration>), UpstreamError> {
     let r = &job.request;
     let (path, query) = match r.target.split_once('?') {
@@ -619,13 +629,32 @@ async fn send(
         headers.insert("x-fngate-job-id", v);
     }
     headers.insert("x-fngate-attempt", HeaderValue::from(job.attempt));
-    if let Some(tp) = job
-        .traceparent
-        .as_deref()
-        .and_then(crate::context::child_traceparent)
-    {
+    // Traced, the attempt's span is the backend's parent, below the span that
+    // accepted the job; else the backend gets a new parent id in the same trace.
+    let traceparent = match &telemetry {
+        Some(_) => job
+            .traceparent
+            .as_deref()
+            .and_then(|tp| HeaderValue::try_from(tp).ok()),
+        None => job
+            .traceparent
+            .as_deref()
+            .and_then(crate::context::child_traceparent),
+    };
+    if let Some(tp) = traceparent {
         headers.insert("traceparent", tp);
+    } else {
+        headers.remove("traceparent");
     }
+    let attributes = match &telemetry {
+        Some(_) => vec![
+            KeyValue::new("fngate.job.id", job.id.clone()),
+            KeyValue::new("fngate.job.kind", job.kind.as_str()),
+            KeyValue::new("fngate.job.attempt", i64::from(job.attempt)),
+            KeyValue::new("fngate.route", job.route.clone()),
+        ],
+        None => Vec::new(),
+    };
     let mut body = r.body.clone();
     if let Some((key, files, ttl)) = &signing {
         crate::signed_url::sign_delivery(&mut headers, &mut body, key, files, *ttl);
@@ -653,6 +682,10 @@ async fn send(
             response_edits: edits,
             upgrade: false,
             attempt_timeout: Some(timeout),
+            trace: telemetry.as_deref().map(|telemetry| Traced {
+                telemetry,
+                attributes: &attributes,
+            }),
         })
         .await?;
     let status = res.status().as_u16();

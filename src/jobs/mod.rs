@@ -382,7 +382,7 @@ pub(crate) fn new_id() -> Option<String> {
     let ms = u64::try_from(now_ms()).unwrap_or(0).to_be_bytes();
     bytes[..6].copy_from_slice(&ms[2..]);
     let mut out = [0u8; 32];
-    crate::context::hex(&mut out, u128::from_be_bytes(bytes));
+    crate::hex::hex(&mut out, u128::from_be_bytes(bytes));
     String::from_utf8(out.to_vec()).ok()
 }
 

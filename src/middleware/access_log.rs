@@ -19,6 +19,7 @@ use crate::body::{Body, BoxError};
 use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error::ErrorDetail;
 use crate::metrics::Metrics;
+use crate::telemetry::KeyValue;
 
 /// Requests that match no route are counted under this route label.
 const UNMATCHED: &str = "-";
@@ -61,6 +62,7 @@ struct Entry {
     path: Option<String>,
     status: u16,
     request_id: Option<HeaderValue>,
+    trace_id: Option<[u8; 32]>,
     peer: Option<std::net::IpAddr>,
     log: Arc<RequestLog>,
     detail: Option<ErrorDetail>,
@@ -88,12 +90,21 @@ where
         let path = tracing::enabled!(target: "fngate::access", tracing::Level::INFO)
             .then(|| req.uri().path().to_owned());
         let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        // The trace as the request arrived; a SERVER span, when traced, may start a new one.
+        let trace_id = path
+            .as_ref()
+            .and(req.headers().get("traceparent"))
+            .and_then(|v| {
+                let id: [u8; 32] = v.as_bytes().get(3..35)?.try_into().ok()?;
+                Some(id)
+            });
         let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
         let start_entry = Pending {
             start,
             method,
             path,
             request_id,
+            trace_id,
             peer,
             log,
             layer: self.layer.clone(),
@@ -111,6 +122,7 @@ struct Pending {
     method: Method,
     path: Option<String>,
     request_id: Option<HeaderValue>,
+    trace_id: Option<[u8; 32]>,
     peer: Option<std::net::IpAddr>,
     log: Arc<RequestLog>,
     layer: AccessLogLayer,
@@ -144,6 +156,7 @@ where
             path: p.path,
             status: parts.status.as_u16(),
             request_id: p.request_id,
+            trace_id: p.trace_id,
             peer: p.peer,
             log: p.log,
             detail: parts.extensions.get::<ErrorDetail>().cloned(),
@@ -204,12 +217,29 @@ impl Drop for Logged {
             elapsed,
             fields.duration.as_ref(),
         );
+        let mut trace_id = e.trace_id;
+        if let Some(mut span) = e.log.take_span() {
+            span.set(KeyValue::new(
+                "http.response.status_code",
+                i64::from(e.status),
+            ));
+            // OpenTelemetry's HTTP conventions: a server span fails on 5xx only.
+            if e.status >= 500 {
+                let why = e
+                    .detail
+                    .as_ref()
+                    .map_or_else(|| e.status.to_string(), |d| d.0.to_string());
+                span.fail("http_status", why);
+            }
+            trace_id = Some(span.trace_id());
+        }
         let Some(path) = e.path else { return };
         let client_ip = fields.client_ip.or(e.peer);
         tracing::info!(
             target: "fngate::access",
             ts = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
             request_id = e.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            trace_id = trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()).unwrap_or("-"),
             route = &*route,
             method = e.method.as_str(),
             path = path.as_str(),

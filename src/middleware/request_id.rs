@@ -10,7 +10,8 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::body::Body;
-use crate::context::{hex, RequestId};
+use crate::context::RequestId;
+use crate::hex::hex;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -52,15 +53,15 @@ where
                 v
             }
         };
-        if !req
+        let traced = req
             .headers()
             .get(&TRACEPARENT)
-            .is_some_and(|v| is_valid_traceparent(v.as_bytes()))
-        {
+            .is_some_and(|v| is_valid_traceparent(v.as_bytes()));
+        if !traced {
             req.headers_mut()
                 .insert(TRACEPARENT.clone(), new_traceparent());
         }
-        req.extensions_mut().insert(RequestId(id.clone()));
+        req.extensions_mut().insert(RequestId(id.clone(), traced));
         RequestIdFuture {
             inner: self.inner.call(req),
             id: Some(id),

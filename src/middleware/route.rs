@@ -23,6 +23,9 @@ use crate::jobs::{JobError, JobRequest, Jobs};
 use crate::normalize::normalize_path;
 use crate::router::{host_only, Lookup, RouteError};
 use crate::state::{RouteContext, Snapshot, State};
+use crate::telemetry::{KeyValue, Kind, Telemetry};
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 #[derive(Debug, Clone)]
 pub(crate) struct RouteLayer {
@@ -87,6 +90,9 @@ where
         if snapshot.config.serves_files
             && under(&snapshot.config.server.files_path, req.uri().path())
         {
+            if let Some(t) = &snapshot.telemetry {
+                server_span(t, &mut req, None, None);
+            }
             // A signed URL is its own authority: no route's policies apply.
             let jobs = self.jobs.clone();
             let (parts, _) = req.into_parts();
@@ -99,6 +105,14 @@ where
         }
         match route(snapshot, &req) {
             Ok(ctx) => {
+                if let Some(t) = &ctx.snapshot.telemetry {
+                    server_span(
+                        t,
+                        &mut req,
+                        Some(&ctx.active().config.name),
+                        Some(ctx.client_ip),
+                    );
+                }
                 if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
                     let active = ctx.active();
                     let (name, duration) = (active.config.name.clone(), active.duration.clone());
@@ -113,6 +127,9 @@ where
                 Either::Left(self.inner.call(req))
             }
             Err(e) => {
+                if let Some(t) = &self.state.load().telemetry {
+                    server_span(t, &mut req, None, None);
+                }
                 let id = req.extensions().get::<RequestId>().map(|r| &r.0);
                 Either::Right(Either::Left(std::future::ready(Ok(error::respond(e, id)))))
             }
@@ -156,6 +173,9 @@ where
         .get::<ConnInfo>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
     let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
+    if let Some(t) = &snapshot.telemetry {
+        server_span(t, &mut req, Some(&job.route), Some(client_ip));
+    }
     if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
         let name: Arc<str> = job.route.as_str().into();
         log.update(|f| {
@@ -183,6 +203,58 @@ where
     // Boxed so this future never holds `S::Future` (see middleware/auth.rs).
     let call: Boxed = Box::pin(inner.call(req));
     call.await
+}
+
+/// Traced, starts the request's SERVER span: below the client's span when it
+/// sent a `traceparent`, else a new trace's root. The request's `traceparent`
+/// then names it, so every child (an attempt, a job) hangs below it; the access
+/// log ends it with the answer.
+fn server_span(
+    t: &Telemetry,
+    req: &mut Request<Body>,
+    route: Option<&str>,
+    client: Option<IpAddr>,
+) {
+    let (peer, tls) = req
+        .extensions()
+        .get::<ConnInfo>()
+        .map_or((None, false), |c| (Some(c.peer.ip()), c.tls));
+    let method = req.method().as_str();
+    let mut attributes = Vec::with_capacity(6);
+    attributes.extend([
+        KeyValue::new("http.request.method", method.to_owned()),
+        KeyValue::new("url.path", req.uri().path().to_owned()),
+        KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
+        KeyValue::new(
+            "network.protocol.version",
+            match req.version() {
+                Version::HTTP_2 => "2",
+                Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            },
+        ),
+    ]);
+    if let Some(ip) = client.or(peer) {
+        attributes.push(KeyValue::new("client.address", ip.to_string()));
+    }
+    let name = match route {
+        Some(r) => {
+            attributes.push(KeyValue::new("http.route", r.to_owned()));
+            format!("{method} {r}")
+        }
+        None => method.to_owned(),
+    };
+    let parent = req
+        .extensions()
+        .get::<RequestId>()
+        .filter(|id| id.1)
+        .and_then(|_| req.headers().get(&TRACEPARENT));
+    let span = t.span(name, Kind::Server, parent, attributes);
+    req.headers_mut()
+        .insert(TRACEPARENT.clone(), span.traceparent());
+    if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
+        log.set_span(span);
+    }
 }
 
 /// Whether `path` lies under the prefix `base` (`/files/...`).

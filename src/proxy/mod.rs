@@ -13,7 +13,10 @@ use crate::body::Body;
 use crate::config::{Forward, Target};
 use crate::context::{ConnInfo, RequestLog};
 use crate::state::RouteContext;
-use crate::upstream::{self, prepare, Outgoing, Upstream, UpstreamError};
+use crate::telemetry::{KeyValue, Kind};
+use crate::upstream::{self, prepare, Outgoing, Traced, Upstream, UpstreamError};
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Forwards a routed request to the route's backend, tunnelling a WebSocket
 /// upgrade once the backend switched protocols.
@@ -72,6 +75,11 @@ pub(crate) async fn forward(
         None
     };
 
+    let telemetry = ctx.snapshot.telemetry.as_deref();
+    // A tunnel's span is a sibling of the attempt that opened it.
+    let parent = telemetry
+        .filter(|_| upgrade.is_some())
+        .and_then(|_| parts.headers.get(&TRACEPARENT).cloned());
     let prepared = prepare(body, route.max_body, log.as_ref()).await?;
     let mut res = upstream
         .send(Outgoing {
@@ -88,6 +96,10 @@ pub(crate) async fn forward(
             response_edits: &route.response_headers,
             upgrade: upgrade.is_some(),
             attempt_timeout: None,
+            trace: telemetry.map(|telemetry| Traced {
+                telemetry,
+                attributes: &[],
+            }),
         })
         .await?;
     if let Some(client) = client_upgrade {
@@ -105,11 +117,23 @@ pub(crate) async fn forward(
                     h.remove(name);
                 }
             }
+            let span = telemetry.map(|t| {
+                t.span(
+                    "websocket",
+                    Kind::Client,
+                    parent.as_ref(),
+                    vec![
+                        KeyValue::new("fngate.route", route.name.to_string()),
+                        KeyValue::new("fngate.backend", to.backend.name.to_string()),
+                    ],
+                )
+            });
             tokio::spawn(tunnel::run(
                 client,
                 upstream,
                 server.websocket_idle_timeout,
                 server.websocket_max_lifetime,
+                span,
             ));
         }
     }

@@ -10,13 +10,24 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::idle::{Activity, Tracked};
+use crate::telemetry::{KeyValue, Span};
 
 /// Joins the client's and the backend's upgraded connections.
-pub(crate) async fn run(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, max: Duration) {
+/// A traced tunnel's span ends when it closes, with the bytes it carried.
+pub(crate) async fn run(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    max: Duration,
+    mut span: Option<Span>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(e) => {
             tracing::debug!("upgrade failed: {e}");
+            if let Some(span) = &mut span {
+                span.fail("upgrade_failed", e.to_string());
+            }
             return;
         }
     };
@@ -30,13 +41,30 @@ pub(crate) async fn run(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, 
         activity: activity.clone(),
     };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::select! {
-        res = copy => {
-            if let Err(e) = res {
-                tracing::debug!("tunnel ended: {e}");
+    let closed = tokio::select! {
+        res = copy => match res {
+            Ok((up, down)) => {
+                if let Some(span) = &mut span {
+                    span.set(KeyValue::new("fngate.tunnel.bytes_sent", up as i64));
+                    span.set(KeyValue::new("fngate.tunnel.bytes_received", down as i64));
+                }
+                "closed"
             }
+            Err(e) => {
+                tracing::debug!("tunnel ended: {e}");
+                "error"
+            }
+        },
+        why = activity.expired(idle, None) => {
+            tracing::debug!("tunnel closed: {why}");
+            "idle"
         }
-        why = activity.expired(idle, None) => tracing::debug!("tunnel closed: {why}"),
-        () = tokio::time::sleep(max) => tracing::debug!("tunnel closed: max lifetime"),
+        () = tokio::time::sleep(max) => {
+            tracing::debug!("tunnel closed: max lifetime");
+            "max_lifetime"
+        }
+    };
+    if let Some(span) = &mut span {
+        span.set(KeyValue::new("fngate.tunnel.end", closed));
     }
 }

@@ -228,6 +228,11 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             }
             stop_admin.cancel();
             let _ = admin.await;
+            // Spans of the last requests go out before the process ends (the
+            // export gives up within its own timeout).
+            if let Some(t) = state.load().telemetry.clone() {
+                let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+            }
             tracing::info!("stopped");
         }
     });

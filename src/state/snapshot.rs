@@ -17,6 +17,7 @@ use crate::config::{self, Action, AuthKind, Config, Forward, Route};
 use crate::metrics::Metrics;
 use crate::ratelimit::Limiter;
 use crate::router::RouteTable;
+use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
 
 /// The matched route, with the snapshot it was matched in: a request finishes
@@ -59,6 +60,8 @@ pub struct Snapshot {
     pub routes: Vec<ActiveRoute>,
     /// The HTTPS listener's config; new connections take the current one.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Trace export, when `[telemetry]` names a collector.
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 #[derive(Debug)]
@@ -213,9 +216,24 @@ impl Snapshot {
                 }
             },
         };
+        // An unchanged `[telemetry]` keeps its exporter and queued spans.
+        let telemetry = match (&config.telemetry, previous) {
+            (None, _) => None,
+            (Some(t), Some(p)) if p.telemetry.as_ref().is_some_and(|o| o.config == *t) => {
+                p.telemetry.clone()
+            }
+            (Some(t), _) => match Telemetry::start(t.clone(), metrics) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!("telemetry: {e}; spans are not exported");
+                    None
+                }
+            },
+        };
         Self {
             version,
             tls,
+            telemetry,
             table: RouteTable::build(&config.routes),
             config: Arc::new(config),
             upstreams,

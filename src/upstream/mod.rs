@@ -29,6 +29,9 @@ use crate::clock::Clock;
 use crate::config::{Backend, Endpoint, Protocol};
 use crate::context::RequestLog;
 use crate::metrics::{AttemptOutcome, Metrics, UpstreamSeries};
+use crate::telemetry::{KeyValue, Kind, Span, Telemetry};
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 pub(crate) use body::{prepare, BodyError, Prepared, ProxyBody};
 pub(crate) use pool::EndpointStatus;
@@ -179,6 +182,15 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) upgrade: bool,
     /// Replaces the backend's `timeout` (a job's `delivery.timeout`).
     pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) trace: Option<Traced<'a>>,
+}
+
+/// A traced request: each attempt is a CLIENT span below the span its
+/// `traceparent` names, with these attributes besides the attempt's own.
+#[derive(Clone, Copy)]
+pub(crate) struct Traced<'a> {
+    pub(crate) telemetry: &'a Telemetry,
+    pub(crate) attributes: &'a [KeyValue],
 }
 
 impl Upstream {
@@ -199,6 +211,7 @@ impl Upstream {
             response_edits,
             upgrade,
             attempt_timeout,
+            trace,
         } = out;
         let backend = &self.backend;
         let name = || backend.name.clone();
@@ -250,6 +263,8 @@ impl Upstream {
                 }
             };
             let retries_left = attempt < backend.retries as usize;
+            let mut span =
+                trace.map(|t| attempt_span(t, &method, endpoint, backend, attempt, &headers));
             let mut up = Request::new(body);
             *up.method_mut() = method.clone();
             *up.uri_mut() =
@@ -266,6 +281,11 @@ impl Upstream {
             };
             let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
             up.headers_mut().insert(http::header::HOST, host);
+            if let Some(span) = &span {
+                // The backend's parent is this attempt.
+                up.headers_mut()
+                    .insert(TRACEPARENT.clone(), span.traceparent());
+            }
             if let Some(log) = &log {
                 let url = endpoint.url.clone();
                 log.update(|f| f.upstream = Some(url));
@@ -287,6 +307,9 @@ impl Upstream {
                     {
                         pool.report(i, Outcome::Failure);
                         self.series.record(AttemptOutcome::Error, elapsed);
+                        if let Some(span) = &mut span {
+                            span.fail("unexpected_switch", "101 to a request that was no upgrade");
+                        }
                         return Err(UpstreamError::UnexpectedSwitch {
                             backend: name(),
                             endpoint: endpoint.url.clone(),
@@ -307,9 +330,28 @@ impl Upstream {
                         AttemptOutcome::Ok
                     };
                     self.series.record(label, elapsed);
+                    if let Some(span) = &mut span {
+                        let status = res.status();
+                        span.set(KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(status.as_u16()),
+                        ));
+                        // OpenTelemetry's HTTP conventions: a client span fails on 4xx and 5xx.
+                        if status.as_u16() >= 400 && !status.is_informational() {
+                            span.fail("http_status", status.as_str().to_owned());
+                        }
+                    }
                     (outcome, Some(res))
                 }
                 Ok(Err(e)) => {
+                    if let Some(span) = &mut span {
+                        let kind = if e.is_connect() {
+                            "connect_error"
+                        } else {
+                            "error"
+                        };
+                        span.fail(kind, chain(&e));
+                    }
                     if let Some(b) = body::body_error(&e) {
                         return Err(match b {
                             BodyError::TooLarge(limit) => {
@@ -355,6 +397,9 @@ impl Upstream {
                     (outcome, None)
                 }
                 Err(_) => {
+                    if let Some(span) = &mut span {
+                        span.fail("timeout", "the attempt timed out");
+                    }
                     self.series.record(AttemptOutcome::Timeout, elapsed);
                     last = UpstreamError::Timeout { backend: name() };
                     (Attempt::TimedOut, None)
@@ -370,6 +415,8 @@ impl Upstream {
                     Outcome::Ok
                 },
             );
+            // The attempt's span ends with its answer's head (or its failure).
+            drop(span);
             let circumstances = retry::Request {
                 idempotent,
                 replayable,
@@ -390,6 +437,45 @@ impl Upstream {
         }
         Err(last)
     }
+}
+
+/// The CLIENT span of one attempt, below the span `headers` names.
+fn attempt_span(
+    t: Traced<'_>,
+    method: &Method,
+    endpoint: &Endpoint,
+    backend: &Backend,
+    attempt: usize,
+    headers: &http::HeaderMap,
+) -> Span {
+    let port =
+        endpoint
+            .authority
+            .port_u16()
+            .unwrap_or(if endpoint.scheme == http::uri::Scheme::HTTPS {
+                443
+            } else {
+                80
+            });
+    let mut attributes = Vec::with_capacity(7 + t.attributes.len());
+    attributes.extend([
+        KeyValue::new("http.request.method", method.as_str().to_owned()),
+        KeyValue::new("server.address", endpoint.authority.host().to_owned()),
+        KeyValue::new("server.port", i64::from(port)),
+        KeyValue::new("fngate.backend", backend.name.to_string()),
+        KeyValue::new("fngate.endpoint", endpoint.url.to_string()),
+        KeyValue::new("fngate.attempt", attempt as i64 + 1),
+    ]);
+    if attempt > 0 {
+        attributes.push(KeyValue::new("http.request.resend_count", attempt as i64));
+    }
+    attributes.extend_from_slice(t.attributes);
+    t.telemetry.span(
+        method.as_str().to_owned(),
+        Kind::Client,
+        headers.get(&TRACEPARENT),
+        attributes,
+    )
 }
 
 pub(crate) fn upstream_uri(

@@ -21,6 +21,7 @@ mod resilience;
 mod routing;
 mod schedules;
 mod streams;
+mod telemetry;
 mod tls;
 mod uploads;
 mod upstreams;

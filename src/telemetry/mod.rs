@@ -1,0 +1,248 @@
+//! Trace export (SPEC §12). The request path only builds spans: a SERVER span
+//! per request, a CLIENT span per upstream attempt, aggregate call, delivery
+//! attempt and WebSocket tunnel. Ended spans go to the batch processor's own
+//! thread, which POSTs them as OTLP/HTTP protobuf; a full queue or a failed
+//! batch drops spans (counted), never delays or fails a request.
+//!
+//! The `traceparent` header of the request is the current span as it passes
+//! the layers: the route layer points it at the server span, and whoever makes
+//! a child (an attempt, a job accepted for later) takes its parent from there.
+
+mod export;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
+};
+use opentelemetry::Context;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+
+use crate::config;
+use crate::hex::hex;
+use crate::metrics::Metrics;
+
+pub(crate) use opentelemetry::trace::SpanKind as Kind;
+pub(crate) use opentelemetry::KeyValue;
+
+/// Why telemetry could not start (the config is served without it).
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry needs a running tokio runtime")]
+    NoRuntime,
+    #[error("the OTLP exporter: {0}")]
+    Exporter(String),
+}
+
+/// One exporting pipeline: a tracer, its provider and batch thread. Kept
+/// across reloads while `[telemetry]` is unchanged.
+pub struct Telemetry {
+    pub config: config::Telemetry,
+    tracer: SdkTracer,
+    provider: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("traces_url", &self.config.traces_url)
+            .finish()
+    }
+}
+
+impl Telemetry {
+    pub fn start(
+        config: config::Telemetry,
+        metrics: &Metrics,
+    ) -> Result<Arc<Self>, TelemetryError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
+        let processor = export::processor(&config, runtime, metrics.spans_dropped.clone())?;
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            // Parent-based: a caller's decision, sampled or not, is kept; the
+            // ratio decides only for traces that start here.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sample_ratio,
+            ))))
+            .with_resource(
+                opentelemetry_sdk::Resource::builder_empty()
+                    .with_service_name(config.service_name.to_string())
+                    .build(),
+            )
+            .build();
+        let tracer = provider.tracer("fngate");
+        Ok(Arc::new(Self {
+            config,
+            tracer,
+            provider: Some(provider),
+        }))
+    }
+
+    /// Starts a span below `parent` (a `traceparent`), or a new trace's root.
+    pub(crate) fn span(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        parent: Option<&HeaderValue>,
+        attributes: Vec<KeyValue>,
+    ) -> Span {
+        let cx = match parent.and_then(|p| parse_traceparent(p.as_bytes())) {
+            Some(sc) => Context::new().with_remote_span_context(sc),
+            None => Context::new(),
+        };
+        let builder = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes);
+        Span(self.tracer.build_with_context(builder, &cx))
+    }
+
+    /// Exports what is queued; for a graceful exit. Blocks: not on a runtime thread.
+    pub fn flush(&self) {
+        if let Some(p) = &self.provider {
+            let _ = p.force_flush();
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        // Shutting down waits for the last export (up to its timeout), so it
+        // runs on a thread of its own, never on the runtime's.
+        if let Some(provider) = self.provider.take() {
+            let _ = std::thread::Builder::new()
+                .name("fngate-otlp-stop".into())
+                .spawn(move || {
+                    let _ = provider.shutdown();
+                });
+        }
+    }
+}
+
+/// A started span; it ends when dropped.
+pub(crate) struct Span(opentelemetry_sdk::trace::Span);
+
+impl std::fmt::Debug for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Span")
+    }
+}
+
+impl Span {
+    fn context(&self) -> &SpanContext {
+        opentelemetry::trace::Span::span_context(&self.0)
+    }
+
+    /// The `traceparent` naming this span, for the request it makes.
+    pub(crate) fn traceparent(&self) -> HeaderValue {
+        let sc = self.context();
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex(
+            &mut buf[3..35],
+            u128::from_be_bytes(sc.trace_id().to_bytes()),
+        );
+        hex(
+            &mut buf[36..52],
+            u128::from(u64::from_be_bytes(sc.span_id().to_bytes())),
+        );
+        hex(&mut buf[53..55], u128::from(sc.trace_flags().to_u8()));
+        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+    }
+
+    /// Its trace id in lower-case hex, for the access log.
+    pub(crate) fn trace_id(&self) -> [u8; 32] {
+        let mut buf = [0u8; 32];
+        hex(
+            &mut buf,
+            u128::from_be_bytes(self.context().trace_id().to_bytes()),
+        );
+        buf
+    }
+
+    pub(crate) fn set(&mut self, attribute: KeyValue) {
+        opentelemetry::trace::Span::set_attribute(&mut self.0, attribute);
+    }
+
+    /// Marks the span failed, with why (`error.type` as well).
+    pub(crate) fn fail(&mut self, kind: &'static str, description: impl Into<Cow<'static, str>>) {
+        self.set(KeyValue::new("error.type", kind));
+        opentelemetry::trace::Span::set_status(&mut self.0, Status::error(description));
+    }
+}
+
+/// A W3C `traceparent` (version 00, or a later one read as 00) as a remote parent.
+fn parse_traceparent(v: &[u8]) -> Option<SpanContext> {
+    if v.len() < 55
+        || v[2] != b'-'
+        || v[35] != b'-'
+        || v[52] != b'-'
+        || (v.len() > 55 && v[55] != b'-')
+    {
+        return None;
+    }
+    let hex_of = |s: &[u8]| -> Option<u128> {
+        s.iter().try_fold(0u128, |n, &b| {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => return None,
+            };
+            Some(n << 4 | u128::from(d))
+        })
+    };
+    let version = hex_of(&v[..2])?;
+    if version == 0xff || (version == 0 && v.len() != 55) {
+        return None;
+    }
+    let trace_id = TraceId::from_bytes(hex_of(&v[3..35])?.to_be_bytes());
+    let span_id = SpanId::from_bytes((hex_of(&v[36..52])? as u64).to_be_bytes());
+    let flags = TraceFlags::new(hex_of(&v[53..55])? as u8 & 1);
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID)
+        .then(|| SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_parse_as_w3c_says() {
+        let sc = parse_traceparent(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            .expect("valid");
+        assert_eq!(
+            format!("{}", sc.trace_id()),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(format!("{}", sc.span_id()), "b7ad6b7169203331");
+        assert!(sc.is_sampled() && sc.is_remote());
+        let unsampled =
+            parse_traceparent(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00")
+                .expect("valid");
+        assert!(!unsampled.is_sampled());
+        // A later version may append fields; version 00 may not.
+        assert!(parse_traceparent(
+            b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"
+        )
+        .is_some());
+        for bad in [
+            &b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"[..],
+            b"00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            b"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            b"",
+        ] {
+            assert!(
+                parse_traceparent(bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
