@@ -28,7 +28,7 @@ use super::TelemetryError;
 use crate::config;
 
 /// Spans held for export at most; beyond it they are dropped and counted.
-const QUEUE: usize = 4096;
+pub(super) const QUEUE: usize = 4096;
 /// Spans per OTLP request.
 const BATCH: usize = 512;
 /// How long an ended span may wait for a batch to fill.

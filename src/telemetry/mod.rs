@@ -210,6 +210,71 @@ fn parse_traceparent(v: &[u8]) -> Option<SpanContext> {
 mod tests {
     use super::*;
 
+    /// A collector that takes connections and never answers: every export
+    /// waits out its attempt, so nothing leaves the queue meanwhile.
+    fn blackhole() -> (std::net::TcpListener, config::Telemetry) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/v1/traces", listener.local_addr().expect("addr"));
+        let config = config::Telemetry {
+            traces_url: url.parse().expect("url"),
+            service_name: "t".into(),
+            sample_ratio: 1.0,
+            export_timeout: config::MAX_EXPORT_TIMEOUT,
+            headers: Vec::new(),
+        };
+        (listener, config)
+    }
+
+    #[tokio::test]
+    async fn spans_past_the_queue_are_dropped_and_counted_at_once() {
+        let (_listener, config) = blackhole();
+        let metrics = Metrics::new();
+        let t = Telemetry::start(config, &metrics).expect("starts");
+        for _ in 0..export::QUEUE + 100 {
+            drop(t.span("s", SpanKind::Internal, None, Vec::new()));
+        }
+        assert_eq!(metrics.spans_dropped.get(), 100);
+        // Ending spans never waited for the export; dropping the pipeline does not either.
+        let started = std::time::Instant::now();
+        drop(t);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_parents_decision_is_kept_and_a_root_follows_the_ratio() {
+        let (_listener, mut config) = blackhole();
+        config.sample_ratio = 0.0;
+        let metrics = Metrics::new();
+        let t = Telemetry::start(config, &metrics).expect("starts");
+        let sampled =
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        let unsampled =
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
+        let child = t.span("c", SpanKind::Server, Some(&sampled), Vec::new());
+        let tp = child.traceparent();
+        let tp = tp.to_str().expect("ascii");
+        assert!(
+            tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && tp.ends_with("-01"),
+            "{tp}"
+        );
+        assert_ne!(&tp[36..52], "b7ad6b7169203331", "a span of its own");
+        assert!(t
+            .span("u", SpanKind::Server, Some(&unsampled), Vec::new())
+            .traceparent()
+            .to_str()
+            .expect("ascii")
+            .ends_with("-00"));
+        assert!(
+            t.span("r", SpanKind::Server, None, Vec::new())
+                .traceparent()
+                .to_str()
+                .expect("ascii")
+                .ends_with("-00"),
+            "ratio 0: a root is not sampled"
+        );
+        assert_eq!(metrics.spans_dropped.get(), 0);
+    }
+
     #[test]
     fn traceparents_parse_as_w3c_says() {
         let sc = parse_traceparent(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")

@@ -222,3 +222,44 @@ fn tls_and_upstream_settings_are_checked() {
     has(&e, 6, "backends.b.protocol", "expected \"http1\" or \"h2\"");
     has(&e, 7, "backends.b.ca", "only applies to https:// urls");
 }
+
+#[test]
+fn telemetry_settings_are_checked() {
+    let e = errors(&format!(
+        "{BACKEND}[telemetry]\notlp_endpoint = \"127.0.0.1:4318\"\nsample_ratio = 1.5\nexport_timeout = \"30s\"\nheaders = {{ \"bad name\" = \"x\" }}\nservice = \"typo\"\n"
+    ));
+    has(
+        &e,
+        4,
+        "telemetry.otlp_endpoint",
+        "not an http:// or https:// URL",
+    );
+    has(&e, 5, "telemetry.sample_ratio", "from 0.0 to 1.0");
+    has(&e, 6, "telemetry.export_timeout", "at most 10s");
+    has(
+        &e,
+        7,
+        "telemetry.headers.bad name",
+        "not a valid header name",
+    );
+    has(&e, 8, "telemetry.service", "unknown key");
+    assert_eq!(e.len(), 5, "{e:?}");
+    // Without an endpoint nothing is exported; the rest is still checked.
+    let ok = Config::parse(
+        &format!("{BACKEND}[telemetry]\nsample_ratio = 0.25\n"),
+        "routes.toml",
+        &|_| None,
+    )
+    .unwrap();
+    assert!(ok.telemetry.is_none());
+    let ok = Config::parse(
+        &format!("{BACKEND}[telemetry]\notlp_endpoint = \"https://otel.example:4318/base/\"\nsample_ratio = 1\n"),
+        "routes.toml",
+        &|_| None,
+    )
+    .unwrap();
+    let t = ok.telemetry.unwrap();
+    assert_eq!(t.traces_url, "https://otel.example:4318/base/v1/traces");
+    assert_eq!(t.sample_ratio, 1.0);
+    assert_eq!(&*t.service_name, "fngate");
+}

@@ -224,6 +224,9 @@ async fn json_access_log_has_one_object_per_request() {
     assert_eq!(log["bytes_out"], a.body.len());
     assert_eq!(log["upstream"], b.url());
     assert_eq!(log["client_ip"], "127.0.0.1");
+    // Untraced, the trace is the one the function was called in.
+    let sent = a.upstream_header("traceparent").unwrap();
+    assert_eq!(log["trace_id"], sent[3..35], "{line}");
     for key in ["ts", "duration_ms", "consumer"] {
         assert!(!log[key].is_null(), "{key} missing: {line}");
     }

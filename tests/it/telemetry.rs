@@ -465,3 +465,284 @@ async fn a_callers_sampling_decision_is_kept_both_ways() {
     let spans = collector.trace(&root_trace, 2).await;
     assert_eq!(collector.spans().len(), 2, "{spans:#?}");
 }
+
+/// `fngate_spans_dropped_total`, once it reached `at_least` (polled, at most 20 s).
+async fn dropped(gw: &Gw, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = gw.metrics().await;
+        let n = m
+            .lines()
+            .find_map(|l| l.strip_prefix("fngate_spans_dropped_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if n >= at_least {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} spans dropped, not {at_least}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Requests through a gateway whose collector is `collector`: every one is
+/// answered at once, and their spans are counted as dropped.
+async fn served_without_the_collector(collector: String) {
+    let b = Backend::echo("b").await;
+    let gw = Gw::start(&format!(
+        "{}{}",
+        telemetry(&collector, "export_timeout = \"1s\""),
+        config(&b.url(), ANY)
+    ))
+    .await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..40 {
+        let started = Instant::now();
+        let a = gw.get(&format!("/r/{i}")).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(a.status, 200);
+    }
+    // An export that blocked a request would hold it for its 500 ms attempt.
+    assert!(
+        slowest < Duration::from_millis(300),
+        "a request took {slowest:?}"
+    );
+    assert!(dropped(&gw, 80).await >= 80);
+}
+
+#[tokio::test]
+async fn a_collector_that_refuses_costs_requests_nothing_and_its_spans_are_counted() {
+    served_without_the_collector(format!("http://{}", dead_addr().await)).await;
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_costs_requests_nothing_and_its_spans_are_counted() {
+    // Accepts connections and reads nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    served_without_the_collector(format!("http://{addr}")).await;
+}
+
+#[tokio::test]
+async fn telemetry_is_turned_on_changed_and_off_by_a_reload() {
+    let collector = Collector::start().await;
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let base = format!("[server]\nwatch = false\n{}", config(&b.url(), ANY));
+    std::fs::write(&path, &base).unwrap();
+    let gw = Gw::start_config(fngate::Config::load(&path).unwrap()).await;
+    let state = &gw.gateway.as_ref().unwrap().state;
+    let reload = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        state.reload(fngate::state::Source::Reload)
+    };
+    let traced = |gw: &Gw, path: &'static str| {
+        let url = gw.url(path);
+        async move {
+            let a = send(Request::get(url).body(empty()).unwrap()).await;
+            ids(&a.upstream_header("traceparent").unwrap()).0
+        }
+    };
+
+    let before = traced(&gw, "/before").await;
+    reload(format!("{}{base}", telemetry(&collector.url(), "")))
+        .await
+        .unwrap();
+    let first = state.load().telemetry.clone().expect("on after the reload");
+    let on = traced(&gw, "/on").await;
+    let spans = collector.trace(&on, 2).await;
+    assert!(spans.iter().all(|s| s.service == "fngate-test"));
+
+    // An unrelated change keeps the exporter; a changed [telemetry] replaces it.
+    reload(format!(
+        "{}{base}\n# touched\n",
+        telemetry(&collector.url(), "")
+    ))
+    .await
+    .unwrap();
+    assert!(Arc::ptr_eq(
+        &first,
+        state.load().telemetry.as_ref().unwrap()
+    ));
+    let renamed = telemetry(&collector.url(), "").replace("fngate-test", "renamed");
+    reload(format!("{renamed}{base}")).await.unwrap();
+    assert!(!Arc::ptr_eq(
+        &first,
+        state.load().telemetry.as_ref().unwrap()
+    ));
+    drop(first);
+    let changed = traced(&gw, "/changed").await;
+    let spans = collector.trace(&changed, 2).await;
+    assert!(spans.iter().all(|s| s.service == "renamed"), "{spans:#?}");
+
+    reload(base).await.unwrap();
+    assert!(state.load().telemetry.is_none());
+    let off = traced(&gw, "/off").await;
+    // The marker request after it is exported by a fresh pipeline; `off` never is.
+    reload(format!(
+        "{}{}",
+        telemetry(&collector.url(), ""),
+        config(&b.url(), ANY)
+    ))
+    .await
+    .unwrap();
+    let marker = traced(&gw, "/marker").await;
+    collector.trace(&marker, 2).await;
+    let spans = collector.spans();
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.trace_id != before && s.trace_id != off),
+        "{spans:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_is_a_span_that_ends_when_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let collector = Collector::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gw::start(&format!(
+        "{}[backends.ws]\nurls = [\"http://{backend}\"]\n[[routes]]\nname = \"chat\"\npath = \"/chat\"\nbackend = \"ws\"\n",
+        telemetry(&collector.url(), "")
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = Request::get(format!("ws://{}/chat", gw.addr))
+        .header("host", gw.addr.to_string())
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .body(())
+        .unwrap();
+    let (mut ws, res) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    assert_eq!(res.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    // The tunnel ends once both sides closed.
+    drop(ws);
+    let spans = collector.trace(CLIENT_TRACE, 3).await;
+    let server = spans.iter().find(|s| s.kind == SERVER).unwrap();
+    assert_eq!(server.attr("http.response.status_code"), Some("101"));
+    let tunnel = spans
+        .iter()
+        .find(|s| s.name == "websocket")
+        .expect("a tunnel span");
+    assert_eq!(tunnel.kind, CLIENT);
+    assert_eq!(tunnel.parent, server.span_id);
+    assert_eq!(
+        tunnel.attr("fngate.tunnel.end"),
+        Some("closed"),
+        "{tunnel:#?}"
+    );
+    let sent: i64 = tunnel
+        .attr("fngate.tunnel.bytes_sent")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent > 5, "the frame and the close went up: {tunnel:#?}");
+    assert!(spans
+        .iter()
+        .any(|s| s.kind == CLIENT && s.attr("http.response.status_code") == Some("101")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_trace_the_server_span_started() {
+    let collector = Collector::start().await;
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}{}",
+            telemetry(&collector.url(), ""),
+            config(&b.url(), ANY)
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(cfg.to_str().unwrap(), &[]);
+    let a = send(
+        Request::get(format!("http://{}/logged", p.addr))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let (trace, _) = ids(&a.upstream_header("traceparent").unwrap());
+    let line = p.line_with(a.header("x-request-id").unwrap());
+    assert!(line.contains(&format!("trace_id=\"{trace}\"")), "{line}");
+    let spans = collector.trace(&trace, 2).await;
+    assert!(spans
+        .iter()
+        .any(|s| s.kind == SERVER && s.parent.is_empty()));
+}
+
+#[tokio::test]
+async fn a_failed_request_marks_its_server_and_client_spans_failed() {
+    let collector = Collector::start().await;
+    let gw = Gw::start(&format!(
+        "{}[backends.b]\nurls = [\"http://{}\"]\nretries = 0\n[[routes]]\nname = \"down\"\npath = \"/down\"\nbackend = \"b\"\n",
+        telemetry(&collector.url(), ""),
+        dead_addr().await
+    ))
+    .await;
+    let a = get_with_parent(&gw, "/down", "01").await;
+    assert_eq!(a.status, 502);
+    let spans = collector.trace(CLIENT_TRACE, 2).await;
+    let server = spans.iter().find(|s| s.kind == SERVER).unwrap();
+    assert_eq!(server.status, STATUS_ERROR, "{server:#?}");
+    assert_eq!(server.attr("http.response.status_code"), Some("502"));
+    assert_eq!(server.attr("error.type"), Some("http_status"));
+    let client = spans.iter().find(|s| s.kind == CLIENT).unwrap();
+    assert_eq!(client.status, STATUS_ERROR);
+    assert_eq!(
+        client.attr("error.type"),
+        Some("connect_error"),
+        "{client:#?}"
+    );
+    // A 404 is the client's mistake: its server span (no route, no attempt) did not fail.
+    let unrouted = gw.get("/nothing").await;
+    assert_eq!(unrouted.status, 404);
+    let spans = collector
+        .until("the 404's span", |s| {
+            s.iter().any(|s| s.attr("url.path") == Some("/nothing"))
+        })
+        .await;
+    let span = spans
+        .iter()
+        .find(|s| s.attr("url.path") == Some("/nothing"))
+        .unwrap();
+    assert_eq!((span.kind, span.name.as_str()), (SERVER, "GET"));
+    assert_eq!(span.attr("http.response.status_code"), Some("404"));
+    assert_ne!(span.status, STATUS_ERROR);
+    assert_eq!(span.attr("http.route"), None);
+}
