@@ -35,8 +35,9 @@ def h2load(port, n, conns):
         sys.exit(f"port {port}: {ok} of {n} requests answered 2xx\n{out}")
 
 
-def counted(name, argv, port, work, n, conns):
-    """Runs argv under callgrind; returns instructions per request."""
+def counted(name, argv, port, work, n, conns, settle=0.0):
+    """Runs argv under callgrind; returns instructions per request. `settle` seconds pass
+    before the count is taken, for work a request leaves behind (a span's export)."""
     out = os.path.join(work, f"{name}.cg")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -46,6 +47,7 @@ def counted(name, argv, port, work, n, conns):
         h2load(port, 500, conns)  # warm: connections pooled, caches filled
         subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
         h2load(port, n, conns)
+        time.sleep(settle)
         subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, capture_output=True)
     finally:
         run.stop([p])

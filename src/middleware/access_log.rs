@@ -217,8 +217,8 @@ impl Drop for Logged {
             elapsed,
             fields.duration.as_ref(),
         );
-        let mut trace_id = e.trace_id;
-        if let Some(mut span) = e.log.take_span() {
+        let mut span = e.log.take_span();
+        if let Some(span) = span.as_mut().filter(|s| s.recording()) {
             span.set(KeyValue::new(
                 "http.response.status_code",
                 i64::from(e.status),
@@ -231,9 +231,10 @@ impl Drop for Logged {
                     .map_or_else(|| e.status.to_string(), |d| d.0.to_string());
                 span.fail("http_status", why);
             }
-            trace_id = Some(span.trace_id());
         }
         let Some(path) = e.path else { return };
+        // A server span may have started a trace of its own: the log names that one.
+        let trace_id = span.as_ref().map(|s| s.trace_id()).or(e.trace_id);
         let client_ip = fields.client_ip.or(e.peer);
         tracing::info!(
             target: "fngate::access",

@@ -173,11 +173,11 @@ where
         .get::<ConnInfo>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
     let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
+    let name: Arc<str> = job.route.as_str().into();
     if let Some(t) = &snapshot.telemetry {
-        server_span(t, &mut req, Some(&job.route), Some(client_ip));
+        server_span(t, &mut req, Some(&name), Some(client_ip));
     }
     if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
-        let name: Arc<str> = job.route.as_str().into();
         log.update(|f| {
             f.route = Some(name);
             f.client_ip = Some(client_ip);
@@ -212,46 +212,54 @@ where
 fn server_span(
     t: &Telemetry,
     req: &mut Request<Body>,
-    route: Option<&str>,
+    route: Option<&Arc<str>>,
     client: Option<IpAddr>,
 ) {
-    let (peer, tls) = req
-        .extensions()
-        .get::<ConnInfo>()
-        .map_or((None, false), |c| (Some(c.peer.ip()), c.tls));
-    let method = req.method().as_str();
-    let mut attributes = Vec::with_capacity(6);
-    attributes.extend([
-        KeyValue::new("http.request.method", method.to_owned()),
-        KeyValue::new("url.path", req.uri().path().to_owned()),
-        KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
-        KeyValue::new(
-            "network.protocol.version",
-            match req.version() {
-                Version::HTTP_2 => "2",
-                Version::HTTP_10 => "1.0",
-                _ => "1.1",
-            },
-        ),
-    ]);
-    if let Some(ip) = client.or(peer) {
-        attributes.push(KeyValue::new("client.address", ip.to_string()));
-    }
-    let name = match route {
-        Some(r) => {
-            attributes.push(KeyValue::new("http.route", r.to_owned()));
-            format!("{method} {r}")
-        }
-        None => method.to_owned(),
-    };
     let parent = req
         .extensions()
         .get::<RequestId>()
         .filter(|id| id.1)
         .and_then(|_| req.headers().get(&TRACEPARENT));
-    let span = t.span(name, Kind::Server, parent, attributes);
-    req.headers_mut()
-        .insert(TRACEPARENT.clone(), span.traceparent());
+    let span = t.span(Kind::Server, parent, || {
+        let conn = req.extensions().get::<ConnInfo>();
+        let tls = conn.is_some_and(|c| c.tls);
+        let method = crate::telemetry::method(req.method());
+        let mut attributes = Vec::with_capacity(7);
+        attributes.extend([
+            KeyValue::new("http.request.method", method.clone()),
+            KeyValue::new("url.path", req.uri().path().to_owned()),
+            KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
+            KeyValue::new(
+                "network.protocol.version",
+                match req.version() {
+                    Version::HTTP_2 => "2",
+                    Version::HTTP_10 => "1.0",
+                    _ => "1.1",
+                },
+            ),
+        ]);
+        // The peer's address is formatted once per connection already.
+        let address = match (client, conn) {
+            (Some(ip), Some(c)) if ip != c.peer.ip() => Some(ip.to_string()),
+            (Some(ip), None) => Some(ip.to_string()),
+            (_, Some(c)) => c.peer_value.to_str().ok().map(str::to_owned),
+            (None, None) => None,
+        };
+        if let Some(address) = address {
+            attributes.push(KeyValue::new("client.address", address));
+        }
+        let name = match route {
+            Some(r) => {
+                attributes.push(KeyValue::new("http.route", crate::telemetry::shared(r)));
+                format!("{method} {r}").into()
+            }
+            None => method,
+        };
+        (name, attributes)
+    });
+    if let Some(tp) = span.outgoing() {
+        req.headers_mut().insert(TRACEPARENT.clone(), tp);
+    }
     if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
         log.set_span(span);
     }

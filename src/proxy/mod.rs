@@ -118,15 +118,13 @@ pub(crate) async fn forward(
                 }
             }
             let span = telemetry.map(|t| {
-                t.span(
-                    "websocket",
-                    Kind::Client,
-                    parent.as_ref(),
-                    vec![
-                        KeyValue::new("fngate.route", route.name.to_string()),
-                        KeyValue::new("fngate.backend", to.backend.name.to_string()),
-                    ],
-                )
+                t.span(Kind::Client, parent.as_ref(), || {
+                    let attributes = vec![
+                        KeyValue::new("fngate.route", crate::telemetry::shared(&route.name)),
+                        KeyValue::new("fngate.backend", crate::telemetry::shared(&to.backend.name)),
+                    ];
+                    ("websocket".into(), attributes)
+                })
             });
             tokio::spawn(tunnel::run(
                 client,

@@ -25,7 +25,7 @@ pub(crate) async fn run(
         Ok(both) => both,
         Err(e) => {
             tracing::debug!("upgrade failed: {e}");
-            if let Some(span) = &mut span {
+            if let Some(span) = span.as_mut().filter(|s| s.recording()) {
                 span.fail("upgrade_failed", e.to_string());
             }
             return;
@@ -44,7 +44,7 @@ pub(crate) async fn run(
     let closed = tokio::select! {
         res = copy => match res {
             Ok((up, down)) => {
-                if let Some(span) = &mut span {
+                if let Some(span) = span.as_mut().filter(|s| s.recording()) {
                     span.set(KeyValue::new("fngate.tunnel.bytes_sent", up as i64));
                     span.set(KeyValue::new("fngate.tunnel.bytes_received", down as i64));
                 }
@@ -64,7 +64,7 @@ pub(crate) async fn run(
             "max_lifetime"
         }
     };
-    if let Some(span) = &mut span {
+    if let Some(span) = span.as_mut().filter(|s| s.recording()) {
         span.set(KeyValue::new("fngate.tunnel.end", closed));
     }
 }

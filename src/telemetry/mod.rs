@@ -63,11 +63,9 @@ impl Telemetry {
         let processor = export::processor(&config, runtime, metrics.spans_dropped.clone())?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            // Parent-based: a caller's decision, sampled or not, is kept; the
-            // ratio decides only for traces that start here.
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
+            // `span` decides first (a parent's flag, else the ratio) and hands
+            // the SDK only spans it will record.
+            .with_sampler(Sampler::AlwaysOn)
             .with_resource(
                 opentelemetry_sdk::Resource::builder_empty()
                     .with_service_name(config.service_name.to_string())
@@ -83,23 +81,51 @@ impl Telemetry {
     }
 
     /// Starts a span below `parent` (a `traceparent`), or a new trace's root.
+    /// Parent-based sampling: a caller's decision, sampled or not, is kept;
+    /// `sample_ratio` decides only for traces that start here. A span that is
+    /// not sampled still gets an id of its own to pass on, but never calls
+    /// `describe` (its name and attributes) nor reaches the SDK.
     pub(crate) fn span(
         &self,
-        name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
         parent: Option<&HeaderValue>,
-        attributes: Vec<KeyValue>,
+        describe: impl FnOnce() -> (Cow<'static, str>, Vec<KeyValue>),
     ) -> Span {
-        let cx = match parent.and_then(|p| parse_traceparent(p.as_bytes())) {
+        let parent = parent.and_then(|p| parse_traceparent(p.as_bytes()));
+        let sampled = match &parent {
+            Some(sc) => sc.is_sampled(),
+            None => fastrand::f64() < self.config.sample_ratio,
+        };
+        if !sampled {
+            // Nobody records this trace: a caller's context passes on as it
+            // came; a new trace gets ids (and the unsampled flag) once.
+            return Span(match parent {
+                Some(sc) => Inner::Silent(sc, false),
+                None => Inner::Silent(
+                    SpanContext::new(
+                        TraceId::from(fastrand::u128(1..)),
+                        SpanId::from(fastrand::u64(1..)),
+                        TraceFlags::NOT_SAMPLED,
+                        false,
+                        TraceState::NONE,
+                    ),
+                    true,
+                ),
+            });
+        }
+        let cx = match parent {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
         };
+        let (name, attributes) = describe();
         let builder = self
             .tracer
             .span_builder(name)
             .with_kind(kind)
             .with_attributes(attributes);
-        Span(self.tracer.build_with_context(builder, &cx))
+        Span(Inner::Recording(Box::new(
+            self.tracer.build_with_context(builder, &cx),
+        )))
     }
 
     /// Exports what is queued; for a graceful exit. Blocks: not on a runtime thread.
@@ -124,8 +150,36 @@ impl Drop for Telemetry {
     }
 }
 
+/// A config name as an attribute value, shared rather than copied.
+pub(crate) fn shared(name: &Arc<str>) -> opentelemetry::Value {
+    opentelemetry::Value::String(opentelemetry::StringValue::from(name.clone()))
+}
+
+/// A method's name, not copied when it is a standard one.
+pub(crate) fn method(m: &http::Method) -> Cow<'static, str> {
+    use http::Method as M;
+    Cow::Borrowed(match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => return Cow::Owned(m.as_str().to_owned()),
+    })
+}
+
 /// A started span; it ends when dropped.
-pub(crate) struct Span(opentelemetry_sdk::trace::Span);
+pub(crate) struct Span(Inner);
+
+enum Inner {
+    /// Boxed: the SDK's span is large, and only sampled requests have one.
+    Recording(Box<opentelemetry_sdk::trace::Span>),
+    /// Not sampled: only its context, to pass on, and whether it is new
+    /// (else it is the parent's, already in the request).
+    Silent(SpanContext, bool),
+}
 
 impl std::fmt::Debug for Span {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,10 +189,22 @@ impl std::fmt::Debug for Span {
 
 impl Span {
     fn context(&self) -> &SpanContext {
-        opentelemetry::trace::Span::span_context(&self.0)
+        match &self.0 {
+            Inner::Recording(s) => opentelemetry::trace::Span::span_context(&**s),
+            Inner::Silent(sc, _) => sc,
+        }
     }
 
-    /// The `traceparent` naming this span, for the request it makes.
+    /// The `traceparent` the request it makes must carry, when that is not
+    /// the one it already has (its parent's, passed on by a silent span).
+    pub(crate) fn outgoing(&self) -> Option<HeaderValue> {
+        match self.0 {
+            Inner::Silent(_, false) => None,
+            _ => Some(self.traceparent()),
+        }
+    }
+
+    /// The `traceparent` naming this span.
     pub(crate) fn traceparent(&self) -> HeaderValue {
         let sc = self.context();
         let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
@@ -164,15 +230,48 @@ impl Span {
         buf
     }
 
+    /// Whether it is exported: attributes known only later are worth making.
+    pub(crate) fn recording(&self) -> bool {
+        matches!(self.0, Inner::Recording(_))
+    }
+
     pub(crate) fn set(&mut self, attribute: KeyValue) {
-        opentelemetry::trace::Span::set_attribute(&mut self.0, attribute);
+        if let Inner::Recording(s) = &mut self.0 {
+            opentelemetry::trace::Span::set_attribute(&mut **s, attribute);
+        }
     }
 
     /// Marks the span failed, with why (`error.type` as well).
     pub(crate) fn fail(&mut self, kind: &'static str, description: impl Into<Cow<'static, str>>) {
-        self.set(KeyValue::new("error.type", kind));
-        opentelemetry::trace::Span::set_status(&mut self.0, Status::error(description));
+        if let Inner::Recording(s) = &mut self.0 {
+            opentelemetry::trace::Span::set_attribute(&mut **s, KeyValue::new("error.type", kind));
+            opentelemetry::trace::Span::set_status(&mut **s, Status::error(description));
+        }
     }
+}
+
+/// Lower-case hex digits' values; 0xff for any other byte (W3C ids are lower-case).
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Up to 16 lower-case hex digits (a table lookup a digit: this runs per request).
+fn hex64(s: &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    for &b in s {
+        let d = NIBBLE[b as usize];
+        if d == 0xff {
+            return None;
+        }
+        n = n << 4 | u64::from(d);
+    }
+    Some(n)
 }
 
 /// A W3C `traceparent` (version 00, or a later one read as 00) as a remote parent.
@@ -185,23 +284,14 @@ fn parse_traceparent(v: &[u8]) -> Option<SpanContext> {
     {
         return None;
     }
-    let hex_of = |s: &[u8]| -> Option<u128> {
-        s.iter().try_fold(0u128, |n, &b| {
-            let d = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                _ => return None,
-            };
-            Some(n << 4 | u128::from(d))
-        })
-    };
-    let version = hex_of(&v[..2])?;
+    let version = hex64(&v[..2])?;
     if version == 0xff || (version == 0 && v.len() != 55) {
         return None;
     }
-    let trace_id = TraceId::from_bytes(hex_of(&v[3..35])?.to_be_bytes());
-    let span_id = SpanId::from_bytes((hex_of(&v[36..52])? as u64).to_be_bytes());
-    let flags = TraceFlags::new(hex_of(&v[53..55])? as u8 & 1);
+    let high = u128::from(hex64(&v[3..19])?);
+    let trace_id = TraceId::from(high << 64 | u128::from(hex64(&v[19..35])?));
+    let span_id = SpanId::from(hex64(&v[36..52])?);
+    let flags = TraceFlags::new(hex64(&v[53..55])? as u8 & 1);
     (trace_id != TraceId::INVALID && span_id != SpanId::INVALID)
         .then(|| SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE))
 }
@@ -231,7 +321,7 @@ mod tests {
         let metrics = Metrics::new();
         let t = Telemetry::start(config, &metrics).expect("starts");
         for _ in 0..export::QUEUE + 100 {
-            drop(t.span("s", SpanKind::Internal, None, Vec::new()));
+            drop(t.span(SpanKind::Internal, None, || ("s".into(), Vec::new())));
         }
         assert_eq!(metrics.spans_dropped.get(), 100);
         // Ending spans never waited for the export; dropping the pipeline does not either.
@@ -250,7 +340,9 @@ mod tests {
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         let unsampled =
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
-        let child = t.span("c", SpanKind::Server, Some(&sampled), Vec::new());
+        let child = t.span(SpanKind::Server, Some(&sampled), || {
+            ("c".into(), Vec::new())
+        });
         let tp = child.traceparent();
         let tp = tp.to_str().expect("ascii");
         assert!(
@@ -259,13 +351,15 @@ mod tests {
         );
         assert_ne!(&tp[36..52], "b7ad6b7169203331", "a span of its own");
         assert!(t
-            .span("u", SpanKind::Server, Some(&unsampled), Vec::new())
+            .span(SpanKind::Server, Some(&unsampled), || unreachable!(
+                "not described"
+            ))
             .traceparent()
             .to_str()
             .expect("ascii")
             .ends_with("-00"));
         assert!(
-            t.span("r", SpanKind::Server, None, Vec::new())
+            t.span(SpanKind::Server, None, || unreachable!("not described"))
                 .traceparent()
                 .to_str()
                 .expect("ascii")

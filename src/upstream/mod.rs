@@ -281,10 +281,9 @@ impl Upstream {
             };
             let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
             up.headers_mut().insert(http::header::HOST, host);
-            if let Some(span) = &span {
+            if let Some(tp) = span.as_ref().and_then(Span::outgoing) {
                 // The backend's parent is this attempt.
-                up.headers_mut()
-                    .insert(TRACEPARENT.clone(), span.traceparent());
+                up.headers_mut().insert(TRACEPARENT.clone(), tp);
             }
             if let Some(log) = &log {
                 let url = endpoint.url.clone();
@@ -307,7 +306,7 @@ impl Upstream {
                     {
                         pool.report(i, Outcome::Failure);
                         self.series.record(AttemptOutcome::Error, elapsed);
-                        if let Some(span) = &mut span {
+                        if let Some(span) = span.as_mut().filter(|s| s.recording()) {
                             span.fail("unexpected_switch", "101 to a request that was no upgrade");
                         }
                         return Err(UpstreamError::UnexpectedSwitch {
@@ -330,7 +329,7 @@ impl Upstream {
                         AttemptOutcome::Ok
                     };
                     self.series.record(label, elapsed);
-                    if let Some(span) = &mut span {
+                    if let Some(span) = span.as_mut().filter(|s| s.recording()) {
                         let status = res.status();
                         span.set(KeyValue::new(
                             "http.response.status_code",
@@ -344,7 +343,7 @@ impl Upstream {
                     (outcome, Some(res))
                 }
                 Ok(Err(e)) => {
-                    if let Some(span) = &mut span {
+                    if let Some(span) = span.as_mut().filter(|s| s.recording()) {
                         let kind = if e.is_connect() {
                             "connect_error"
                         } else {
@@ -397,7 +396,7 @@ impl Upstream {
                     (outcome, None)
                 }
                 Err(_) => {
-                    if let Some(span) = &mut span {
+                    if let Some(span) = span.as_mut().filter(|s| s.recording()) {
                         span.fail("timeout", "the attempt timed out");
                     }
                     self.series.record(AttemptOutcome::Timeout, elapsed);
@@ -448,34 +447,29 @@ fn attempt_span(
     attempt: usize,
     headers: &http::HeaderMap,
 ) -> Span {
-    let port =
-        endpoint
-            .authority
-            .port_u16()
-            .unwrap_or(if endpoint.scheme == http::uri::Scheme::HTTPS {
-                443
-            } else {
-                80
-            });
-    let mut attributes = Vec::with_capacity(7 + t.attributes.len());
-    attributes.extend([
-        KeyValue::new("http.request.method", method.as_str().to_owned()),
-        KeyValue::new("server.address", endpoint.authority.host().to_owned()),
-        KeyValue::new("server.port", i64::from(port)),
-        KeyValue::new("fngate.backend", backend.name.to_string()),
-        KeyValue::new("fngate.endpoint", endpoint.url.to_string()),
-        KeyValue::new("fngate.attempt", attempt as i64 + 1),
-    ]);
-    if attempt > 0 {
-        attributes.push(KeyValue::new("http.request.resend_count", attempt as i64));
-    }
-    attributes.extend_from_slice(t.attributes);
-    t.telemetry.span(
-        method.as_str().to_owned(),
-        Kind::Client,
-        headers.get(&TRACEPARENT),
-        attributes,
-    )
+    t.telemetry
+        .span(Kind::Client, headers.get(&TRACEPARENT), || {
+            let port = endpoint.authority.port_u16().unwrap_or(
+                if endpoint.scheme == http::uri::Scheme::HTTPS {
+                    443
+                } else {
+                    80
+                },
+            );
+            let mut attributes = Vec::with_capacity(6 + t.attributes.len());
+            attributes.extend([
+                KeyValue::new("http.request.method", crate::telemetry::method(method)),
+                KeyValue::new("server.address", endpoint.authority.host().to_owned()),
+                KeyValue::new("server.port", i64::from(port)),
+                KeyValue::new("fngate.backend", crate::telemetry::shared(&backend.name)),
+                KeyValue::new("fngate.attempt", attempt as i64 + 1),
+            ]);
+            if attempt > 0 {
+                attributes.push(KeyValue::new("http.request.resend_count", attempt as i64));
+            }
+            attributes.extend_from_slice(t.attributes);
+            (crate::telemetry::method(method), attributes)
+        })
 }
 
 pub(crate) fn upstream_uri(
