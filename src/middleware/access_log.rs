@@ -21,6 +21,8 @@ use crate::error::ErrorDetail;
 use crate::metrics::Metrics;
 use crate::telemetry::KeyValue;
 
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Requests that match no route are counted under this route label.
 const UNMATCHED: &str = "-";
 
@@ -91,13 +93,11 @@ where
             .then(|| req.uri().path().to_owned());
         let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
         // The trace as the request arrived; a SERVER span, when traced, may start a new one.
-        let trace_id = path
-            .as_ref()
-            .and(req.headers().get("traceparent"))
-            .and_then(|v| {
-                let id: [u8; 32] = v.as_bytes().get(3..35)?.try_into().ok()?;
-                Some(id)
-            });
+        let trace_id = path.as_ref().and_then(|_| {
+            let v = req.headers().get(&TRACEPARENT)?;
+            let id: [u8; 32] = v.as_bytes().get(3..35)?.try_into().ok()?;
+            Some(id)
+        });
         let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
         let start_entry = Pending {
             start,
