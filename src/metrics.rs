@@ -485,7 +485,7 @@ impl AttemptOutcome {
         Self::Error,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Http5xx => "http_5xx",

@@ -330,6 +330,7 @@ impl Upstream {
                     };
                     self.series.record(label, elapsed);
                     if let Some(span) = span.as_mut().filter(|s| s.recording()) {
+                        span.set(KeyValue::new("fngate.outcome", label.as_str()));
                         let status = res.status();
                         span.set(KeyValue::new(
                             "http.response.status_code",
@@ -349,6 +350,7 @@ impl Upstream {
                         } else {
                             "error"
                         };
+                        span.set(KeyValue::new("fngate.outcome", kind));
                         span.fail(kind, chain(&e));
                     }
                     if let Some(b) = body::body_error(&e) {
@@ -397,6 +399,7 @@ impl Upstream {
                 }
                 Err(_) => {
                     if let Some(span) = span.as_mut().filter(|s| s.recording()) {
+                        span.set(KeyValue::new("fngate.outcome", "timeout"));
                         span.fail("timeout", "the attempt timed out");
                     }
                     self.series.record(AttemptOutcome::Timeout, elapsed);

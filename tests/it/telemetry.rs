@@ -746,3 +746,52 @@ async fn a_failed_request_marks_its_server_and_client_spans_failed() {
     assert_ne!(span.status, STATUS_ERROR);
     assert_eq!(span.attr("http.route"), None);
 }
+
+#[tokio::test]
+async fn each_subscribers_delivery_is_a_client_span_in_the_publishers_trace() {
+    let collector = Collector::start().await;
+    let (billing, audit) = (Backend::echo("billing").await, Backend::echo("audit").await);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gw::start(&format!(
+        "{}[store]\npath = \"{}/jobs.db\"\n[topics.orders]\n\
+         [backends.billing]\nurls = [\"{}\"]\n[backends.audit]\nurls = [\"{}\"]\n\
+         [[subscriptions]]\nname = \"billing\"\ntopic = \"orders\"\nbackend = \"billing\"\npath = \"/b\"\n\
+         [[subscriptions]]\nname = \"audit\"\ntopic = \"orders\"\nbackend = \"audit\"\npath = \"/a\"\n",
+        telemetry(&collector.url(), ""),
+        dir.path().display(),
+        billing.url(),
+        audit.url()
+    ))
+    .await;
+    let a = send(
+        Request::post(gw.url("/events/orders"))
+            .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "o-1")
+            .header("ce-source", "/shop")
+            .header("ce-type", "order.created")
+            .header("content-type", "application/json")
+            .body(full("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let spans = collector.trace(CLIENT_TRACE, 3).await;
+    let server = spans.iter().find(|s| s.kind == SERVER).unwrap();
+    let mut deliveries: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.kind == CLIENT)
+        .inspect(|s| {
+            assert_eq!(s.parent, server.span_id, "{s:#?}");
+            assert_eq!(s.attr("fngate.job.kind"), Some("subscription"));
+            assert_eq!(s.attr("fngate.outcome"), Some("ok"));
+        })
+        .filter_map(|s| s.attr("fngate.route"))
+        .collect();
+    deliveries.sort_unstable();
+    assert_eq!(
+        deliveries,
+        ["audit", "billing"],
+        "one span per subscription: {spans:#?}"
+    );
+}
