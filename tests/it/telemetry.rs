@@ -302,6 +302,8 @@ async fn a_retried_request_has_one_client_span_per_attempt() {
     assert!(attempts.iter().all(|s| s.parent == server.span_id));
     assert_eq!(attempts[0].attr("http.response.status_code"), Some("503"));
     assert_eq!(attempts[0].status, STATUS_ERROR);
+    assert_eq!(attempts[0].attr("fngate.outcome"), Some("http_5xx"));
+    assert_eq!(attempts[1].attr("fngate.outcome"), Some("ok"));
     assert_eq!(attempts[0].attr("http.request.resend_count"), None);
     assert_eq!(attempts[1].attr("http.response.status_code"), Some("200"));
     assert_eq!(attempts[1].attr("http.request.resend_count"), Some("1"));
@@ -729,6 +731,7 @@ async fn a_failed_request_marks_its_server_and_client_spans_failed() {
         Some("connect_error"),
         "{client:#?}"
     );
+    assert_eq!(client.attr("fngate.outcome"), Some("connect_error"));
     // A 404 is the client's mistake: its server span (no route, no attempt) did not fail.
     let unrouted = gw.get("/nothing").await;
     assert_eq!(unrouted.status, 404);
