@@ -228,10 +228,11 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             }
             stop_admin.cancel();
             let _ = admin.await;
-            // Spans of the last requests go out before the process ends (the
-            // export gives up within its own timeout).
+            // Spans of the last requests go out before the process ends; a
+            // collector that does not answer holds the exit for 2 s at most.
             if let Some(t) = state.load().telemetry.clone() {
-                let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+                let flush = tokio::task::spawn_blocking(move || t.flush());
+                let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
             }
             tracing::info!("stopped");
         }

@@ -10,7 +10,7 @@ use http::{Request, Response};
 use crate::common::*;
 
 /// A gateway with one async route `/work` to `url`, its store in `dir`.
-fn async_config(dir: &tempfile::TempDir, url: &str, route_extra: &str) -> String {
+pub(crate) fn async_config(dir: &tempfile::TempDir, url: &str, route_extra: &str) -> String {
     format!(
         r#"
 [store]

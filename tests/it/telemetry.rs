@@ -372,21 +372,9 @@ async fn an_async_job_is_delivered_later_in_the_trace_of_the_request_that_made_i
     let f = Backend::echo("f").await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Gw::start(&format!(
-        r#"{}
-[store]
-path = "{}/jobs.db"
-[backends.fn]
-urls = ["{}"]
-retries = 0
-[[routes]]
-name = "work"
-path = "/work"
-backend = "fn"
-invoke = "async"
-"#,
+        "{}{}",
         telemetry(&collector.url(), ""),
-        dir.path().display(),
-        f.url()
+        crate::jobs::async_config(&dir, &f.url(), "")
     ))
     .await;
     let a = send(
