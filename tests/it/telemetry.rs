@@ -786,3 +786,37 @@ async fn each_subscribers_delivery_is_a_client_span_in_the_publishers_trace() {
         "one span per subscription: {spans:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_queued_at_shutdown_are_exported_before_the_process_ends() {
+    let collector = Collector::start().await;
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndrain_delay = \"0s\"\n{}{}",
+            telemetry(&collector.url(), ""),
+            config(&b.url(), ANY)
+        ),
+    )
+    .unwrap();
+    let mut p = Proc::start(cfg.to_str().unwrap(), &[]);
+    let a = send(
+        Request::get(format!("http://{}/last", p.addr))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let (trace, _) = ids(&a.upstream_header("traceparent").unwrap());
+    // Well inside the 1 s batch delay: only the flush on the way out sends these.
+    p.signal("-TERM");
+    assert_eq!(p.wait_exit(), 0);
+    let spans: Vec<Span> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == trace)
+        .collect();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+}
