@@ -60,8 +60,11 @@ pub(crate) struct LogFields {
     pub consumer: Option<Arc<str>>,
     /// Each aggregate call's outcome: `user=ok orders=fallback`.
     pub calls: Option<Arc<str>>,
-    /// The matched route's latency histogram, resolved with the snapshot.
-    pub duration: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// The matched route's request counters and latency histogram, resolved with the snapshot.
+    pub series: Option<(
+        Arc<crate::metrics::RouteRequests>,
+        prometheus_client::metrics::histogram::Histogram,
+    )>,
 }
 
 impl RequestLog {

@@ -310,29 +310,42 @@ impl Metrics {
 
     /// Counts an answered request; `duration` is the route's histogram when
     /// the snapshot resolved it (routed requests), else it is looked up.
+    /// Counts one answered request. A matched route brings its series
+    /// (`counters`, `duration`), resolved with the snapshot; an unmatched one
+    /// is looked up by name.
     pub(crate) fn request(
         &self,
         route: &Arc<str>,
         method: &Method,
         status: u16,
         elapsed: Duration,
-        duration: Option<&Histogram>,
+        resolved: Option<(&RouteRequests, &Histogram)>,
     ) {
+        let method = method_label(method);
+        if let Some((counters, duration)) = resolved {
+            counters.inc(&self.requests, method, status);
+            duration.observe(elapsed.as_secs_f64());
+            return;
+        }
         let route = Name(route.clone());
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
-                method: method_label(method),
+                method,
                 status,
             })
             .inc();
-        match duration {
-            Some(h) => h.observe(elapsed.as_secs_f64()),
-            None => self
-                .request_duration
-                .get_or_create(&RouteLabel { route })
-                .observe(elapsed.as_secs_f64()),
-        }
+        self.request_duration
+            .get_or_create(&RouteLabel { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A route's `fngate_requests_total` series, resolved as they are first seen.
+    pub(crate) fn route_requests(&self, route: &Arc<str>) -> Arc<RouteRequests> {
+        Arc::new(RouteRequests {
+            route: Name(route.clone()),
+            seen: arc_swap::ArcSwap::default(),
+        })
     }
 
     pub(crate) fn job(&self, route: &str, outcome: &'static str) {
@@ -496,6 +509,46 @@ impl AttemptOutcome {
     }
 }
 
+/// One route's `fngate_requests_total` series by method and status. Each pair
+/// is asked of the family (a lock and a SipHash of the label set) only the
+/// first time; after that it is found by scanning a few entries.
+#[derive(Debug)]
+pub(crate) struct RouteRequests {
+    route: Name,
+    seen: arc_swap::ArcSwap<Vec<(&'static str, u16, Counter)>>,
+}
+
+/// Pairs kept per route; past them (a route answering every status there is)
+/// the family is asked each time.
+const MAX_PAIRS: usize = 48;
+
+impl RouteRequests {
+    fn inc(&self, family: &Family<RequestLabels, Counter>, method: &'static str, status: u16) {
+        let seen = self.seen.load();
+        if let Some((_, _, c)) = seen.iter().find(|(m, s, _)| *s == status && *m == method) {
+            c.inc();
+            return;
+        }
+        let counter = family
+            .get_or_create(&RequestLabels {
+                route: self.route.clone(),
+                method,
+                status,
+            })
+            .clone();
+        counter.inc();
+        if seen.len() < MAX_PAIRS {
+            self.seen.rcu(|v| {
+                let mut v = Vec::clone(v);
+                if !v.iter().any(|(m, s, _)| *s == status && *m == method) {
+                    v.push((method, status, counter.clone()));
+                }
+                v
+            });
+        }
+    }
+}
+
 /// A backend's attempt counters and latency histogram, shared with the registry.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamSeries {
@@ -524,5 +577,41 @@ fn method_label(method: &Method) -> &'static str {
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
         _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_routes_resolved_counters_are_the_registrys_past_the_cache_too() {
+        let m = Metrics::new();
+        let route: Arc<str> = "r".into();
+        let series = (m.route_requests(&route), m.route_duration(&route));
+        // More pairs than are kept: the first MAX_PAIRS come from the scan, the rest from the family.
+        let statuses: Vec<u16> = (0..MAX_PAIRS as u16 + 10).map(|i| 200 + i).collect();
+        for _ in 0..3 {
+            for &status in &statuses {
+                for method in [&Method::GET, &Method::POST] {
+                    let resolved = Some((&*series.0, &series.1));
+                    m.request(&route, method, status, Duration::ZERO, resolved);
+                }
+            }
+        }
+        assert_eq!(series.0.seen.load().len(), MAX_PAIRS);
+        let text = m.encode();
+        for &status in &statuses {
+            for method in ["GET", "POST"] {
+                let line = format!(
+                    "fngate_requests_total{{route=\"r\",method=\"{method}\",status=\"{status}\"}} 3"
+                );
+                assert!(text.contains(&line), "{line} missing from\n{text}");
+            }
+        }
+        assert!(
+            text.contains("fngate_request_duration_seconds_count{route=\"r\"} 348"),
+            "{text}"
+        );
     }
 }

@@ -215,7 +215,7 @@ impl Drop for Logged {
             &e.method,
             e.status,
             elapsed,
-            fields.duration.as_ref(),
+            fields.series.as_ref().map(|(c, h)| (&**c, h)),
         );
         let mut span = e.log.take_span();
         if let Some(span) = span.as_mut().filter(|s| s.recording()) {

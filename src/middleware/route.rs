@@ -115,12 +115,13 @@ where
                 }
                 if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
                     let active = ctx.active();
-                    let (name, duration) = (active.config.name.clone(), active.duration.clone());
+                    let name = active.config.name.clone();
+                    let series = (active.requests.clone(), active.duration.clone());
                     let ip = ctx.client_ip;
                     log.update(|f| {
                         f.route = Some(name);
                         f.client_ip = Some(ip);
-                        f.duration = Some(duration);
+                        f.series = Some(series);
                     });
                 }
                 req.extensions_mut().insert(ctx);

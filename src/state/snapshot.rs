@@ -81,6 +81,8 @@ pub struct ActiveRoute {
     pub limit_policy: Option<http::HeaderValue>,
     /// Its latency histogram, resolved once (no label lookup per request).
     pub duration: prometheus_client::metrics::histogram::Histogram,
+    /// Its request counters, resolved as each method and status is first seen.
+    pub(crate) requests: Arc<crate::metrics::RouteRequests>,
 }
 
 /// A route's action with its runtime half: the pool it forwards to, or the
@@ -198,6 +200,7 @@ impl Snapshot {
                     scopes: scopes.into(),
                     cors: r.cors.as_ref().map(cors),
                     duration: metrics.route_duration(&r.name),
+                    requests: metrics.route_requests(&r.name),
                     config: r.clone(),
                     action,
                 }
