@@ -527,6 +527,35 @@ pub fn idempotency(data: &[u8]) {
     assert_eq!(again.as_deref(), Some(key.as_str()), "{quoted}");
 }
 
+/// A `traceparent` as a client sends it. The two readers agree (the request
+/// id layer's check, which decides whether the caller's trace is kept, and
+/// the telemetry parser, which makes the parent of the server span), and a
+/// parsed context written back reads as the same context.
+pub fn traceparent(data: &[u8]) {
+    let parsed = crate::telemetry::parse_traceparent(data);
+    if data.len() == 55 {
+        assert_eq!(
+            parsed.is_some(),
+            crate::middleware::request_id::is_valid_traceparent(data),
+            "{:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
+    let Some(sc) = parsed else { return };
+    let written = crate::telemetry::format_traceparent(&sc);
+    assert!(
+        crate::middleware::request_id::is_valid_traceparent(written.as_bytes()),
+        "{written:?}"
+    );
+    let again = crate::telemetry::parse_traceparent(written.as_bytes()).expect("ours parses");
+    assert_eq!(
+        (again.trace_id(), again.span_id(), again.is_sampled()),
+        (sc.trace_id(), sc.span_id(), sc.is_sampled())
+    );
+    // The ids are the caller's, verbatim; only the sampled flag is kept of its flags.
+    assert_eq!(&written.as_bytes()[3..52], &data[3..52]);
+}
+
 /// A fuzz target: one input, properties asserted.
 pub type Target = fn(&[u8]);
 
@@ -542,6 +571,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cron", cron),
     ("signed_url", signed_url),
     ("idempotency", idempotency),
+    ("traceparent", traceparent),
 ];
 
 #[cfg(test)]

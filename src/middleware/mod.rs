@@ -4,7 +4,7 @@ mod access_log;
 mod auth;
 pub(crate) mod cors;
 pub(crate) mod rate_limit;
-mod request_id;
+pub(crate) mod request_id;
 mod route;
 
 use std::convert::Infallible;

@@ -117,7 +117,7 @@ fn new_traceparent() -> HeaderValue {
 }
 
 /// `00-<32 hex trace id, not all zero>-<16 hex parent id, not all zero>-<2 hex flags>`.
-fn is_valid_traceparent(v: &[u8]) -> bool {
+pub(crate) fn is_valid_traceparent(v: &[u8]) -> bool {
     let lower_hex = |s: &[u8]| {
         s.iter()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))

@@ -206,18 +206,7 @@ impl Span {
 
     /// The `traceparent` naming this span.
     pub(crate) fn traceparent(&self) -> HeaderValue {
-        let sc = self.context();
-        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex(
-            &mut buf[3..35],
-            u128::from_be_bytes(sc.trace_id().to_bytes()),
-        );
-        hex(
-            &mut buf[36..52],
-            u128::from(u64::from_be_bytes(sc.span_id().to_bytes())),
-        );
-        hex(&mut buf[53..55], u128::from(sc.trace_flags().to_u8()));
-        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+        format_traceparent(self.context())
     }
 
     /// Its trace id in lower-case hex, for the access log.
@@ -250,6 +239,21 @@ impl Span {
     }
 }
 
+/// A span context as a W3C `traceparent` (version 00).
+pub(crate) fn format_traceparent(sc: &SpanContext) -> HeaderValue {
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(
+        &mut buf[3..35],
+        u128::from_be_bytes(sc.trace_id().to_bytes()),
+    );
+    hex(
+        &mut buf[36..52],
+        u128::from(u64::from_be_bytes(sc.span_id().to_bytes())),
+    );
+    hex(&mut buf[53..55], u128::from(sc.trace_flags().to_u8()));
+    HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+}
+
 /// Lower-case hex digits' values; 0xff for any other byte (W3C ids are lower-case).
 const NIBBLE: [u8; 256] = {
     let mut t = [0xffu8; 256];
@@ -275,7 +279,7 @@ fn hex64(s: &[u8]) -> Option<u64> {
 }
 
 /// A W3C `traceparent` (version 00, or a later one read as 00) as a remote parent.
-fn parse_traceparent(v: &[u8]) -> Option<SpanContext> {
+pub(crate) fn parse_traceparent(v: &[u8]) -> Option<SpanContext> {
     if v.len() < 55
         || v[2] != b'-'
         || v[35] != b'-'
