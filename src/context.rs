@@ -82,8 +82,12 @@ impl RequestLog {
         }
     }
 
-    pub(crate) fn fields(&self) -> LogFields {
-        self.fields.lock().map(|f| f.clone()).unwrap_or_default()
+    /// The facts, moved out once the exchange is over (no copy of each `Arc`).
+    pub(crate) fn take_fields(&self) -> LogFields {
+        self.fields
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
     }
 
     pub(crate) fn set_span(&self, span: Span) {

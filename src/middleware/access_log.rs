@@ -208,7 +208,7 @@ impl Drop for Logged {
     fn drop(&mut self) {
         let Some(e) = self.entry.take() else { return };
         let elapsed = e.start.elapsed();
-        let fields = e.log.fields();
+        let fields = e.log.take_fields();
         let route = fields.route.unwrap_or_else(|| e.layer.unmatched.clone());
         e.layer.metrics.request(
             &route,
