@@ -83,8 +83,8 @@ impl Telemetry {
     /// Starts a span below `parent` (a `traceparent`), or a new trace's root.
     /// Parent-based sampling: a caller's decision, sampled or not, is kept;
     /// `sample_ratio` decides only for traces that start here. A span that is
-    /// not sampled still gets an id of its own to pass on, but never calls
-    /// `describe` (its name and attributes) nor reaches the SDK.
+    /// not sampled never calls `describe` (its name and attributes) nor
+    /// reaches the SDK: it is only the context to pass on.
     pub(crate) fn span(
         &self,
         kind: SpanKind,
