@@ -665,29 +665,34 @@ async fn a_websocket_tunnel_is_a_span_that_ends_when_it_closes() {
         .any(|s| s.kind == CLIENT && s.attr("http.response.status_code") == Some("101")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_access_log_names_the_trace_the_server_span_started() {
-    let collector = Collector::start().await;
+/// The real binary, traced into `collector`, in front of an echo backend, after
+/// one GET of `path`: the process, the answer, its trace id, and what must
+/// live as long as the process (its config's directory and the backend).
+async fn traced_binary(
+    collector: &Collector,
+    extra: &str,
+    path: &str,
+) -> (Proc, Answer, String, (tempfile::TempDir, Backend)) {
     let b = Backend::echo("b").await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("routes.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}{}",
-            telemetry(&collector.url(), ""),
-            config(&b.url(), ANY)
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "{extra}{}{}",
+        telemetry(&collector.url(), ""),
+        config(&b.url(), ANY)
+    );
+    std::fs::write(&cfg, text).unwrap();
     let p = Proc::start(cfg.to_str().unwrap(), &[]);
-    let a = send(
-        Request::get(format!("http://{}/logged", p.addr))
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let url = format!("http://{}{path}", p.addr);
+    let a = send(Request::get(url).body(empty()).unwrap()).await;
     let (trace, _) = ids(&a.upstream_header("traceparent").unwrap());
+    (p, a, trace, (dir, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_trace_the_server_span_started() {
+    let collector = Collector::start().await;
+    let (p, a, trace, _keep) = traced_binary(&collector, "", "/logged").await;
     let line = p.line_with(a.header("x-request-id").unwrap());
     assert!(line.contains(&format!("trace_id=\"{trace}\"")), "{line}");
     let spans = collector.trace(&trace, 2).await;
@@ -790,26 +795,8 @@ async fn each_subscribers_delivery_is_a_client_span_in_the_publishers_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_queued_at_shutdown_are_exported_before_the_process_ends() {
     let collector = Collector::start().await;
-    let b = Backend::echo("b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("routes.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\ndrain_delay = \"0s\"\n{}{}",
-            telemetry(&collector.url(), ""),
-            config(&b.url(), ANY)
-        ),
-    )
-    .unwrap();
-    let mut p = Proc::start(cfg.to_str().unwrap(), &[]);
-    let a = send(
-        Request::get(format!("http://{}/last", p.addr))
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
-    let (trace, _) = ids(&a.upstream_header("traceparent").unwrap());
+    let (mut p, _, trace, _keep) =
+        traced_binary(&collector, "[server]\ndrain_delay = \"0s\"\n", "/last").await;
     // Well inside the 1 s batch delay: only the flush on the way out sends these.
     p.signal("-TERM");
     assert_eq!(p.wait_exit(), 0);
