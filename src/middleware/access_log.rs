@@ -19,9 +19,7 @@ use crate::body::{Body, BoxError};
 use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error::ErrorDetail;
 use crate::metrics::Metrics;
-use crate::telemetry::KeyValue;
-
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+use crate::telemetry::{KeyValue, TRACEPARENT};
 
 /// Requests that match no route are counted under this route label.
 const UNMATCHED: &str = "-";

@@ -12,9 +12,9 @@ use tower::{Layer, Service};
 use crate::body::Body;
 use crate::context::RequestId;
 use crate::hex::hex;
+use crate::telemetry::TRACEPARENT;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RequestIdLayer;

@@ -23,9 +23,7 @@ use crate::jobs::{JobError, JobRequest, Jobs};
 use crate::normalize::normalize_path;
 use crate::router::{host_only, Lookup, RouteError};
 use crate::state::{RouteContext, Snapshot, State};
-use crate::telemetry::{KeyValue, Kind, Telemetry};
-
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+use crate::telemetry::{KeyValue, Kind, Telemetry, TRACEPARENT};
 
 #[derive(Debug, Clone)]
 pub(crate) struct RouteLayer {

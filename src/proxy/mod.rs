@@ -13,10 +13,8 @@ use crate::body::Body;
 use crate::config::{Forward, Target};
 use crate::context::{ConnInfo, RequestLog};
 use crate::state::RouteContext;
-use crate::telemetry::{KeyValue, Kind};
+use crate::telemetry::{KeyValue, Kind, TRACEPARENT};
 use crate::upstream::{self, prepare, Outgoing, Traced, Upstream, UpstreamError};
-
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Forwards a routed request to the route's backend, tunnelling a WebSocket
 /// upgrade once the backend switched protocols.

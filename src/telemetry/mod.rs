@@ -25,6 +25,10 @@ use crate::config;
 use crate::hex::hex;
 use crate::metrics::Metrics;
 
+/// The W3C header that carries a trace from hop to hop (and, inside fngate,
+/// names the request's current span).
+pub(crate) static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 pub(crate) use opentelemetry::trace::SpanKind as Kind;
 pub(crate) use opentelemetry::KeyValue;
 

@@ -29,9 +29,7 @@ use crate::clock::Clock;
 use crate::config::{Backend, Endpoint, Protocol};
 use crate::context::RequestLog;
 use crate::metrics::{AttemptOutcome, Metrics, UpstreamSeries};
-use crate::telemetry::{KeyValue, Kind, Span, Telemetry};
-
-static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+use crate::telemetry::{KeyValue, Kind, Span, Telemetry, TRACEPARENT};
 
 pub(crate) use body::{prepare, BodyError, Prepared, ProxyBody};
 pub(crate) use pool::EndpointStatus;
