@@ -420,6 +420,21 @@ backend = "users"
     }
 
     #[test]
+    fn a_collectors_api_key_is_hidden_like_a_function_key() {
+        let text = format!(
+            "{TEXT}[telemetry]\notlp_endpoint = \"https://otel.example\"\nheaders = {{ \"x-api-key\" = \"collector-secret\" }}\n"
+        );
+        let d = Doc::parse(&text).expect("parses");
+        let shown = d.to_json();
+        assert_eq!(
+            shown["telemetry"]["headers"]["x-api-key"], HIDDEN,
+            "{shown}"
+        );
+        assert_eq!(shown["telemetry"]["otlp_endpoint"], "https://otel.example");
+        assert!(!shown.to_string().contains("collector-secret"));
+    }
+
+    #[test]
     fn a_put_keeps_the_bodys_key_order_and_a_get_put_back_keeps_the_file() {
         // Found by fuzz/splice: taking `name` out swapped the last key into its place.
         let mut d = Doc::parse(TEXT).expect("parses");
