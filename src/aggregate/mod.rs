@@ -278,7 +278,13 @@ impl Task {
             Some((p, q)) => (p, Some(q)),
             None => (self.path.as_str(), None),
         };
-        let call_attribute = KeyValue::new("fngate.aggregate.call", call.name.to_string());
+        // Made only when traced; the name is shared, not copied.
+        let call_attribute = self.telemetry.as_ref().map(|_| {
+            KeyValue::new(
+                "fngate.aggregate.call",
+                crate::telemetry::shared(&call.name),
+            )
+        });
         let fetch = async {
             let res = self
                 .upstream
@@ -298,7 +304,7 @@ impl Task {
                     attempt_timeout: None,
                     trace: self.telemetry.as_deref().map(|telemetry| Traced {
                         telemetry,
-                        attributes: std::slice::from_ref(&call_attribute),
+                        attributes: call_attribute.as_slice(),
                     }),
                 })
                 .await

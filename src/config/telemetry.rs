@@ -26,6 +26,7 @@ pub struct Telemetry {
 
 pub(super) fn telemetry(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Option<Telemetry> {
     let endpoint = obj.string(ctx, "otlp_endpoint");
+    let endpoint_path = obj.key_path("otlp_endpoint");
     let service_name = obj
         .string(ctx, "service_name")
         .map_or_else(|| "fngate".into(), |s| s.value.into());
@@ -75,7 +76,7 @@ pub(super) fn telemetry(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Option<Telemetry
     let Some(traces_url) = traces_url else {
         ctx.error(
             endpoint.span,
-            obj_path("otlp_endpoint"),
+            endpoint_path,
             format!(
                 "`{}` is not an http:// or https:// URL (the collector's base, e.g. \"http://127.0.0.1:4318\")",
                 endpoint.value
@@ -90,8 +91,4 @@ pub(super) fn telemetry(ctx: &mut Ctx<'_>, mut obj: Obj<'_>) -> Option<Telemetry
         export_timeout,
         headers,
     })
-}
-
-fn obj_path(key: &str) -> String {
-    format!("telemetry.{key}")
 }

@@ -101,6 +101,7 @@ where
                     .unwrap_or_else(|e| error::respond(e, id.as_ref())))
             })));
         }
+        let traced = snapshot.telemetry.is_some();
         match route(snapshot, &req) {
             Ok(ctx) => {
                 if let Some(t) = &ctx.snapshot.telemetry {
@@ -126,8 +127,11 @@ where
                 Either::Left(self.inner.call(req))
             }
             Err(e) => {
-                if let Some(t) = &self.state.load().telemetry {
-                    server_span(t, &mut req, None, None);
+                // The snapshot went into the failed match; traced, it is loaded again.
+                if traced {
+                    if let Some(t) = &self.state.load().telemetry {
+                        server_span(t, &mut req, None, None);
+                    }
                 }
                 let id = req.extensions().get::<RequestId>().map(|r| &r.0);
                 Either::Right(Either::Left(std::future::ready(Ok(error::respond(e, id)))))

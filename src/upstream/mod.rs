@@ -335,7 +335,7 @@ impl Upstream {
                             i64::from(status.as_u16()),
                         ));
                         // OpenTelemetry's HTTP conventions: a client span fails on 4xx and 5xx.
-                        if status.as_u16() >= 400 && !status.is_informational() {
+                        if status.as_u16() >= 400 {
                             span.fail("http_status", status.as_str().to_owned());
                         }
                     }
