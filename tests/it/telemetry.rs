@@ -35,6 +35,8 @@ struct Span {
     kind: i32,
     status: i32,
     attributes: HashMap<String, String>,
+    /// The `x-api-key` of the export request that carried it.
+    api_key: Option<String>,
 }
 
 impl Span {
@@ -73,6 +75,11 @@ impl Collector {
                         async move {
                             assert_eq!(req.uri().path(), "/v1/traces");
                             assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                            let api_key = req
+                                .headers()
+                                .get("x-api-key")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
                             let body = req.into_body().collect().await.unwrap().to_bytes();
                             let export = ExportTraceServiceRequest::decode(body).unwrap();
                             let mut got = Vec::new();
@@ -101,6 +108,7 @@ impl Collector {
                                                     (kv.key.clone(), value(kv.value.as_ref()))
                                                 })
                                                 .collect(),
+                                            api_key: api_key.clone(),
                                         });
                                     }
                                 }
@@ -185,6 +193,16 @@ fn ids(traceparent: &str) -> (String, String) {
     (parts[1].to_owned(), parts[2].to_owned())
 }
 
+/// A gateway with one catch-all route to `b`, traced into `collector` (`extra`: more `[telemetry]` keys).
+async fn traced_gw(collector: &Collector, extra: &str, b: &Backend) -> Gw {
+    Gw::start(&format!(
+        "{}{}",
+        telemetry(&collector.url(), extra),
+        config(&b.url(), ANY)
+    ))
+    .await
+}
+
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -205,12 +223,7 @@ async fn get_with_parent(gw: &Gw, path: &str, flags: &str) -> Answer {
 async fn a_proxied_request_is_a_server_span_with_one_client_span_below_it() {
     let collector = Collector::start().await;
     let b = Backend::echo("b").await;
-    let gw = Gw::start(&format!(
-        "{}{}",
-        telemetry(&collector.url(), ""),
-        config(&b.url(), ANY)
-    ))
-    .await;
+    let gw = traced_gw(&collector, r#"headers = { "x-api-key" = "k-123" }"#, &b).await;
     let a = get_with_parent(&gw, "/things/1", "01").await;
     assert_eq!(a.status, 200);
     let spans = collector.trace(CLIENT_TRACE, 2).await;
@@ -224,6 +237,10 @@ async fn a_proxied_request_is_a_server_span_with_one_client_span_below_it() {
         .expect("a client span");
     assert_eq!(spans.len(), 2, "{spans:#?}");
     assert_eq!(server.service, "fngate-test");
+    assert!(
+        spans.iter().all(|s| s.api_key.as_deref() == Some("k-123")),
+        "[telemetry] headers go with every export"
+    );
     assert_eq!(server.parent, CLIENT_SPAN, "below the caller's span");
     assert_eq!(server.name, "GET any");
     for (k, v) in [
@@ -410,12 +427,7 @@ async fn a_callers_sampling_decision_is_kept_both_ways() {
     let collector = Collector::start().await;
     let b = Backend::echo("b").await;
     // Nothing that starts here is sampled; a sampled caller still is.
-    let gw = Gw::start(&format!(
-        "{}{}",
-        telemetry(&collector.url(), "sample_ratio = 0.0"),
-        config(&b.url(), ANY)
-    ))
-    .await;
+    let gw = traced_gw(&collector, "sample_ratio = 0.0", &b).await;
     let root = gw.get("/unsampled-root").await;
     let (root_trace, _) = ids(&root.upstream_header("traceparent").unwrap());
     let unsampled = get_with_parent(&gw, "/unsampled-parent", "00").await;
@@ -442,12 +454,7 @@ async fn a_callers_sampling_decision_is_kept_both_ways() {
 
     // At ratio 1, an unsampled caller is still not exported; a new root is.
     let collector = Collector::start().await;
-    let gw = Gw::start(&format!(
-        "{}{}",
-        telemetry(&collector.url(), "sample_ratio = 1.0"),
-        config(&b.url(), ANY)
-    ))
-    .await;
+    let gw = traced_gw(&collector, "sample_ratio = 1.0", &b).await;
     get_with_parent(&gw, "/unsampled-parent", "00").await;
     let root = gw.get("/root").await;
     let (root_trace, _) = ids(&root.upstream_header("traceparent").unwrap());
