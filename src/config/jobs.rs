@@ -10,8 +10,55 @@ use super::decode::{Ctx, Obj};
 pub struct Store {
     /// The embedded store's file (SQLite), absolute or relative to the working directory.
     pub path: PathBuf,
+    /// `redis://` or `rediss://`: the store several instances share (SPEC §10); `path` is then unused.
+    pub url: Option<String>,
+    pub durability: Durability,
+    pub rate_limits_on_error: OnError,
     /// `[store]` was written out: the store is opened at start even without async routes.
     pub explicit: bool,
+}
+
+impl Store {
+    /// Where the store is, as logs and errors name it (a Redis password hidden).
+    pub fn location(&self) -> String {
+        match &self.url {
+            Some(url) => hide_password(url),
+            None => self.path.display().to_string(),
+        }
+    }
+}
+
+/// A URL with its password (if any) shown as `***`.
+pub fn hide_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = url[scheme + 3..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// When a write to Redis counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Acknowledged by the primary.
+    #[default]
+    Primary,
+    /// ...and by one replica (`WAIT 1`, bounded).
+    Replica,
+}
+
+/// What a rate limit kept on Redis does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Each instance enforces the limit alone.
+    #[default]
+    Local,
+    /// Every request passes.
+    Open,
+    /// Every request is refused (503).
+    Closed,
 }
 
 /// How a route is invoked.
@@ -68,6 +115,9 @@ impl Default for Delivery {
 pub(super) fn store_default(base: &Path) -> Store {
     Store {
         path: base.join("data").join("fngate.db"),
+        url: None,
+        durability: Durability::Primary,
+        rate_limits_on_error: OnError::Local,
         explicit: false,
     }
 }
@@ -82,11 +132,60 @@ pub(super) fn store(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Store {
             s.path = base.join(&p.value);
         }
     }
-    super::load::not_yet(
-        ctx,
-        &mut obj,
-        &["url", "durability", "rate_limits_on_error"],
-    );
+    if let Some(u) = obj.string(ctx, "url") {
+        if obj.has("path") {
+            ctx.error(
+                u.span.clone(),
+                obj.key_path("url"),
+                "give `path` (the embedded store) or `url` (Redis), not both",
+            );
+        } else if !(u.value.starts_with("redis://") || u.value.starts_with("rediss://")) {
+            ctx.error(
+                u.span,
+                obj.key_path("url"),
+                "must start with redis:// or rediss:// (TLS)",
+            );
+        } else {
+            match redis::IntoConnectionInfo::into_connection_info(u.value.as_str()) {
+                Ok(_) => s.url = Some(u.value),
+                Err(e) => ctx.error(u.span, obj.key_path("url"), format!("not a Redis URL: {e}")),
+            }
+        }
+    }
+    if let Some(d) = obj.string(ctx, "durability") {
+        match d.value.as_str() {
+            "primary" => s.durability = Durability::Primary,
+            "replica" => s.durability = Durability::Replica,
+            other => ctx.error(
+                d.span,
+                obj.key_path("durability"),
+                format!("`{other}` is not one of \"primary\", \"replica\""),
+            ),
+        }
+    }
+    if let Some(o) = obj.string(ctx, "rate_limits_on_error") {
+        match o.value.as_str() {
+            "local" => s.rate_limits_on_error = OnError::Local,
+            "open" => s.rate_limits_on_error = OnError::Open,
+            "closed" => s.rate_limits_on_error = OnError::Closed,
+            other => ctx.error(
+                o.span,
+                obj.key_path("rate_limits_on_error"),
+                format!("`{other}` is not one of \"local\", \"open\", \"closed\""),
+            ),
+        }
+    }
+    if s.url.is_none() {
+        for key in ["durability", "rate_limits_on_error"] {
+            if obj.has(key) {
+                ctx.error(
+                    obj.key_span(key),
+                    obj.key_path(key),
+                    "applies to a Redis store only (`url`)",
+                );
+            }
+        }
+    }
     obj.finish(ctx);
     s
 }

@@ -38,7 +38,7 @@ pub use backend::{Backend, Balance, Endpoint, HealthCheck, Protocol};
 pub use error::{ConfigError, ConfigErrors};
 pub use events::{Filter, Format, Ordering, Subscription, Topic};
 pub use headers::HeaderEdits;
-pub use jobs::{Delivery, Invoke, Store};
+pub use jobs::{hide_password, Delivery, Durability, Invoke, OnError, Store};
 pub use path::{HostPattern, Param, PathPattern, Template};
 pub use rate_limit::{LimitKey, RateLimit};
 pub use route::{Action, Cors, Forward, HostShapes, Route, Shapes, Target, Upload};

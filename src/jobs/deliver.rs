@@ -101,11 +101,11 @@ async fn run(jobs: Arc<Jobs>) {
         let mut sleep = BACKLOG_EVERY;
         if let Some(store) = jobs.opened() {
             let snapshot = jobs.state.load();
-            let configured = &snapshot.config.store.path;
-            if !warned_path && jobs.store_path() != Some(configured.as_path()) {
+            let configured = snapshot.config.store.location();
+            if !warned_path && jobs.store_location() != Some(configured.as_str()) {
                 warned_path = true;
-                tracing::warn!(configured = %configured.display(),
-                    "[store] path changed: the store in use stays until a restart");
+                tracing::warn!(%configured,
+                    "[store] changed: the store in use stays until a restart");
             }
             if last_backlog.is_none_or(|t| t.elapsed() >= BACKLOG_EVERY)
                 || jobs.rescan.swap(false, Ordering::SeqCst)

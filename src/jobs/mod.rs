@@ -13,7 +13,6 @@ mod deliver;
 mod store;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -60,10 +59,12 @@ pub(crate) enum JobError {
 /// who waits for which job.
 pub(crate) struct Jobs {
     state: Arc<State>,
-    /// The open store and its path; set once.
-    store: OnceLock<(PathBuf, Arc<dyn Store>)>,
+    /// The open store and where it is (`Store::location`); set once.
+    store: OnceLock<(String, Arc<dyn Store>)>,
     /// Held while the store is being opened, so it is opened once.
     opening: Mutex<()>,
+    /// The store is Redis, shared with other instances.
+    shared: AtomicBool,
     /// This process, as a lease holder.
     owner: String,
     /// Rung when a job arrives or a slot frees, so the deliverer looks now.
@@ -98,6 +99,7 @@ impl Jobs {
             state,
             store: OnceLock::new(),
             opening: Mutex::new(()),
+            shared: AtomicBool::new(false),
             owner: new_id().unwrap_or_else(|| format!("pid-{}", std::process::id())),
             wake: Notify::new(),
             hints: Mutex::new(HashMap::new()),
@@ -111,8 +113,8 @@ impl Jobs {
         })
     }
 
-    /// The store, opened on first need at the running config's `[store] path`.
-    /// A later config naming another path takes effect at the next start.
+    /// The store, opened on first need where the running config's `[store]`
+    /// says. A later config naming another store takes effect at the next start.
     pub(crate) fn store(&self) -> Result<Arc<dyn Store>, StoreError> {
         if let Some(s) = self.opened() {
             return Ok(s);
@@ -121,12 +123,22 @@ impl Jobs {
         if let Some(s) = self.opened() {
             return Ok(s);
         }
-        let path = self.state.load().config.store.path.clone();
-        let opened = store::Sqlite::open(&path);
-        self.state.metrics.store_up.set(i64::from(opened.is_ok()));
-        let store: Arc<dyn Store> = opened?;
-        tracing::info!(path = %path.display(), "job store open");
-        Ok(self.store.get_or_init(|| (path, store)).1.clone())
+        let config = self.state.load().config.store.clone();
+        let location = config.location();
+        let store: Arc<dyn Store> = match &config.url {
+            // Connects lazily: whether Redis is up shows at the first operation.
+            Some(url) => {
+                self.shared.store(true, Ordering::Relaxed);
+                store::Redis::open(url, config.durability)?
+            }
+            None => {
+                let opened = store::Sqlite::open(&config.path);
+                self.state.metrics.store_up.set(i64::from(opened.is_ok()));
+                opened?
+            }
+        };
+        tracing::info!(store = %location, "job store open");
+        Ok(self.store.get_or_init(|| (location, store)).1.clone())
     }
 
     /// The store if it is open already (the deliverer and the scheduler open none).
@@ -134,14 +146,15 @@ impl Jobs {
         self.store.get().map(|(_, s)| s.clone())
     }
 
-    /// Where the open store lives.
-    fn store_path(&self) -> Option<&Path> {
-        self.store.get().map(|(p, _)| p.as_path())
+    /// Where the open store is.
+    fn store_location(&self) -> Option<&str> {
+        self.store.get().map(|(l, _)| l.as_str())
     }
 
     /// Times a store operation. Writes keep `fngate_store_up` true to their
-    /// outcome; reads do not, since a store that still reads may take no job
-    /// (a full disk).
+    /// outcome; on the embedded store reads do not, since a store that still
+    /// reads may take no job (a full disk). On Redis every answer counts, so
+    /// the deliverer's backlog read each second keeps the gauge current.
     async fn timed<T>(
         &self,
         op: &'static str,
@@ -150,7 +163,9 @@ impl Jobs {
         let started = Instant::now();
         let r = f.await;
         self.state.metrics.store_op(op, started.elapsed());
-        if !matches!(op, "get" | "list" | "backlog" | "paused" | "schedules") {
+        if self.shared.load(Ordering::Relaxed)
+            || !matches!(op, "get" | "list" | "backlog" | "paused" | "schedules")
+        {
             self.state.metrics.store_up.set(i64::from(r.is_ok()));
         }
         r

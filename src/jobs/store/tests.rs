@@ -1,5 +1,5 @@
 //! The store's conformance suite: written against the `Store` trait, run on
-//! every implementation (the embedded one now; Redis joins with SPEC §10).
+//! every implementation (the embedded one and Redis, on a redis-server of its own).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,16 +54,63 @@ fn claim(now: Millis, limit: usize, free: &[(&str, usize)]) -> Claim {
     }
 }
 
-/// Every implementation, fresh.
-fn stores(dir: &tempfile::TempDir) -> Vec<Arc<dyn Store>> {
+/// A redis-server of the test's own on a free loopback port, killed by pid when dropped.
+pub(crate) struct TestRedis {
+    child: std::process::Child,
+    pub(crate) url: String,
+}
+
+impl TestRedis {
+    pub(crate) fn start() -> Self {
+        use std::io::BufRead as _;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "notice"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        // Ready when it says so.
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        for line in out.lines() {
+            if line
+                .expect("redis-server output")
+                .contains("Ready to accept connections")
+            {
+                break;
+            }
+        }
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every implementation, fresh (the Redis one lives as long as the guard).
+fn stores(dir: &tempfile::TempDir) -> (Vec<Arc<dyn Store>>, TestRedis) {
     let sqlite: Arc<dyn Store> = Sqlite::open(&dir.path().join("conformance.db")).expect("opens");
-    vec![sqlite]
+    let server = TestRedis::start();
+    let redis: Arc<dyn Store> =
+        Redis::open(&server.url, crate::config::Durability::Primary).expect("opens");
+    (vec![sqlite, redis], server)
 }
 
 #[tokio::test]
 async fn accepted_jobs_are_claimed_once_within_the_limits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         for (i, route) in ["a", "a", "a", "b"].iter().enumerate() {
             let r = s
                 .accept(job(&format!("j{i}"), route, 1_000 + i as i64))
@@ -114,7 +161,8 @@ async fn accepted_jobs_are_claimed_once_within_the_limits() {
 #[tokio::test]
 async fn leases_belong_to_their_holder_and_lapse() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         s.accept(job("j", "a", 0)).await.expect("accept");
         let taken = s.claim(claim(10, 1, &[])).await.expect("claim").jobs;
         assert_eq!(taken.len(), 1);
@@ -171,7 +219,8 @@ async fn leases_belong_to_their_holder_and_lapse() {
 #[tokio::test]
 async fn a_release_spends_no_attempt_and_retries_wait_their_time() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         s.accept(job("j", "a", 0)).await.expect("accept");
         s.claim(claim(0, 1, &[])).await.expect("claim");
         assert!(s
@@ -233,7 +282,8 @@ async fn a_release_spends_no_attempt_and_retries_wait_their_time() {
 #[tokio::test]
 async fn idempotency_keys_return_the_job_or_refuse_another_payload() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         let keyed = |id: &str, fp: u8| {
             let mut j = job(id, "a", 0);
             j.idempotency = Some(Idempotency {
@@ -265,7 +315,8 @@ async fn idempotency_keys_return_the_job_or_refuse_another_payload() {
 #[tokio::test]
 async fn cancel_redrive_and_purge() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         s.accept(job("c", "a", 0)).await.expect("accept");
         assert_eq!(s.cancel("c").await.expect("cancel"), Cancel::Cancelled);
         assert_eq!(s.cancel("c").await.expect("cancel"), Cancel::Missing);
@@ -325,7 +376,8 @@ fn event(id: &str, until: Option<Millis>, deliveries: Vec<NewJob>) -> NewEvent {
 #[tokio::test]
 async fn a_published_event_is_stored_once_within_its_dedupe_window() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         let fresh = s
             .publish(
                 vec![
@@ -363,7 +415,8 @@ async fn a_published_event_is_stored_once_within_its_dedupe_window() {
 #[tokio::test]
 async fn a_partition_is_claimed_one_job_at_a_time_in_accepted_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         let jobs = ["p1", "p2", "p3"]
             .iter()
             .map(|id| event(id, None, vec![delivery(id, Some("sub\nk"), 0)]))
@@ -417,7 +470,8 @@ async fn a_partition_is_claimed_one_job_at_a_time_in_accepted_order() {
 #[tokio::test]
 async fn subscriptions_pause_and_resume() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         assert!(s.paused().await.expect("paused").is_empty());
         s.pause("b", 1).await.expect("pause");
         s.pause("a", 2).await.expect("pause");
@@ -450,7 +504,8 @@ fn tick(last: Option<Millis>, job: Option<NewJob>, forbid: bool, replace: bool) 
 #[tokio::test]
 async fn a_tick_runs_once_and_follows_the_concurrency_rule() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         let stored = |r: Fired| matches!(r, Fired::Stored { .. });
         assert!(stored(
             s.tick(tick(Some(10), Some(run("n@10", 10)), true, false))
@@ -509,7 +564,8 @@ async fn a_tick_runs_once_and_follows_the_concurrency_rule() {
 #[tokio::test]
 async fn a_secret_is_made_once_and_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for s in stores(&dir) {
+    let (all, _redis) = stores(&dir);
+    for s in all {
         let a = s.secret("k").await.expect("secret");
         assert_eq!(a.len(), 32);
         assert_eq!(s.secret("k").await.expect("secret"), a);
