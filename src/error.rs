@@ -215,6 +215,16 @@ fn problem_of(err: &Error) -> Problem {
                 )
             },
         },
+        Error::RateLimited(e) if e.unavailable => Problem {
+            retry_after: Some(1),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "rate limit `{}` cannot be checked: its store is unreachable",
+                    e.policy
+                ),
+            )
+        },
         Error::RateLimited(e) => Problem {
             retry_after: Some(e.retry_after.max(1)),
             ..Problem::new(

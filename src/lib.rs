@@ -30,6 +30,7 @@ mod middleware;
 mod normalize;
 mod proxy;
 mod ratelimit;
+mod redis_client;
 mod router;
 mod schedules;
 mod server;

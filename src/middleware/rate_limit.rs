@@ -84,6 +84,26 @@ impl Report {
     ) -> Option<RateLimited> {
         let verified = req.extensions().get::<Arc<Verified>>().map(|v| &**v);
         let v = l.check(l.key(ctx.client_ip, req.headers(), verified));
+        self.record(l, v)
+    }
+
+    /// As `check`, on buckets kept in Redis.
+    async fn check_shared(
+        &mut self,
+        l: &Arc<Limiter>,
+        key: crate::ratelimit::Key,
+    ) -> Option<RateLimited> {
+        match l.check_shared(key).await {
+            Some(v) => self.record(l, v),
+            None => Some(RateLimited {
+                policy: l.policy.name.clone(),
+                retry_after: 1,
+                unavailable: true,
+            }),
+        }
+    }
+
+    fn record(&mut self, l: &Arc<Limiter>, v: crate::ratelimit::Verdict) -> Option<RateLimited> {
         // `"name";r=R;t=T`, without the formatting machinery: this runs per request.
         let mut n = itoa::Buffer::new();
         if self.state.is_empty() {
@@ -101,6 +121,7 @@ impl Report {
         (!v.allowed).then(|| RateLimited {
             policy: l.policy.name.clone(),
             retry_after: v.wait,
+            unavailable: false,
         })
     }
 
@@ -115,19 +136,27 @@ impl Report {
     }
 }
 
+/// Checks on Redis: the request waits for their answers (bounded in `ratelimit::shared`).
+type Shared =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
 impl<S> Service<Request<Body>> for RateLimitService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<S::Future, Either<Ready, Headed<S::Future>>>;
+    type Future = Either<S::Future, Either<Ready, Either<Headed<S::Future>, Shared>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(ctx) = req.extensions().get::<RouteContext>() else {
             return Either::Left(self.inner.call(req));
         };
@@ -150,31 +179,105 @@ where
                     .unwrap_or_default(),
             ),
         };
+        if limits.iter().any(|l| l.is_shared()) {
+            let limits = limits.clone();
+            let keys: Vec<_> = {
+                let verified = req.extensions().get::<Arc<Verified>>().map(|v| &**v);
+                limits
+                    .iter()
+                    .map(|l| l.key(ctx.client_ip, req.headers(), verified))
+                    .collect()
+            };
+            let (policy, route) = (policy.clone(), active.config.name.clone());
+            let second = !active.limits_after.is_empty();
+            let (metrics, phase) = (self.metrics.clone(), self.phase);
+            // The service that was made ready serves this request; its clone waits for the next.
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            return Either::Right(Either::Right(Either::Right(Box::pin(async move {
+                let mut refused = None;
+                for (l, key) in limits.iter().zip(keys) {
+                    refused = report.check_shared(l, key).await;
+                    if refused.is_some() {
+                        break;
+                    }
+                }
+                match decide(
+                    &metrics, phase, &route, second, &policy, refused, report, req,
+                ) {
+                    Either::Left(res) => Ok(res),
+                    Either::Right((req, fields, overwrite)) => {
+                        // Boxed at once: an `S::Future` held across the await
+                        // trips the compiler's check that this block is Send.
+                        let call: Shared = Box::pin(inner.call(req));
+                        let mut res = call.await?;
+                        fields.write(res.headers_mut(), overwrite);
+                        Ok(res)
+                    }
+                }
+            }))));
+        }
         // Checked in order; a policy that refuses does not give back what earlier ones took.
         let refused = limits.iter().find_map(|l| report.check(l, ctx, &req));
-        if let Some(limited) = refused {
-            self.metrics.rate_limited(&active.config.name);
-            let id = req.extensions().get::<RequestId>().map(|r| &r.0);
-            let mut res = error::respond(limited, id);
-            report.fields(policy).write(res.headers_mut(), true);
-            return Either::Right(Either::Left(std::future::ready(Ok(res))));
-        }
-        // The first phase's fields stand unless the second phase ran (an
-        // answer refused by authentication carries them too). Only then is
-        // the report copied, for the second phase to continue.
-        let (fields, overwrite) = match self.phase {
-            Phase::BeforeAuth if !active.limits_after.is_empty() => {
-                let fields = report.clone().fields(policy);
-                req.extensions_mut().insert(report);
-                (fields, false)
+        let (route, second) = (active.config.name.clone(), !active.limits_after.is_empty());
+        let policy = policy.clone();
+        match decide(
+            &self.metrics,
+            self.phase,
+            &route,
+            second,
+            &policy,
+            refused,
+            report,
+            req,
+        ) {
+            Either::Left(res) => Either::Right(Either::Left(std::future::ready(Ok(res)))),
+            Either::Right((req, fields, overwrite)) => {
+                Either::Right(Either::Right(Either::Left(Headed {
+                    inner: self.inner.call(req),
+                    fields: Some((fields, overwrite)),
+                })))
             }
-            _ => (report.fields(policy), true),
-        };
-        Either::Right(Either::Right(Headed {
-            inner: self.inner.call(req),
-            fields: Some((fields, overwrite)),
-        }))
+        }
     }
+}
+
+/// After a phase's checks: the refusal (left), or the request to pass on
+/// with the fields its answer gets and whether they replace the first phase's.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    metrics: &Metrics,
+    phase: Phase,
+    route: &Arc<str>,
+    second_phase: bool,
+    policy: &HeaderValue,
+    refused: Option<RateLimited>,
+    report: Report,
+    mut req: Request<Body>,
+) -> Either<Response<Body>, (Request<Body>, Fields, bool)> {
+    if let Some(limited) = refused {
+        if !limited.unavailable {
+            metrics.rate_limited(route);
+        }
+        let id = req.extensions().get::<RequestId>().map(|r| &r.0);
+        let mut res = error::respond(limited, id);
+        report.fields(policy).write(res.headers_mut(), true);
+        return Either::Left(res);
+    }
+    // The first phase's fields stand unless the second phase ran (an
+    // answer refused by authentication carries them too). Only then is
+    // the report copied, for the second phase to continue.
+    Either::Right(match phase {
+        Phase::BeforeAuth if second_phase => {
+            let fields = report.clone().fields(policy);
+            req.extensions_mut().insert(report);
+            (req, fields, false)
+        }
+        _ => {
+            let fields = report.fields(policy);
+            (req, fields, true)
+        }
+    })
 }
 
 /// The rate-limit fields of one answer.

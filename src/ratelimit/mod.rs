@@ -20,7 +20,11 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::auth::Verified;
 use crate::clock::Clock;
-use crate::config::{LimitKey, RateLimit};
+use crate::config::{LimitKey, OnError, RateLimit};
+
+mod shared;
+
+pub(crate) use shared::Shared;
 
 /// Limit state is swept this often: buckets that are full again are dropped.
 const SWEEP: Duration = Duration::from_secs(10);
@@ -66,6 +70,10 @@ pub struct Limiter {
     state_prefix: String,
     /// `RateLimit-Limit`: the burst.
     burst_value: HeaderValue,
+    /// The buckets on Redis, when instances share them; `keyed` is then the fallback.
+    shared: Option<Arc<Shared>>,
+    /// `fngate:rl:"name"\n`: the start of its Redis keys.
+    shared_prefix: Vec<u8>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -87,7 +95,7 @@ pub struct Verdict {
 }
 
 impl Limiter {
-    pub fn new(policy: Arc<RateLimit>, clock: Clock) -> Arc<Self> {
+    pub fn new(policy: Arc<RateLimit>, clock: Clock, shared: Option<Arc<Shared>>) -> Arc<Self> {
         let period = policy.per / policy.requests.get();
         let burst = policy.burst;
         // Validation refuses a period under 1 ns and `max` keeps it there, so
@@ -99,6 +107,7 @@ impl Limiter {
             .with_middleware::<StateInformationMiddleware>();
         let policy_item = policy_item(&policy);
         let state_prefix = format!("\"{}\";r=", policy.name);
+        let shared_prefix = format!("fngate:rl:{}\n", policy.name).into_bytes();
         let small_cap = policy.max_keys <= COUNT_EVERY as usize;
         let limiter = Arc::new(Self {
             policy,
@@ -110,9 +119,71 @@ impl Limiter {
             burst_value: HeaderValue::from(burst.get()),
             state_prefix,
             policy_item,
+            shared,
+            shared_prefix,
         });
         Self::spawn_sweep(&limiter);
         limiter
+    }
+
+    /// Its buckets are on Redis, so a check awaits an answer.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Whether it keeps its buckets on this Redis (None: locally).
+    pub fn shares(&self, shared: Option<&Arc<Shared>>) -> bool {
+        match (&self.shared, shared) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Checks the bucket on Redis, or as `rate_limits_on_error` says while it
+    /// is unreachable; `None`: refuse the request as unavailable (`closed`).
+    pub async fn check_shared(&self, key: Key) -> Option<Verdict> {
+        let Some(shared) = &self.shared else {
+            return Some(self.check(key));
+        };
+        let per_request = self.policy.per / self.policy.requests.get();
+        let burst = self.policy.burst.get();
+        let mut redis_key = self.shared_prefix.clone();
+        key.write(&mut redis_key);
+        match shared.check(&redis_key, per_request, burst).await {
+            shared::Answer::Checked {
+                allowed,
+                remaining,
+                wait,
+            } => {
+                let per = per_request.as_secs_f64();
+                Some(if allowed {
+                    Verdict {
+                        allowed,
+                        remaining,
+                        reset: (f64::from(burst.saturating_sub(remaining)) * per).ceil() as u64,
+                        wait: 0,
+                    }
+                } else {
+                    Verdict {
+                        allowed,
+                        remaining: 0,
+                        reset: (f64::from(burst) * per).ceil() as u64,
+                        wait: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    }
+                })
+            }
+            shared::Answer::Unavailable => match shared.on_error {
+                OnError::Local => Some(self.check(key)),
+                OnError::Open => Some(Verdict {
+                    allowed: true,
+                    remaining: burst,
+                    reset: 0,
+                    wait: 0,
+                }),
+                OnError::Closed => None,
+            },
+        }
     }
 
     /// The start of its `RateLimit` item: `"name";r=`.
@@ -276,6 +347,34 @@ fn policy_item(p: &RateLimit) -> String {
 pub(crate) struct RateLimited {
     pub policy: Arc<str>,
     pub retry_after: u64,
+    /// Not exceeded: its buckets on Redis could not be checked (`rate_limits_on_error = "closed"`).
+    pub unavailable: bool,
+}
+
+impl Key {
+    /// The key as bytes, its kind first, after a Redis key's prefix.
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Ip(ip) => {
+                out.extend_from_slice(b"ip:");
+                out.extend_from_slice(ip.to_string().as_bytes());
+            }
+            Self::Header(v) => {
+                out.extend_from_slice(b"h:");
+                out.extend_from_slice(v.as_bytes());
+            }
+            Self::Consumer(c) => {
+                out.extend_from_slice(b"c:");
+                out.extend_from_slice(c.as_bytes());
+            }
+            Self::Claim(c) => {
+                out.extend_from_slice(b"claim:");
+                out.extend_from_slice(c.as_bytes());
+            }
+            Self::Global => out.extend_from_slice(b"global"),
+            Self::Overflow => out.extend_from_slice(b"overflow"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::{self, Action, AuthKind, Config, Forward, Route};
 use crate::metrics::Metrics;
-use crate::ratelimit::Limiter;
+use crate::ratelimit::{Limiter, Shared};
 use crate::router::RouteTable;
 use crate::telemetry::Telemetry;
 use crate::upstream::Upstream;
@@ -54,6 +54,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Parallel to `config.rate_limits`.
     pub limiters: Vec<Arc<Limiter>>,
+    /// The Redis that holds every policy's buckets, with `[store] url`.
+    pub shared_limits: Option<Arc<Shared>>,
     /// Parallel to `config.auth`.
     pub authenticators: Vec<Arc<Authenticator>>,
     /// Parallel to `config.routes`.
@@ -108,15 +110,22 @@ impl Snapshot {
         metrics: &Arc<Metrics>,
         clock: &Clock,
     ) -> Self {
-        // A policy whose settings did not change keeps its buckets.
+        let shared_limits = shared_limits(&config, previous);
+        // A policy whose settings (and store) did not change keeps its buckets.
         let limiters: Vec<Arc<Limiter>> = config
             .rate_limits
             .iter()
             .map(|p| {
                 previous
-                    .and_then(|s| s.limiters.iter().find(|l| *l.policy == **p))
+                    .and_then(|s| {
+                        s.limiters
+                            .iter()
+                            .find(|l| *l.policy == **p && l.shares(shared_limits.as_ref()))
+                    })
                     .cloned()
-                    .unwrap_or_else(|| Limiter::new(p.clone(), clock.clone()))
+                    .unwrap_or_else(|| {
+                        Limiter::new(p.clone(), clock.clone(), shared_limits.clone())
+                    })
             })
             .collect();
         // An unchanged policy keeps its fetched keys and verified-token cache.
@@ -241,6 +250,7 @@ impl Snapshot {
             config: Arc::new(config),
             upstreams,
             limiters,
+            shared_limits,
             authenticators,
             routes,
         }
@@ -265,4 +275,26 @@ fn cors(cfg: &config::Cors) -> TowerCors {
         layer = layer.max_age(age);
     }
     layer
+}
+
+/// With `[store] url`, rate limits live on that Redis: the previous
+/// snapshot's connection while the URL and the fallback are unchanged.
+/// (Outside a runtime, as in `fngate check`, limits stay local: nothing is served.)
+fn shared_limits(config: &Config, previous: Option<&Snapshot>) -> Option<Arc<Shared>> {
+    let url = config.store.url.as_deref()?;
+    let on_error = config.store.rate_limits_on_error;
+    if let Some(kept) = previous
+        .and_then(|s| s.shared_limits.as_ref())
+        .filter(|s| s.same(url, on_error))
+    {
+        return Some(kept.clone());
+    }
+    tokio::runtime::Handle::try_current().ok()?;
+    match Shared::new(url, on_error) {
+        Ok(shared) => Some(shared),
+        Err(e) => {
+            tracing::warn!("rate limits stay local: {e}");
+            None
+        }
+    }
 }

@@ -18,7 +18,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{Script, Value};
 use bytes::Bytes;
 
@@ -342,15 +342,7 @@ impl Redis {
             path: hide_password(url),
             reason,
         };
-        let client = ::redis::Client::open(url).map_err(|e| open_err(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| open_err(e.to_string()))?;
+        let conn = crate::redis_client::connect(url, OP_TIMEOUT).map_err(open_err)?;
         Ok(std::sync::Arc::new(Self {
             conn,
             durability,

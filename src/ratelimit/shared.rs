@@ -1,0 +1,133 @@
+//! Buckets on Redis (SPEC §10): every instance naming one Redis shares each
+//! policy's buckets. One Lua script per check reads Redis' clock (`TIME`),
+//! applies GCRA to the bucket's theoretical arrival time and stores it, so a
+//! quota is exact across instances under any concurrency and no instance's
+//! clock matters.
+//!
+//! A check waits at most `CHECK_TIMEOUT`. When Redis fails, the policy's
+//! `rate_limits_on_error` answers instead (the instance's own buckets, pass,
+//! or 503), at once for `BACKOFF` and then Redis is asked again, so the
+//! fallback gives way within a second of Redis' return.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use crate::config::OnError;
+
+/// The most a request waits for Redis before the fallback decides.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(50);
+/// After a failure, how long checks go straight to the fallback.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+/// ARGV: key, emission interval T (µs), tolerance tau = T × burst (µs).
+/// Answers {allowed (1|0), remaining, µs until allowed}.
+static GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local T, tau = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', ARGV[1]) or now)
+if tat < now then tat = now end
+local new = tat + T
+local ahead = new - now
+if ahead > tau then
+  return {0, 0, ahead - tau}
+end
+redis.call('SET', ARGV[1], new, 'PX', math.ceil(ahead / 1000) + 1)
+return {1, math.floor((tau - ahead) / T), 0}
+"#,
+    )
+});
+
+/// What Redis said, or that it could not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Checked {
+        allowed: bool,
+        remaining: u32,
+        wait: Duration,
+    },
+    Unavailable,
+}
+
+pub struct Shared {
+    conn: ConnectionManager,
+    pub(crate) on_error: OnError,
+    /// Until when (µs since `epoch`) checks skip Redis.
+    skip_until: AtomicU64,
+    epoch: Instant,
+    url: String,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("url", &crate::config::hide_password(&self.url))
+            .field("on_error", &self.on_error)
+            .finish()
+    }
+}
+
+impl Shared {
+    pub fn new(url: &str, on_error: OnError) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Self {
+            conn: crate::redis_client::connect(url, CHECK_TIMEOUT)?,
+            on_error,
+            skip_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            url: url.to_owned(),
+        }))
+    }
+
+    /// Whether this names the same Redis with the same fallback.
+    pub fn same(&self, url: &str, on_error: OnError) -> bool {
+        self.url == url && self.on_error == on_error
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Spends one request from `key`'s bucket: T per request, a burst of `burst`.
+    pub(crate) async fn check(&self, key: &[u8], per_request: Duration, burst: u32) -> Answer {
+        if self.now_us() < self.skip_until.load(Ordering::Relaxed) {
+            return Answer::Unavailable;
+        }
+        let t = (per_request.as_micros() as u64).max(1);
+        let mut call = GCRA.prepare_invoke();
+        call.arg(key).arg(t).arg(t.saturating_mul(u64::from(burst)));
+        let mut conn = self.conn.clone();
+        let answer = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            call.invoke_async::<(i64, i64, i64)>(&mut conn),
+        )
+        .await;
+        match answer {
+            Ok(Ok((allowed, remaining, wait_us))) => Answer::Checked {
+                allowed: allowed == 1,
+                remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
+                wait: Duration::from_micros(wait_us.max(0) as u64),
+            },
+            failed => {
+                let was = self.skip_until.swap(
+                    self.now_us() + BACKOFF.as_micros() as u64,
+                    Ordering::Relaxed,
+                );
+                if was == 0 || self.now_us() > was + BACKOFF.as_micros() as u64 {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {} ms", CHECK_TIMEOUT.as_millis()),
+                    };
+                    tracing::warn!(on_error = ?self.on_error,
+                        "rate limits: Redis failed ({why}); the fallback decides until it answers");
+                }
+                Answer::Unavailable
+            }
+        }
+    }
+}
