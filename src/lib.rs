@@ -18,6 +18,7 @@ mod admin;
 mod aggregate;
 mod auth;
 mod body;
+mod cluster;
 mod context;
 mod dispatch;
 mod error;

@@ -298,6 +298,7 @@ fn is_secret(path: &[String]) -> bool {
             | ["auth", _, "keys", _, "sha256"]
             | ["auth", _, "secret"]
             | ["telemetry", "headers", _]
+            | ["store", "url"]
     )
 }
 

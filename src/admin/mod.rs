@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::{OpenApi, ToSchema};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::jobs::Jobs;
 use crate::state::{Change, ChangeError, Edit, Reloaded, Snapshot, Source, State};
@@ -34,11 +35,23 @@ pub(crate) struct AdminState {
     /// False once a shutdown has begun: load balancers stop sending traffic.
     ready: Arc<AtomicBool>,
     jobs: Arc<Jobs>,
+    /// The instances sharing this one's Redis, with `[store] url`.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl AdminState {
-    pub(crate) fn new(state: Arc<State>, ready: Arc<AtomicBool>, jobs: Arc<Jobs>) -> Self {
-        Self { state, ready, jobs }
+    pub(crate) fn new(
+        state: Arc<State>,
+        ready: Arc<AtomicBool>,
+        jobs: Arc<Jobs>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
+        Self {
+            state,
+            ready,
+            jobs,
+            cluster,
+        }
     }
 }
 
@@ -125,6 +138,8 @@ impl IntoResponse for AdminError {
             Self::Change(ChangeError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Change(ChangeError::Write { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Change(ChangeError::UnknownVersion(_)) => StatusCode::NOT_FOUND,
+            Self::Change(ChangeError::Unshared(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Change(ChangeError::ClusterMoved { .. }) => StatusCode::CONFLICT,
             Self::NoJob(_) => StatusCode::NOT_FOUND,
             Self::NotDead(_) => StatusCode::CONFLICT,
             Self::BadQuery(_) => StatusCode::BAD_REQUEST,
@@ -176,7 +191,7 @@ type Result<T, E = AdminError> = std::result::Result<T, E>;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "fngate admin API", description = "Live configuration, health and metrics of an fngate gateway."),
-    paths(healthz, readyz, metrics, config, validate, reload, versions, rollback,
+    paths(healthz, readyz, metrics, config, validate, reload, versions, rollback, cluster,
         routes::list, routes::get_one, routes::put_one, routes::delete_one,
         backends::list, backends::get_one, backends::put_one, backends::delete_one,
         auth::list, auth::get_one, auth::put_one, auth::delete_one,
@@ -186,7 +201,7 @@ type Result<T, E = AdminError> = std::result::Result<T, E>;
         schedules::list, schedules::get_one, schedules::put_one, schedules::delete_one,
         jobs::resume, jobs::run_schedule,
         jobs::list, jobs::get_one, jobs::redrive, jobs::purge),
-    components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated)),
+    components(schemas(Problem, ErrorItem, VersionItem, Changed, Validated, ClusterDoc, ClusterItem)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -212,6 +227,7 @@ pub(crate) fn router(admin: AdminState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/config", get(config))
         .route("/versions", get(versions))
+        .route("/cluster", get(cluster))
         .route("/validate", post(validate))
         .route("/reload", post(reload))
         .route("/rollback/{version}", post(rollback))
@@ -274,10 +290,16 @@ async fn healthz() -> impl IntoResponse {
 }
 
 #[utoipa::path(get, path = "/readyz", responses(
-    (status = 200, description = "Config loaded, listeners bound", body = Object),
-    (status = 503, description = "Draining after SIGTERM", body = Object)))]
+    (status = 200, description = "Config loaded, listeners bound (and, sharing a store, the cluster's newest config applied)", body = Object),
+    (status = 503, description = "Draining after SIGTERM, or not yet synced with the cluster", body = Object)))]
 async fn readyz(AxumState(admin): AxumState<AdminState>) -> impl IntoResponse {
     let version = admin.state.load().version;
+    if admin.cluster.as_ref().is_some_and(|c| !c.synced()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "syncing", "config_version": version })),
+        );
+    }
     if admin.ready.load(Ordering::SeqCst) {
         (
             StatusCode::OK,
@@ -795,6 +817,47 @@ async fn versions(AxumState(admin): AxumState<AdminState>) -> Json<Vec<VersionIt
             })
             .collect(),
     )
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ClusterItem {
+    id: String,
+    /// The cluster-wide config version serving on it (alone: its own config version).
+    applied_version: u64,
+    /// RFC 3339.
+    last_heartbeat: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ClusterDoc {
+    instances: Vec<ClusterItem>,
+}
+
+#[utoipa::path(get, path = "/cluster", security(("bearer" = [])), responses(
+    (status = 200, description = "The instances sharing this one's store, heard from in the last 30 s (alone: this one)", body = ClusterDoc),
+    (status = 401, body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "The shared store is unreachable", body = Problem, content_type = "application/problem+json")))]
+async fn cluster(AxumState(admin): AxumState<AdminState>) -> Result<Json<ClusterDoc>> {
+    let instances = match &admin.cluster {
+        Some(c) => c
+            .instances()
+            .await
+            .map_err(AdminError::JobStore)?
+            .into_iter()
+            .map(|i| ClusterItem {
+                id: i.id,
+                applied_version: i.applied_version,
+                last_heartbeat: i.last_heartbeat,
+            })
+            .collect(),
+        None => vec![ClusterItem {
+            id: "local".into(),
+            applied_version: admin.state.load().version,
+            last_heartbeat: humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                .to_string(),
+        }],
+    };
+    Ok(Json(ClusterDoc { instances }))
 }
 
 #[utoipa::path(post, path = "/rollback/{version}", security(("bearer" = [])),

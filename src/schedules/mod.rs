@@ -81,7 +81,10 @@ async fn run(jobs: Arc<Jobs>) {
                     for fire in &p.fire {
                         match run_tick(&jobs, s, fire, now).await {
                             Ok(outcome) => {
-                                metrics.schedule_fire(&s.name, outcome, 1);
+                                // Another instance sharing the store ran it: not a fire here.
+                                if outcome != "duplicate" {
+                                    metrics.schedule_fire(&s.name, outcome, 1);
+                                }
                                 dealt = Some(fire.tick);
                             }
                             Err(e) => {
@@ -142,6 +145,7 @@ async fn run_tick(
                 "skipped: the previous run is unfinished (concurrency = \"forbid\")");
             "skipped"
         }
+        Fired::Duplicate => "duplicate",
         _ => outcome,
     })
 }

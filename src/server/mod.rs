@@ -156,11 +156,23 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     // Ends when draining starts: no tick fires during a shutdown.
     let _scheduler = crate::schedules::spawn(jobs.clone());
 
+    // With a shared store, admin changes go to every instance (SPEC §10).
+    let cluster = match &state.load().config.store.url {
+        Some(url) => {
+            let cluster =
+                crate::cluster::Cluster::new(state.clone(), url).map_err(StartError::Store)?;
+            state.set_publisher(cluster.clone());
+            cluster.spawn(shutdown.clone());
+            Some(cluster)
+        }
+        None => None,
+    };
+
     let ready = Arc::new(AtomicBool::new(true));
     let stop_admin = CancellationToken::new();
     let admin = tokio::spawn(crate::admin::serve(
         admin_listener,
-        crate::admin::AdminState::new(state.clone(), ready.clone(), jobs.clone()),
+        crate::admin::AdminState::new(state.clone(), ready.clone(), jobs.clone(), cluster),
         stop_admin.clone(),
     ));
 

@@ -24,6 +24,8 @@ pub enum Source {
     Reload,
     Admin,
     Rollback,
+    /// Another instance's admin change, through the shared store (SPEC §10).
+    Cluster,
 }
 
 impl Source {
@@ -35,6 +37,7 @@ impl Source {
             Self::Reload => "reload",
             Self::Admin => "admin",
             Self::Rollback => "rollback",
+            Self::Cluster => "cluster",
         }
     }
 }
@@ -95,6 +98,21 @@ pub enum ChangeError {
     },
     #[error("version {0} is not among the last {HISTORY}")]
     UnknownVersion(u64),
+    #[error("the change could not be shared with the other instances: {0}")]
+    Unshared(String),
+    #[error("another instance changed the config first (cluster version {current}); it is applied here within a second, then retry")]
+    ClusterMoved { current: u64 },
+}
+
+/// Where a validated admin change goes before it serves: with a shared
+/// store, to every instance (`cluster/`). The change is refused, and nothing
+/// applied, unless this answers Ok.
+pub trait Publish: Send + Sync + std::fmt::Debug {
+    fn publish(
+        &self,
+        text: Arc<str>,
+        summary: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, ChangeError>> + Send + '_>>;
 }
 
 #[derive(Debug)]
@@ -105,6 +123,7 @@ pub struct State {
     history: std::sync::Mutex<std::collections::VecDeque<Version>>,
     pub metrics: Arc<Metrics>,
     clock: Clock,
+    publisher: std::sync::OnceLock<Arc<dyn Publish>>,
 }
 
 impl State {
@@ -125,7 +144,66 @@ impl State {
             history: std::sync::Mutex::new(std::collections::VecDeque::from([first])),
             metrics,
             clock,
+            publisher: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on admin changes are published before they serve.
+    pub fn set_publisher(&self, publisher: Arc<dyn Publish>) {
+        let _ = self.publisher.set(publisher);
+    }
+
+    /// Serves a config another instance published: validated here too (its
+    /// `${VAR}`s are this instance's), written back when `persist = "file"`.
+    /// `None`: the text is what runs already.
+    pub async fn apply_published(
+        &self,
+        text: &str,
+        summary: String,
+    ) -> Result<Option<u64>, ChangeError> {
+        let _serial = self.write_lock.lock().await;
+        let current = self.load();
+        if *current.config.text == *text {
+            return Ok(None);
+        }
+        let (config, persisted) = self.validate_and_persist(&current, text).await?;
+        Ok(Some(self.swap(
+            config,
+            &current,
+            Source::Cluster,
+            summary,
+            persisted,
+        )))
+    }
+
+    /// Parses `text` as the whole config and, with `persist = "file"`, writes it back.
+    async fn validate_and_persist(
+        &self,
+        current: &Snapshot,
+        text: &str,
+    ) -> Result<(Config, bool), ChangeError> {
+        let path = current.config.path.clone();
+        let file = path
+            .as_ref()
+            .map_or("routes.toml".to_owned(), |p| p.display().to_string());
+        let mut config = Config::parse(text, &file, &|name| std::env::var(name).ok())
+            .map_err(ChangeError::Invalid)?;
+        config.path = path.clone();
+        let persisted = match (&path, config.admin.persist) {
+            (Some(path), crate::config::Persist::File) => {
+                let (p, text) = (path.clone(), text.to_owned());
+                tokio::task::spawn_blocking(move || write_back(&p, &text))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                    .map_err(|source| ChangeError::Write {
+                        path: file.clone(),
+                        source,
+                    })?;
+                true
+            }
+            _ => false,
+        };
+        Ok((config, persisted))
     }
 
     /// The snapshot to serve one request with.
@@ -208,27 +286,20 @@ impl State {
             summary,
             value,
         } = edit(&current)?;
-        let path = current.config.path.clone();
-        let file = path
-            .as_ref()
-            .map_or("routes.toml".to_owned(), |p| p.display().to_string());
-        let mut config = Config::parse(&text, &file, &|name| std::env::var(name).ok())
-            .map_err(ChangeError::Invalid)?;
-        config.path = path.clone();
-        let persisted = match (&path, config.admin.persist) {
-            (Some(path), crate::config::Persist::File) => {
-                let (p, text) = (path.clone(), text.clone());
-                tokio::task::spawn_blocking(move || write_back(&p, &text))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                    .map_err(|source| ChangeError::Write {
-                        path: file.clone(),
-                        source,
-                    })?;
-                true
-            }
-            _ => false,
-        };
+        if let Some(publisher) = self.publisher.get() {
+            // Checked before it goes to the others: they must never get a text that cannot run.
+            let file = current
+                .config
+                .path
+                .as_ref()
+                .map_or("routes.toml".to_owned(), |p| p.display().to_string());
+            Config::parse(&text, &file, &|name| std::env::var(name).ok())
+                .map_err(ChangeError::Invalid)?;
+            publisher
+                .publish(text.as_str().into(), summary.clone())
+                .await?;
+        }
+        let (config, persisted) = self.validate_and_persist(&current, &text).await?;
         let version = self.swap(config, &current, change.source, summary.clone(), persisted);
         tracing::info!(
             target: "fngate::audit",
