@@ -263,3 +263,47 @@ fn telemetry_settings_are_checked() {
     assert_eq!(t.sample_ratio, 1.0);
     assert_eq!(&*t.service_name, "fngate");
 }
+
+#[test]
+fn store_settings_are_checked() {
+    // BACKEND is two lines; [store] is line 3.
+    let both = errors(&format!(
+        "{BACKEND}[store]\npath = \"x.db\"\nurl = \"redis://127.0.0.1:6379/0\"\n"
+    ));
+    has(&both, 5, "store.url", "not both");
+    let e = errors(&format!(
+        "{BACKEND}[store]\nurl = \"http://127.0.0.1:6379\"\ndurability = \"disk\"\nrate_limits_on_error = \"maybe\"\n"
+    ));
+    has(&e, 4, "store.url", "redis:// or rediss://");
+    has(
+        &e,
+        5,
+        "store.durability",
+        "not one of \"primary\", \"replica\"",
+    );
+    has(
+        &e,
+        6,
+        "store.rate_limits_on_error",
+        "not one of \"local\", \"open\", \"closed\"",
+    );
+    let embedded = errors(&format!("{BACKEND}[store]\ndurability = \"replica\"\n"));
+    has(&embedded, 4, "store.durability", "Redis store only");
+    let bad_db = errors(&format!(
+        "{BACKEND}[store]\nurl = \"redis://127.0.0.1:6379/notadb\"\n"
+    ));
+    has(&bad_db, 4, "store.url", "not a Redis URL");
+    let ok = Config::parse(
+        &format!("{BACKEND}[store]\nurl = \"rediss://:secret@redis.example:6380/2\"\ndurability = \"replica\"\nrate_limits_on_error = \"closed\"\n"),
+        "routes.toml",
+        &|_| None,
+    )
+    .unwrap();
+    assert_eq!(ok.store.durability, fngate::config::Durability::Replica);
+    assert_eq!(
+        ok.store.rate_limits_on_error,
+        fngate::config::OnError::Closed
+    );
+    // Logs and errors never show the password.
+    assert_eq!(ok.store.location(), "rediss://:***@redis.example:6380/2");
+}

@@ -8,6 +8,7 @@ mod admin;
 mod aggregate;
 mod auth;
 mod cli;
+mod cluster;
 mod config;
 mod cors;
 mod events;

@@ -30,6 +30,10 @@ use crate::config::{hide_password, Durability};
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The bound on `WAIT 1` for `durability = "replica"`.
 const REPLICA_WAIT: Duration = Duration::from_millis(1000);
+/// A job stored under `durability = "replica"` is held back this long, so no
+/// instance delivers it before a replica has it; once one does it is due at
+/// once (and if this instance dies before, it is due when the hold ends).
+const HOLD_MS: Millis = 10_000;
 
 macro_rules! script {
     ($body:literal) => {
@@ -270,6 +274,34 @@ return 'queued'
 "#
 );
 
+/// ARGV: now, then held jobs now replicated: each due now.
+static RELEASE: LazyLock<Script> = script!(
+    r#"
+local now = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local f = facts(ARGV[i])
+  if f.state == 'queued' then
+    redis.call('HSET', jk(ARGV[i]), 'due', now)
+    redis.call('ZADD', P .. 'due:' .. f.backend, now, ARGV[i])
+  end
+end
+return 1
+"#
+);
+
+/// ARGV: jobs to delete, "", then keys to delete (an unreplicated write undone).
+static UNDO: LazyLock<Script> = script!(
+    r#"
+local keys = false
+for _, a in ipairs(ARGV) do
+  if keys then redis.call('DEL', a)
+  elseif a == '' then keys = true
+  else delete(a) end
+end
+return 1
+"#
+);
+
 /// ARGV: id. Answers 1 when it existed.
 static PURGE: LazyLock<Script> = script!(
     r#"
@@ -350,8 +382,7 @@ impl Redis {
         }))
     }
 
-    /// Runs one script (a write): bounded by OP_TIMEOUT, and replicated first
-    /// when asked.
+    /// Runs one script (a write), bounded by OP_TIMEOUT.
     fn script<T: Send + 'static>(
         &self,
         script: &'static Script,
@@ -359,32 +390,66 @@ impl Redis {
         parse: impl FnOnce(Value) -> Result<T, StoreError> + Send + 'static,
     ) -> Op<T> {
         let mut conn = self.conn.clone();
-        let replica = self.durability == Durability::Replica;
-        Box::pin(async move {
-            let work = async {
-                let mut call = script.prepare_invoke();
-                for a in &args {
-                    call.arg(&a[..]);
-                }
-                let v: Value = call.invoke_async(&mut conn).await.map_err(failed)?;
-                if replica {
-                    let n: i64 = ::redis::cmd("WAIT")
-                        .arg(1)
-                        .arg(REPLICA_WAIT.as_millis() as u64)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(failed)?;
-                    if n < 1 {
-                        return Err(failed(format!(
-                            "no replica acknowledged the write within {} ms",
-                            REPLICA_WAIT.as_millis()
-                        )));
+        Box::pin(bounded(async move {
+            let v = invoke(script, &args, &mut conn).await?;
+            parse(v)
+        }))
+    }
+
+    /// Whether new jobs are held until a replica has them.
+    fn held(&self) -> bool {
+        self.durability == Durability::Replica
+    }
+
+    /// As `script`, for a write a client is told is durable (an accept, a
+    /// publish, a tick): with `durability = "replica"` it answers only once a
+    /// replica has it. `stored` names, from the script's answer, the jobs it
+    /// stored (held back until then, see HOLD_MS) and the keys it set. With
+    /// a replica's acknowledgement the jobs are due at once; without one in
+    /// time the caller hears the store failed and both are deleted again, so
+    /// the client's retry is no duplicate and no dedupe key outlives a refusal.
+    fn durable<T: Send + 'static>(
+        &self,
+        script: &'static Script,
+        args: Vec<Vec<u8>>,
+        stored: impl FnOnce(&Value) -> (Vec<String>, Vec<String>) + Send + 'static,
+        parse: impl FnOnce(Value) -> Result<T, StoreError> + Send + 'static,
+    ) -> Op<T> {
+        let mut conn = self.conn.clone();
+        let replica = self.held();
+        Box::pin(bounded(async move {
+            let v = invoke(script, &args, &mut conn).await?;
+            if !replica {
+                return parse(v);
+            }
+            let (jobs, keys) = stored(&v);
+            let n: i64 = ::redis::cmd("WAIT")
+                .arg(1)
+                .arg(REPLICA_WAIT.as_millis() as u64)
+                .query_async(&mut conn)
+                .await
+                .map_err(failed)?;
+            if n < 1 {
+                if !jobs.is_empty() || !keys.is_empty() {
+                    let mut undo: Vec<Vec<u8>> = jobs.into_iter().map(String::into_bytes).collect();
+                    undo.push(Vec::new());
+                    undo.extend(keys.into_iter().map(String::into_bytes));
+                    if let Err(e) = invoke(&UNDO, &undo, &mut conn).await {
+                        tracing::warn!("undoing an unreplicated write failed: {e}");
                     }
                 }
-                parse(v)
-            };
-            bounded(work).await
-        })
+                return Err(failed(format!(
+                    "no replica acknowledged the write within {} ms",
+                    REPLICA_WAIT.as_millis()
+                )));
+            }
+            if !jobs.is_empty() {
+                let mut release = vec![num(now_ms())];
+                release.extend(jobs.into_iter().map(String::into_bytes));
+                invoke(&RELEASE, &release, &mut conn).await?;
+            }
+            parse(v)
+        }))
     }
 
     /// Runs commands that only read.
@@ -395,6 +460,18 @@ impl Redis {
         let work = f(self.conn.clone());
         Box::pin(bounded(work))
     }
+}
+
+async fn invoke(
+    script: &Script,
+    args: &[Vec<u8>],
+    conn: &mut ConnectionManager,
+) -> Result<Value, StoreError> {
+    let mut call = script.prepare_invoke();
+    for a in args {
+        call.arg(&a[..]);
+    }
+    call.invoke_async(conn).await.map_err(failed)
 }
 
 async fn bounded<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
@@ -413,7 +490,7 @@ fn num(n: impl std::fmt::Display) -> Vec<u8> {
 }
 
 /// A job as script arguments: id, n, then n field/value pairs (see redis.lua).
-fn push_job(args: &mut Vec<Vec<u8>>, job: &NewJob) {
+fn push_job(args: &mut Vec<Vec<u8>>, job: &NewJob, held: bool) {
     let r = &job.request;
     let p = &job.policy;
     let mut f: Vec<(&str, Vec<u8>)> = vec![
@@ -424,7 +501,8 @@ fn push_job(args: &mut Vec<Vec<u8>>, job: &NewJob) {
         ("attempts", b"0".to_vec()),
         ("created", num(job.now)),
         ("updated", num(job.now)),
-        ("due", num(job.now)),
+        // Held: not due until a replica has it (`durable`), or at the latest after HOLD_MS.
+        ("due", num(if held { job.now + HOLD_MS } else { job.now })),
         ("timed_out", b"0".to_vec()),
         ("method", r.method.clone().into_bytes()),
         ("target", r.target.clone().into_bytes()),
@@ -614,9 +692,16 @@ async fn attempts(conn: &mut ConnectionManager, id: &str) -> Result<Vec<Attempt>
 impl Store for Redis {
     fn accept(&self, job: NewJob) -> Op<Accepted> {
         let mut args = vec![num(job.now)];
-        push_job(&mut args, &job);
+        push_job(&mut args, &job, self.held());
         let now = job.now;
-        self.script(&ACCEPT, args, move |v| {
+        let id = job.id.clone();
+        let stored = move |v: &Value| match v {
+            Value::Array(a) if a.first().and_then(text).as_deref() == Some("new") => {
+                (vec![id], Vec::new())
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
+        self.durable(&ACCEPT, args, stored, move |v| {
             let mut a = array(v)?.into_iter();
             let tag = a.next().as_ref().and_then(text).unwrap_or_default();
             match tag.as_str() {
@@ -753,6 +838,7 @@ impl Store for Redis {
     }
 
     fn publish(&self, events: Vec<NewEvent>, now: Millis) -> Op<Vec<bool>> {
+        let held = self.held();
         let mut args = vec![num(now), num(events.len())];
         for e in &events {
             args.push(e.topic.clone().into_bytes());
@@ -761,10 +847,27 @@ impl Store for Redis {
             args.push(e.dedupe_until.map(num).unwrap_or_default());
             args.push(num(e.deliveries.len()));
             for d in &e.deliveries {
-                push_job(&mut args, d);
+                push_job(&mut args, d, held);
             }
         }
-        self.script(&PUBLISH, args, |v| {
+        // Each fresh event's deliveries, and its dedupe key.
+        let stored = move |v: &Value| {
+            let Value::Array(fresh) = v else {
+                return (Vec::new(), Vec::new());
+            };
+            let mut jobs = Vec::new();
+            let mut keys = Vec::new();
+            for (e, new) in events.iter().zip(fresh) {
+                if int(new) == Some(1) {
+                    jobs.extend(e.deliveries.iter().map(|d| d.id.clone()));
+                    if e.dedupe_until.is_some() {
+                        keys.push(format!("fngate:ev:{}\n{}\n{}", e.topic, e.source, e.id));
+                    }
+                }
+            }
+            (jobs, keys)
+        };
+        self.durable(&PUBLISH, args, stored, |v| {
             Ok(array(v)?.iter().map(|f| int(f) == Some(1)).collect())
         })
     }
@@ -861,9 +964,18 @@ impl Store for Redis {
             num(tick.now),
         ];
         if let Some(job) = &tick.job {
-            push_job(&mut args, job);
+            push_job(&mut args, job, self.held());
         }
-        self.script(&TICK, args, |v| {
+        let id = tick.job.as_ref().map(|j| j.id.clone());
+        let stored = move |v: &Value| match (v, id) {
+            (Value::Array(a), Some(id))
+                if a.first().and_then(text).as_deref() == Some("stored") =>
+            {
+                (vec![id], Vec::new())
+            }
+            _ => (Vec::new(), Vec::new()),
+        };
+        self.durable(&TICK, args, stored, |v| {
             let a = array(v)?;
             let tag = a.first().and_then(text).unwrap_or_default();
             Ok(match tag.as_str() {

@@ -1,6 +1,7 @@
 //! Spawns real backends and the real gateway on 127.0.0.1:0, a fresh set per test.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
 pub mod tls;
 
 use std::convert::Infallible;
