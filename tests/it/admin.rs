@@ -704,3 +704,24 @@ async fn schedules_are_managed_live_and_their_backend_cannot_go_first() {
         404,
     );
 }
+
+#[tokio::test]
+async fn alone_get_cluster_lists_this_instance_at_its_config_version() {
+    let backend = Backend::echo("fn").await;
+    let gw = Gw::start(&config(&backend.url(), ANY)).await;
+    let put = admin(
+        &gw,
+        Method::PUT,
+        "/routes/extra",
+        Some(r#"{"path": "/extra", "backend": "b"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(put.status, 201, "{}", put.text());
+    let c = admin(&gw, Method::GET, "/cluster", None, &[]).await.json();
+    let list = c["instances"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{c}");
+    assert_eq!(list[0]["id"], "local");
+    assert_eq!(list[0]["applied_version"], 2);
+    assert!(list[0]["last_heartbeat"].as_str().unwrap().ends_with('Z'));
+}

@@ -607,3 +607,56 @@ async fn durability_replica_answers_202_only_once_a_replica_has_the_job() {
     fun.wait_for(1).await;
     assert_eq!(fun.seen()[0].body, "y", "the refused job was never stored");
 }
+
+#[tokio::test]
+async fn schedules_hold_their_ticks_while_redis_is_down_and_catch_up_after() {
+    let mut redis = Redis::start();
+    let fun = Backend::with(|_| async { Response::new(full("")) }).await;
+    let gw = Gw::start(&format!(
+        "[store]\nurl = \"{}\"\n[backends.fn]\nurls = [\"{}\"]\nretries = 0\n\
+         [[schedules]]\nname = \"tick\"\ncron = \"@every 1s\"\nbackend = \"fn\"\npath = \"/tick\"\n\
+         concurrency = \"allow\"\ncatch_up = \"all\"\n",
+        redis.url(),
+        fun.url()
+    ))
+    .await;
+    fun.wait_for(1).await;
+    redis.stop();
+    let down = Instant::now();
+    // Three ticks come due while Redis is down; none can be stored.
+    let before = fun.count();
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    assert!(
+        fun.count() <= before + 1,
+        "only a run already stored may go"
+    );
+    redis.restart();
+    // Back: the held ticks run, marked past due, each once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let late = fun
+            .seen()
+            .iter()
+            .filter(|s| s.headers.get("x-fngate-past-due").is_some())
+            .count();
+        if late >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the held ticks never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let times: Vec<String> = fun
+        .seen()
+        .iter()
+        .map(|s| {
+            s.headers["x-fngate-scheduled-time"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let unique: HashSet<&String> = times.iter().collect();
+    assert_eq!(unique.len(), times.len(), "{times:?}");
+    assert!(down.elapsed() > Duration::from_secs(3));
+    drop(gw);
+}
