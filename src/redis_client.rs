@@ -8,9 +8,25 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-/// A connection; `response` bounds every reply (the callers bound tighter where they must).
-pub(crate) fn connect(url: &str, response: Duration) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+/// A connection to `[store] url` (over TLS trusting `ca`, when given, rather
+/// than the system's roots); `response` bounds every reply (the callers bound
+/// tighter where they must).
+pub(crate) fn connect(
+    store: &crate::config::Store,
+    response: Duration,
+) -> Result<ConnectionManager, String> {
+    let url = store.url.as_deref().ok_or("no [store] url")?;
+    let client = match &store.ca {
+        Some(ca) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+    .map_err(|e| e.to_string())?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(response))

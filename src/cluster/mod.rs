@@ -97,7 +97,10 @@ fn text(v: &Value) -> Option<String> {
 }
 
 impl Cluster {
-    pub(crate) fn new(state: Arc<State>, url: &str) -> Result<Arc<Self>, String> {
+    pub(crate) fn new(
+        state: Arc<State>,
+        store: &crate::config::Store,
+    ) -> Result<Arc<Self>, String> {
         let host = std::fs::read_to_string("/etc/hostname")
             .ok()
             .map(|h| h.trim().to_owned())
@@ -106,7 +109,7 @@ impl Cluster {
             .unwrap_or_else(|| "fngate".into());
         let suffix = crate::jobs::new_id().unwrap_or_default();
         Ok(Arc::new(Self {
-            conn: crate::redis_client::connect(url, TIMEOUT)?,
+            conn: crate::redis_client::connect(store, TIMEOUT)?,
             state,
             id: format!("{host}-{}", &suffix[suffix.len().saturating_sub(8)..]),
             applied: AtomicU64::new(0),

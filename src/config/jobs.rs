@@ -12,6 +12,8 @@ pub struct Store {
     pub path: PathBuf,
     /// `redis://` or `rediss://`: the store several instances share (SPEC §10); `path` is then unused.
     pub url: Option<String>,
+    /// PEM certificates a `rediss://` server must chain to, instead of the system's roots.
+    pub ca: Option<std::sync::Arc<[u8]>>,
     pub durability: Durability,
     pub rate_limits_on_error: OnError,
     /// `[store]` was written out: the store is opened at start even without async routes.
@@ -116,6 +118,7 @@ pub(super) fn store_default(base: &Path) -> Store {
     Store {
         path: base.join("data").join("fngate.db"),
         url: None,
+        ca: None,
         durability: Durability::Primary,
         rate_limits_on_error: OnError::Local,
         explicit: false,
@@ -173,6 +176,16 @@ pub(super) fn store(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Store {
                 obj.key_path("rate_limits_on_error"),
                 format!("`{other}` is not one of \"local\", \"open\", \"closed\""),
             ),
+        }
+    }
+    if let Some(f) = obj.string(ctx, "ca") {
+        s.ca = super::auth::ca_file(ctx, &obj, "ca", &f, base);
+        if !s.url.as_deref().is_some_and(|u| u.starts_with("rediss://")) {
+            ctx.error(
+                f.span,
+                obj.key_path("ca"),
+                "applies to a rediss:// url only",
+            );
         }
     }
     if s.url.is_none() {

@@ -127,9 +127,9 @@ impl Jobs {
         let location = config.location();
         let store: Arc<dyn Store> = match &config.url {
             // Connects lazily: whether Redis is up shows at the first operation.
-            Some(url) => {
+            Some(_) => {
                 self.shared.store(true, Ordering::Relaxed);
-                store::Redis::open(url, config.durability)?
+                store::Redis::open(&config)?
             }
             None => {
                 let opened = store::Sqlite::open(&config.path);

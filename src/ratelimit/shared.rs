@@ -58,35 +58,38 @@ pub(crate) enum Answer {
 pub struct Shared {
     conn: ConnectionManager,
     pub(crate) on_error: OnError,
+    /// The Redis it was made for (URL and CA): a reload naming another makes a new one.
+    store: crate::config::Store,
     /// Until when (µs since `epoch`) checks skip Redis.
     skip_until: AtomicU64,
     epoch: Instant,
-    url: String,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("url", &crate::config::hide_password(&self.url))
+            .field("url", &self.store.location())
             .field("on_error", &self.on_error)
             .finish()
     }
 }
 
 impl Shared {
-    pub fn new(url: &str, on_error: OnError) -> Result<Arc<Self>, String> {
+    pub fn new(store: &crate::config::Store) -> Result<Arc<Self>, String> {
         Ok(Arc::new(Self {
-            conn: crate::redis_client::connect(url, CHECK_TIMEOUT)?,
-            on_error,
+            conn: crate::redis_client::connect(store, CHECK_TIMEOUT)?,
+            on_error: store.rate_limits_on_error,
             skip_until: AtomicU64::new(0),
             epoch: Instant::now(),
-            url: url.to_owned(),
+            store: store.clone(),
         }))
     }
 
-    /// Whether this names the same Redis with the same fallback.
-    pub fn same(&self, url: &str, on_error: OnError) -> bool {
-        self.url == url && self.on_error == on_error
+    /// Whether this names the same Redis (URL and CA) with the same fallback.
+    pub fn same(&self, store: &crate::config::Store) -> bool {
+        self.store.url == store.url
+            && self.store.ca == store.ca
+            && self.on_error == store.rate_limits_on_error
     }
 
     fn now_us(&self) -> u64 {

@@ -158,9 +158,9 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
 
     // With a shared store, admin changes go to every instance (SPEC §10).
     let cluster = match &state.load().config.store.url {
-        Some(url) => {
-            let cluster =
-                crate::cluster::Cluster::new(state.clone(), url).map_err(StartError::Store)?;
+        Some(_) => {
+            let cluster = crate::cluster::Cluster::new(state.clone(), &state.load().config.store)
+                .map_err(StartError::Store)?;
             state.set_publisher(cluster.clone());
             cluster.spawn(shutdown.clone());
             Some(cluster)

@@ -281,16 +281,15 @@ fn cors(cfg: &config::Cors) -> TowerCors {
 /// snapshot's connection while the URL and the fallback are unchanged.
 /// (Outside a runtime, as in `fngate check`, limits stay local: nothing is served.)
 fn shared_limits(config: &Config, previous: Option<&Snapshot>) -> Option<Arc<Shared>> {
-    let url = config.store.url.as_deref()?;
-    let on_error = config.store.rate_limits_on_error;
+    config.store.url.as_ref()?;
     if let Some(kept) = previous
         .and_then(|s| s.shared_limits.as_ref())
-        .filter(|s| s.same(url, on_error))
+        .filter(|s| s.same(&config.store))
     {
         return Some(kept.clone());
     }
     tokio::runtime::Handle::try_current().ok()?;
-    match Shared::new(url, on_error) {
+    match Shared::new(&config.store) {
         Ok(shared) => Some(shared),
         Err(e) => {
             tracing::warn!("rate limits stay local: {e}");

@@ -660,3 +660,43 @@ async fn schedules_hold_their_ticks_while_redis_is_down_and_catch_up_after() {
     assert!(down.elapsed() > Duration::from_secs(3));
     drop(gw);
 }
+
+#[tokio::test]
+async fn rediss_reaches_a_tls_redis_through_the_configured_ca_and_refuses_one_it_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::common::tls::TestCa::new();
+    let ca_path = ca.write(dir.path());
+    let (cert, key) = ca.write_leaf(dir.path(), &["localhost"]);
+    let redis = Redis::start_tls(&cert, &key);
+    let fun = Backend::with(|_| async { Response::new(full("over tls")) }).await;
+    let routes = ASYNC.replace("URL", &fun.url());
+    let gw = Gw::start(&format!(
+        "[store]\nurl = \"{}\"\nca = \"{ca_path}\"\n{routes}",
+        redis.tls_url("localhost")
+    ))
+    .await;
+    let a = send(Request::post(gw.url("/work")).body(full("x")).unwrap()).await;
+    assert_eq!(a.status, 202, "{}", a.text());
+    let location = a.header("location").unwrap();
+    let done = send(
+        Request::get(gw.url(location))
+            .header("prefer", "wait=10")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(done.text(), "over tls");
+    // Without the CA, the system's roots do not know it: no job is taken.
+    let untrusted = Gw::start(&format!(
+        "[store]\nurl = \"{}\"\n{routes}",
+        redis.tls_url("localhost")
+    ))
+    .await;
+    let refused = send(
+        Request::post(untrusted.url("/work"))
+            .body(full("y"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+}

@@ -289,6 +289,11 @@ fn store_settings_are_checked() {
     );
     let embedded = errors(&format!("{BACKEND}[store]\ndurability = \"replica\"\n"));
     has(&embedded, 4, "store.durability", "Redis store only");
+    let plain_ca = errors(&format!(
+        "{BACKEND}[store]\nurl = \"redis://127.0.0.1:6379/0\"\nca = \"Cargo.toml\"\n"
+    ));
+    has(&plain_ca, 5, "store.ca", "not a PEM file");
+    has(&plain_ca, 5, "store.ca", "rediss:// url only");
     let bad_db = errors(&format!(
         "{BACKEND}[store]\nurl = \"redis://127.0.0.1:6379/notadb\"\n"
     ));

@@ -23,7 +23,7 @@ use ::redis::{Script, Value};
 use bytes::Bytes;
 
 use super::*;
-use crate::config::{hide_password, Durability};
+use crate::config::Durability;
 
 /// The longest any operation waits for Redis: past it the caller is told
 /// the store failed (an accept answers 503), and a dead Redis holds nothing longer.
@@ -366,19 +366,16 @@ fn failed(e: impl std::fmt::Display) -> StoreError {
 impl Redis {
     /// Connects lazily: an instance starts while Redis is down, and every
     /// operation reconnects (with backoff) until it is back.
-    pub(crate) fn open(
-        url: &str,
-        durability: Durability,
-    ) -> Result<std::sync::Arc<Self>, StoreError> {
+    pub(crate) fn open(store: &crate::config::Store) -> Result<std::sync::Arc<Self>, StoreError> {
         let open_err = |reason: String| StoreError::Open {
-            path: hide_password(url),
+            path: store.location(),
             reason,
         };
-        let conn = crate::redis_client::connect(url, OP_TIMEOUT).map_err(open_err)?;
+        let conn = crate::redis_client::connect(store, OP_TIMEOUT).map_err(open_err)?;
         Ok(std::sync::Arc::new(Self {
             conn,
-            durability,
-            shown: hide_password(url),
+            durability: store.durability,
+            shown: store.location(),
         }))
     }
 

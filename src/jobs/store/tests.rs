@@ -101,8 +101,15 @@ impl Drop for TestRedis {
 fn stores(dir: &tempfile::TempDir) -> (Vec<Arc<dyn Store>>, TestRedis) {
     let sqlite: Arc<dyn Store> = Sqlite::open(&dir.path().join("conformance.db")).expect("opens");
     let server = TestRedis::start();
-    let redis: Arc<dyn Store> =
-        Redis::open(&server.url, crate::config::Durability::Primary).expect("opens");
+    let redis: Arc<dyn Store> = Redis::open(&crate::config::Store {
+        path: dir.path().join("unused.db"),
+        url: Some(server.url.clone()),
+        ca: None,
+        durability: crate::config::Durability::Primary,
+        rate_limits_on_error: crate::config::OnError::Local,
+        explicit: true,
+    })
+    .expect("opens");
     (vec![sqlite, redis], server)
 }
 

@@ -13,15 +13,39 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        Self::start_with(&[])
+        Self::start_with(|_| Vec::new())
     }
 
     /// A replica of `primary`.
     pub fn replica_of(primary: &Redis) -> Self {
-        Self::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()])
+        let primary = primary.port.to_string();
+        Self::start_with(|_| vec!["--replicaof".into(), "127.0.0.1".into(), primary.clone()])
     }
 
-    fn start_with(extra: &[&str]) -> Self {
+    /// TLS only, on its port, with this certificate and key (no client certificates asked).
+    pub fn start_tls(cert: &str, key: &str) -> Self {
+        Self::start_with(|port| {
+            [
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                cert,
+            ]
+            .into_iter()
+            .chain(["--tls-key-file", key, "--tls-auth-clients", "no"])
+            .map(str::to_owned)
+            .collect()
+        })
+    }
+
+    /// `rediss://` to `name` (the certificate's name; it resolves to loopback).
+    pub fn tls_url(&self, name: &str) -> String {
+        format!("rediss://{name}:{}/0", self.port)
+    }
+
+    fn start_with(extra: impl FnOnce(u16) -> Vec<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -30,7 +54,7 @@ impl Redis {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: extra(port),
         };
         r.run();
         r

@@ -54,6 +54,19 @@ impl TestCa {
         )
     }
 
+    /// As `leaf`, written to `dir` as `leaf.pem` and `leaf.key`; their paths.
+    pub fn write_leaf(&self, dir: &std::path::Path, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (dir.join("leaf.pem"), dir.join("leaf.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+
     pub fn server_config(&self, names: &[&str]) -> rustls::ServerConfig {
         let (certs, key) = self.leaf(names);
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
