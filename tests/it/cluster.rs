@@ -67,6 +67,13 @@ async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// No tick reached the function twice.
+fn each_tick_once(fun: &Backend) {
+    let times = fun.header_values("x-fngate-scheduled-time");
+    let unique: HashSet<&String> = times.iter().collect();
+    assert_eq!(unique.len(), times.len(), "a tick ran twice: {times:?}");
+}
+
 const ASYNC: &str = "[backends.fn]\nurls = [\"URL\"]\nretries = 0\n\
     [[routes]]\nname = \"work\"\npath = \"/work\"\nbackend = \"fn\"\ninvoke = \"async\"\n";
 
@@ -138,19 +145,8 @@ async fn a_job_accepted_on_one_instance_is_read_and_delivered_by_the_others() {
 #[tokio::test]
 async fn an_attempt_held_by_a_killed_instance_is_delivered_by_another_after_the_lease() {
     let redis = Redis::start();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
     // The first attempt never answers; the next does.
-    let fun = Backend::with(move |_| {
-        let c = c.clone();
-        async move {
-            if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                std::future::pending::<()>().await;
-            }
-            Response::new(full("second time"))
-        }
-    })
-    .await;
+    let fun = Backend::stalls_first("second time").await;
     let body = ASYNC.replace("URL", &fun.url());
     // Alone at first, so the first attempt is surely this instance's.
     let (mut holder, _d) = instance(&redis, &body);
@@ -252,11 +248,7 @@ async fn each_event_is_delivered_once_per_subscription_not_once_per_instance() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for sub in [&billing, &audit] {
-        let ids: Vec<String> = sub
-            .seen()
-            .iter()
-            .map(|s| s.headers["ce-id"].to_str().unwrap().to_owned())
-            .collect();
+        let ids = sub.header_values("ce-id");
         let unique: HashSet<&String> = ids.iter().collect();
         assert_eq!((ids.len(), unique.len()), (30, 30), "{ids:?}");
     }
@@ -279,18 +271,7 @@ async fn each_schedule_tick_runs_once_and_ticks_go_on_when_an_instance_dies() {
     first.wait_exit();
     let before = fun.count();
     fun.wait_for(before + 3).await;
-    let times: Vec<String> = fun
-        .seen()
-        .iter()
-        .map(|s| {
-            s.headers["x-fngate-scheduled-time"]
-                .to_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    let unique: HashSet<&String> = times.iter().collect();
-    assert_eq!(unique.len(), times.len(), "a tick ran twice: {times:?}");
+    each_tick_once(&fun);
 }
 
 #[tokio::test]
@@ -484,12 +465,7 @@ async fn a_redis_outage_under_load_fails_no_sync_request_and_loses_no_accepted_j
     let ids: HashSet<String> = accepted.lock().unwrap().iter().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let delivered: HashSet<String> = fun
-            .seen()
-            .iter()
-            .filter_map(|s| s.headers.get("x-fngate-job-id"))
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect();
+        let delivered: HashSet<String> = fun.header_values("x-fngate-job-id").into_iter().collect();
         if ids.is_subset(&delivered) {
             break;
         }
@@ -645,18 +621,7 @@ async fn schedules_hold_their_ticks_while_redis_is_down_and_catch_up_after() {
         assert!(Instant::now() < deadline, "the held ticks never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let times: Vec<String> = fun
-        .seen()
-        .iter()
-        .map(|s| {
-            s.headers["x-fngate-scheduled-time"]
-                .to_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    let unique: HashSet<&String> = times.iter().collect();
-    assert_eq!(unique.len(), times.len(), "{times:?}");
+    each_tick_once(&fun);
     assert!(down.elapsed() > Duration::from_secs(3));
     drop(gw);
 }

@@ -931,19 +931,8 @@ async fn a_job_accepted_while_its_function_is_down_is_delivered_after_a_kill_and
 #[tokio::test]
 async fn an_attempt_in_flight_at_a_kill_is_delivered_again_with_the_same_key() {
     let dir = tempfile::tempdir().unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
     // The first attempt never answers; the second does.
-    let fun = Backend::with(move |_| {
-        let c = c.clone();
-        async move {
-            if c.fetch_add(1, Ordering::SeqCst) == 0 {
-                std::future::pending::<()>().await;
-            }
-            Response::new(full("second time"))
-        }
-    })
-    .await;
+    let fun = Backend::stalls_first("second time").await;
     let config = write_config(&dir, &fun.url(), "");
     let mut first = Proc::start(&config, &[]);
     let a = proc_post(&first, "x", None).await;

@@ -147,6 +147,21 @@ impl Backend {
         }
     }
 
+    /// A function whose first request never gets an answer; later ones get `answer`.
+    pub async fn stalls_first(answer: &'static str) -> Self {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        Self::with(move |_| {
+            let calls = calls.clone();
+            async move {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    std::future::pending::<()>().await;
+                }
+                Response::new(full(answer))
+            }
+        })
+        .await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -191,6 +206,17 @@ impl Backend {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// Header `name` of every request seen (in order), where it was sent.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s.headers.get(name))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
     }
 }
 
