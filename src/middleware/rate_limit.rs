@@ -125,9 +125,9 @@ impl Report {
         })
     }
 
-    fn fields(self, policy: &HeaderValue) -> Fields {
+    fn fields(self, policy: HeaderValue) -> Fields {
         Fields {
-            policy: policy.clone(),
+            policy,
             state: HeaderValue::try_from(self.state).ok(),
             least: self
                 .least
@@ -202,8 +202,16 @@ where
                         break;
                     }
                 }
+                let route = refused.as_ref().map(|_| route);
                 match decide(
-                    &metrics, phase, &route, second, &policy, refused, report, req,
+                    &metrics,
+                    phase,
+                    route.as_ref(),
+                    second,
+                    policy,
+                    refused,
+                    report,
+                    req,
                 ) {
                     Either::Left(res) => Ok(res),
                     Either::Right((req, fields, overwrite)) => {
@@ -219,14 +227,16 @@ where
         }
         // Checked in order; a policy that refuses does not give back what earlier ones took.
         let refused = limits.iter().find_map(|l| report.check(l, ctx, &req));
-        let (route, second) = (active.config.name.clone(), !active.limits_after.is_empty());
+        // The route's name only for a refusal's metric: an admitted request copies nothing.
+        let route = refused.as_ref().map(|_| active.config.name.clone());
+        let second = !active.limits_after.is_empty();
         let policy = policy.clone();
         match decide(
             &self.metrics,
             self.phase,
-            &route,
+            route.as_ref(),
             second,
-            &policy,
+            policy,
             refused,
             report,
             req,
@@ -248,15 +258,15 @@ where
 fn decide(
     metrics: &Metrics,
     phase: Phase,
-    route: &Arc<str>,
+    route: Option<&Arc<str>>,
     second_phase: bool,
-    policy: &HeaderValue,
+    policy: HeaderValue,
     refused: Option<RateLimited>,
     report: Report,
     mut req: Request<Body>,
 ) -> Either<Response<Body>, (Request<Body>, Fields, bool)> {
     if let Some(limited) = refused {
-        if !limited.unavailable {
+        if let Some(route) = route.filter(|_| !limited.unavailable) {
             metrics.rate_limited(route);
         }
         let id = req.extensions().get::<RequestId>().map(|r| &r.0);
