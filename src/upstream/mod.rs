@@ -4,6 +4,7 @@
 //! aggregate calls and (next) job deliveries all send through here.
 
 mod body;
+mod conn;
 pub(crate) mod headers;
 mod health;
 mod pool;
@@ -32,6 +33,7 @@ use crate::metrics::{AttemptOutcome, Metrics, UpstreamSeries};
 use crate::telemetry::{KeyValue, Kind, Span, Telemetry, TRACEPARENT};
 
 pub(crate) use body::{prepare, BodyError, Prepared, ProxyBody};
+use conn::{Checkin, Http1Pool, SendError};
 pub(crate) use pool::EndpointStatus;
 use pool::{InFlight, Outcome, Pool};
 use retry::{Attempt, Decision};
@@ -50,13 +52,13 @@ pub(crate) enum UpstreamError {
     Connect {
         backend: Arc<str>,
         endpoint: Arc<str>,
-        source: hyper_util::client::legacy::Error,
+        source: SendError,
     },
     #[error("backend `{backend}` at {endpoint} failed: {}", chain(source))]
     Failed {
         backend: Arc<str>,
         endpoint: Arc<str>,
-        source: hyper_util::client::legacy::Error,
+        source: SendError,
     },
     #[error(
         "backend `{backend}` at {endpoint} answered 101 to a request that was no WebSocket upgrade"
@@ -96,6 +98,8 @@ pub(crate) enum Unavailable {
 pub struct Upstream {
     pub backend: Arc<Backend>,
     client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// Plain HTTP/1.1 endpoints' connections (TLS and h2 go through `client`).
+    http1: Option<Arc<Http1Pool>>,
     pool: Pool,
     series: UpstreamSeries,
     _checks: tokio_util::sync::DropGuard,
@@ -142,6 +146,8 @@ impl Upstream {
         let upstream = Arc::new(Self {
             series: metrics.upstream_series(&backend.name),
             pool: Pool::new(backend.clone(), metrics, clock),
+            http1: (backend.protocol == Protocol::Http1)
+                .then(|| Http1Pool::new(backend.endpoints.len(), backend.connect_timeout)),
             backend,
             client,
             _checks: stop.clone().drop_guard(),
@@ -265,11 +271,19 @@ impl Upstream {
                 trace.map(|t| attempt_span(t, &method, endpoint, backend, attempt, &headers));
             let mut up = Request::new(body);
             *up.method_mut() = method.clone();
-            *up.uri_mut() =
-                upstream_uri(endpoint, path, query).map_err(|source| UpstreamError::BadTarget {
-                    backend: name(),
-                    source,
-                })?;
+            let own = self
+                .http1
+                .as_ref()
+                .filter(|_| endpoint.scheme == http::uri::Scheme::HTTP);
+            // Our own connections take the origin form; hyper-util's client the absolute one.
+            let uri = match own {
+                Some(_) => origin_form(endpoint, path, query).map(Uri::from),
+                None => upstream_uri(endpoint, path, query),
+            };
+            *up.uri_mut() = uri.map_err(|source| UpstreamError::BadTarget {
+                backend: name(),
+                source,
+            })?;
             *up.version_mut() = Version::HTTP_11;
             // The last attempt takes the headers; earlier ones send a copy.
             *up.headers_mut() = if retries_left {
@@ -290,13 +304,29 @@ impl Upstream {
 
             let result = tokio::time::timeout(
                 attempt_timeout.unwrap_or(backend.timeout).min(remaining),
-                self.client.request(up),
+                async {
+                    match own {
+                        Some(http1) => http1
+                            .send(i, endpoint, up)
+                            .await
+                            .map(|(res, checkin)| (res, Some(checkin))),
+                        None => self
+                            .client
+                            .request(up)
+                            .await
+                            .map(|res| (res, None))
+                            .map_err(|e| SendError {
+                                connect: e.is_connect(),
+                                source: Box::new(e),
+                            }),
+                    }
+                },
             )
             .await;
             let elapsed = sent.elapsed();
             let mut replayable = slot.is_none();
             let (outcome, answer) = match result {
-                Ok(Ok(res)) => {
+                Ok(Ok((res, checkin))) => {
                     // A switch of protocols we did not forward would be a tunnel
                     // nobody routed or authenticated.
                     if res.status() == http::StatusCode::SWITCHING_PROTOCOLS
@@ -339,15 +369,11 @@ impl Upstream {
                             span.fail("http_status", status.as_str().to_owned());
                         }
                     }
-                    (outcome, Some(res))
+                    (outcome, Some((res, checkin)))
                 }
                 Ok(Err(e)) => {
                     if let Some(span) = span.as_mut().filter(|s| s.recording()) {
-                        let kind = if e.is_connect() {
-                            "connect_error"
-                        } else {
-                            "error"
-                        };
+                        let kind = if e.connect { "connect_error" } else { "error" };
                         span.set(KeyValue::new("fngate.outcome", kind));
                         span.fail(kind, chain(&e));
                     }
@@ -361,7 +387,7 @@ impl Upstream {
                             }
                         });
                     }
-                    let connect = e.is_connect();
+                    let connect = e.connect;
                     let label = if connect {
                         AttemptOutcome::ConnectError
                     } else {
@@ -430,7 +456,9 @@ impl Upstream {
                     }
                 }
                 Decision::Stop => match answer {
-                    Some(res) => return Ok(response(res, response_edits, admitted, upgrade)),
+                    Some((res, checkin)) => {
+                        return Ok(response(res, response_edits, admitted, upgrade, checkin))
+                    }
                     None => break,
                 },
             }
@@ -478,6 +506,19 @@ pub(crate) fn upstream_uri(
     path: &str,
     query: Option<&str>,
 ) -> Result<Uri, http::Error> {
+    Uri::builder()
+        .scheme(endpoint.scheme.clone())
+        .authority(endpoint.authority.clone())
+        .path_and_query(origin_form(endpoint, path, query)?)
+        .build()
+}
+
+/// The endpoint's base path, the path and the query.
+fn origin_form(
+    endpoint: &Endpoint,
+    path: &str,
+    query: Option<&str>,
+) -> Result<PathAndQuery, http::Error> {
     let mut pq = String::with_capacity(
         endpoint.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );
@@ -487,11 +528,7 @@ pub(crate) fn upstream_uri(
         pq.push('?');
         pq.push_str(q);
     }
-    Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(PathAndQuery::try_from(pq)?)
-        .build()
+    Ok(PathAndQuery::try_from(pq)?)
 }
 
 fn response(
@@ -499,6 +536,7 @@ fn response(
     edits: &crate::config::HeaderEdits,
     in_flight: InFlight,
     upgrade: bool,
+    checkin: Option<Checkin>,
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     let switching = upgrade && parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -514,10 +552,18 @@ fn response(
         parts.headers.insert(http::header::UPGRADE, p);
     }
     headers::apply(&mut parts.headers, edits);
-    // The request counts as in flight until its answer's body is done.
+    // The request counts as in flight until its answer's body is done; then
+    // its connection is free for the next (an upgraded one never is).
+    let mut checkin = checkin.filter(|_| parts.status != http::StatusCode::SWITCHING_PROTOCOLS);
+    if http_body::Body::is_end_stream(&body) {
+        if let Some(c) = checkin.take() {
+            c.done();
+        }
+    }
     let body = Counted {
         inner: body,
         _in_flight: in_flight,
+        checkin,
     };
     Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
 }
@@ -527,6 +573,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: hyper::body::Incoming,
         _in_flight: InFlight,
+        checkin: Option<Checkin>,
     }
 }
 
@@ -538,7 +585,24 @@ impl http_body::Body for Counted {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        // Read to its end: the connection goes back (the server may stop
+        // polling once the body says it is done, so that counts too).
+        let ended = match &frame {
+            None => true,
+            Some(Ok(_)) => this.inner.is_end_stream(),
+            Some(Err(_)) => {
+                this.checkin.take();
+                false
+            }
+        };
+        if ended {
+            if let Some(c) = this.checkin.take() {
+                c.done();
+            }
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

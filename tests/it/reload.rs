@@ -201,3 +201,68 @@ async fn a_reload_reading_the_files_does_not_trigger_another() {
         "{unchanged} reloads followed the edit:\n{m}"
     );
 }
+
+/// A function that counts the TCP connections it accepted.
+async fn counting_backend() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_backends_connections_and_a_changed_one_opens_new() {
+    use std::sync::atomic::Ordering;
+    let (url, accepted) = counting_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let text = |extra: &str| format!("[backends.b]\nurls = [\"{url}\"]\n{extra}\n{ANY}");
+    std::fs::write(&path, text("")).unwrap();
+    let gw = Gw::start_config(Config::load(&path).unwrap()).await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("/a").await.status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one kept-alive connection"
+    );
+    // An unrelated change: the backend's connection serves on.
+    replace(
+        &path,
+        &text("[rate_limits.unused]\nrequests = 5\nper = \"1s\""),
+    );
+    let state = gw.gateway.as_ref().unwrap().state.clone();
+    state.reload(fngate::state::Source::Reload).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(gw.get("/a").await.status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the same connection after the reload"
+    );
+    // The backend itself changed: a new pool, a new connection.
+    replace(
+        &path,
+        &format!("[backends.b]\nurls = [\"{url}\"]\ntimeout = \"7s\"\n{ANY}"),
+    );
+    state.reload(fngate::state::Source::Reload).await.unwrap();
+    assert_eq!(gw.get("/a").await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
