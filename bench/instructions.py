@@ -10,7 +10,8 @@ figure is user-space instructions per request: it leaves out the kernel's
 share, which is the same for every proxy making the same system calls.
 
     python3 bench/instructions.py                 # 5,000 requests, 16 connections
-    python3 bench/instructions.py --requests 2000 --route-config extra.toml
+    python3 bench/instructions.py --requests 2000
+    python3 bench/instructions.py --also before=/tmp/old/target/release/fngate   # A/B in one run
 """
 
 import argparse
@@ -63,6 +64,8 @@ def main():
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=BIN",
+                    help="another fngate binary (an older build) counted in the same run, with the same config")
     args = ap.parse_args()
     run.ensure_tools({"valgrind": "valgrind", "callgrind_control": "valgrind", "h2load": "nghttp2-client"})
     if not args.no_build:
@@ -99,6 +102,15 @@ def main():
                        f"127.0.0.1:{bare}", f"127.0.0.1:{backend}"], bare),
             ("fngate", [os.path.join(run.ROOT, "target/release/fngate"), "--config", config], port),
         ]
+        # Each other build on its own ports (one proxy runs at a time; the config is rewritten for it).
+        also = []
+        for spec in args.also:
+            name, _, binary = spec.partition("=")
+            other = os.path.join(work, f"{name}.toml")
+            with open(config) as src, open(other, "w") as dst:
+                dst.write(src.read())
+            also.append((name, [binary, "--config", other], port))
+        targets += also
         results = {}
         for name, argv, p in targets:
             results[name] = counted(name, argv, p, work, args.requests, args.conns)
@@ -112,7 +124,7 @@ def main():
           f"{args.conns} connections (h2load --h1) after 500 to warm up\n")
     print("| proxy | instructions/request | vs nginx | vs hyper alone |")
     print("|---|---:|---:|---:|")
-    for name in ("nginx", "hyper", "fngate"):
+    for name in ["nginx", "hyper", "fngate"] + [a[0] for a in also]:
         v = results[name]
         print(f"| {name} | {v:,.0f} | {v / results['nginx']:.2f}× | {v / results['hyper']:.2f}× |")
 
