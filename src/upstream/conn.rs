@@ -85,12 +85,41 @@ impl Http1Pool {
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let pool = Arc::new(Self {
             idle: (0..endpoints).map(|_| Mutex::new(Vec::new())).collect(),
             connect_timeout,
             max_idle,
             idle_timeout,
-        })
+        });
+        pool.spawn_sweep();
+        pool
+    }
+
+    /// Closes connections idle past the timeout even where no request comes
+    /// to find them; the task holds the pool weakly and ends with it.
+    fn spawn_sweep(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (weak, every) = (Arc::downgrade(self), self.idle_timeout / 2);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = weak.upgrade() else { return };
+                pool.sweep(Instant::now());
+            }
+        });
+    }
+
+    /// Drops (so closes) every idle connection past the timeout, or closed.
+    fn sweep(&self, now: Instant) {
+        for idle in &self.idle {
+            if let Ok(mut idle) = idle.lock() {
+                idle.retain(|c| {
+                    now.duration_since(c.since) <= self.idle_timeout && !c.tx.is_closed()
+                });
+            }
+        }
     }
 
     /// Live idle connections held for `endpoint` now.
@@ -238,15 +267,26 @@ mod tests {
     /// `keep_alive = false` answers with `connection: close`; `hold` makes each
     /// answer wait until that many requests are in.
     async fn server(keep_alive: bool, hold: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        server_closing(keep_alive, hold).await.0
+    }
+
+    /// As `server`, also counting the connections that ended.
+    async fn server_closing(
+        keep_alive: bool,
+        hold: usize,
+    ) -> ((std::net::SocketAddr, Arc<AtomicUsize>), Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let barrier = Arc::new(tokio::sync::Barrier::new(hold.max(1)));
         let count = accepted.clone();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let ends = ended.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 let barrier = barrier.clone();
+                let ends = ends.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |_req| {
                         let barrier = barrier.clone();
@@ -261,10 +301,11 @@ mod tests {
                         .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    ends.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
-        (addr, accepted)
+        ((addr, accepted), ended)
     }
 
     fn get() -> Request<ProxyBody> {
@@ -356,6 +397,25 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(pool.take(0).is_none(), "expired connections are dropped");
         assert_eq!(pool.idle(0), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_by_the_sweep_with_no_request_to_find_them() {
+        let ((addr, _), ended) = server_closing(true, 1).await;
+        let e = endpoint(addr);
+        let pool = Http1Pool::with_limits(1, Duration::from_secs(1), 8, Duration::from_millis(100));
+        let (res, checkin) = pool.send(0, &e, get()).await.expect("answer");
+        let _ = res.into_body().collect().await.expect("body");
+        checkin.done();
+        assert_eq!(pool.idle(0), 1);
+        // The sweep task (every 50 ms) drops it once it has been idle 100 ms.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pool.idle[0].lock().expect("lock").is_empty() || ended.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "never swept");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ...and the backend saw the connection end.
+        assert_eq!(ended.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
