@@ -143,8 +143,15 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     let jobs = crate::jobs::Jobs::new(state.clone());
     if state.load().config.needs_store() {
         jobs.store().map_err(|e| StartError::Store(e.to_string()))?;
-        // One process per store: partial uploads in its directories are a dead one's.
-        let swept = crate::uploads::sweep_temps(&state.load().config);
+        // One process per embedded store: partial uploads in its directories
+        // are a dead one's. Instances sharing Redis may share an upload
+        // directory too, and another's partial upload is in progress.
+        let embedded = state.load().config.store.url.is_none();
+        let swept = if embedded {
+            crate::uploads::sweep_temps(&state.load().config)
+        } else {
+            0
+        };
         if swept > 0 {
             tracing::info!(
                 files = swept,

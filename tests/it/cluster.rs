@@ -665,3 +665,28 @@ async fn rediss_reaches_a_tls_redis_through_the_configured_ca_and_refuses_one_it
     .await;
     assert_eq!(refused.status, 503, "{}", refused.text());
 }
+
+#[tokio::test]
+async fn an_instance_starting_on_a_shared_upload_directory_leaves_the_others_partial_uploads() {
+    let redis = Redis::start();
+    let fun = Backend::echo("fn").await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    // Another instance's upload, still streaming into its temporary file.
+    let partial = files.join(".tmp-another-instance");
+    std::fs::write(&partial, b"the first bytes").unwrap();
+    let _gw = Gw::start(&format!(
+        "[store]\nurl = \"{}\"\n[backends.fn]\nurls = [\"{}\"]\n[topics.files]\n\
+         [[routes]]\nname = \"up\"\npath = \"/uploads/{{*key}}\"\nmethods = [\"PUT\"]\n\
+         upload = {{ topic = \"files\", dir = \"{}\" }}\n",
+        redis.url(),
+        fun.url(),
+        files.display()
+    ))
+    .await;
+    assert!(
+        partial.exists(),
+        "an instance on Redis sweeps no shared upload directory"
+    );
+}
