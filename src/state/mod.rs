@@ -166,7 +166,8 @@ impl State {
         if *current.config.text == *text {
             return Ok(None);
         }
-        let (config, persisted) = self.validate_and_persist(&current, text).await?;
+        let config = Self::parse_in(&current, text)?;
+        let persisted = Self::persist(&config, text).await?;
         Ok(Some(self.swap(
             config,
             &current,
@@ -176,34 +177,29 @@ impl State {
         )))
     }
 
-    /// Parses `text` as the whole config and, with `persist = "file"`, writes it back.
-    async fn validate_and_persist(
-        &self,
-        current: &Snapshot,
-        text: &str,
-    ) -> Result<(Config, bool), ChangeError> {
-        let path = current.config.path.clone();
-        let file = path
-            .as_ref()
-            .map_or("routes.toml".to_owned(), |p| p.display().to_string());
-        let mut config = Config::parse(text, &file, &|name| std::env::var(name).ok())
+    /// `text` as the whole config, in the running config's file (for its errors' positions).
+    fn parse_in(current: &Snapshot, text: &str) -> Result<Config, ChangeError> {
+        let mut config = Config::parse(text, &file_name(current), &|name| std::env::var(name).ok())
             .map_err(ChangeError::Invalid)?;
-        config.path = path.clone();
-        let persisted = match (&path, config.admin.persist) {
-            (Some(path), crate::config::Persist::File) => {
-                let (p, text) = (path.clone(), text.to_owned());
-                tokio::task::spawn_blocking(move || write_back(&p, &text))
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                    .map_err(|source| ChangeError::Write {
-                        path: file.clone(),
-                        source,
-                    })?;
-                true
-            }
-            _ => false,
+        config.path = current.config.path.clone();
+        Ok(config)
+    }
+
+    /// With `persist = "file"`, writes `text` back to `config`'s file; whether it did.
+    async fn persist(config: &Config, text: &str) -> Result<bool, ChangeError> {
+        let (Some(path), crate::config::Persist::File) = (&config.path, config.admin.persist)
+        else {
+            return Ok(false);
         };
-        Ok((config, persisted))
+        let (p, t) = (path.clone(), text.to_owned());
+        tokio::task::spawn_blocking(move || write_back(&p, &t))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| ChangeError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(true)
     }
 
     /// The snapshot to serve one request with.
@@ -286,20 +282,14 @@ impl State {
             summary,
             value,
         } = edit(&current)?;
+        let config = Self::parse_in(&current, &text)?;
+        // Valid here before it goes to the others, and shared before it is written or served.
         if let Some(publisher) = self.publisher.get() {
-            // Checked before it goes to the others: they must never get a text that cannot run.
-            let file = current
-                .config
-                .path
-                .as_ref()
-                .map_or("routes.toml".to_owned(), |p| p.display().to_string());
-            Config::parse(&text, &file, &|name| std::env::var(name).ok())
-                .map_err(ChangeError::Invalid)?;
             publisher
                 .publish(text.as_str().into(), summary.clone())
                 .await?;
         }
-        let (config, persisted) = self.validate_and_persist(&current, &text).await?;
+        let persisted = Self::persist(&config, &text).await?;
         let version = self.swap(config, &current, change.source, summary.clone(), persisted);
         tracing::info!(
             target: "fngate::audit",
@@ -406,4 +396,13 @@ fn join_error(e: tokio::task::JoinError) -> ConfigErrors {
         key: String::new(),
         message: format!("the config loader failed: {e}"),
     }])
+}
+
+/// The running config's file name, or `routes.toml` for one that came from no file.
+fn file_name(current: &Snapshot) -> String {
+    current
+        .config
+        .path
+        .as_ref()
+        .map_or("routes.toml".to_owned(), |p| p.display().to_string())
 }
