@@ -91,9 +91,9 @@ end
 -- The fields `finished` and `unqueue` need, as a table.
 local function facts(id)
   local v = redis.call('HMGET', jk(id), 'state', 'lease_owner', 'backend', 'partition', 'kind',
-    'route', 'p_ttl', 'attempts', 'idem', 'created')
+    'route', 'p_ttl', 'attempts', 'idem')
   return {
     state = v[1], lease_owner = v[2], backend = v[3], partition = v[4] or nil,
-    kind = v[5], route = v[6], p_ttl = v[7], attempts = v[8], idem = v[9] or nil, created = v[10]
+    kind = v[5], route = v[6], p_ttl = v[7], attempts = v[8], idem = v[9] or nil
   }
 end
