@@ -127,13 +127,7 @@ async fn a_job_accepted_on_one_instance_is_read_and_delivered_by_the_others() {
     assert_eq!(a.status, 202, "{}", a.text());
     let location = a.header("location").unwrap().to_owned();
     // Another instance answers for it: the result, once delivered.
-    let done = send(
-        Request::get(format!("http://{}{location}", gws[2].0.addr))
-            .header("prefer", "wait=10")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let done = job_result(format!("http://{}{location}", gws[2].0.addr)).await;
     assert_eq!(done.status, 200, "{}", done.text());
     assert_eq!(done.text(), "done");
     assert_eq!(done.header("x-fngate-job-state"), Some("succeeded"));
@@ -168,13 +162,7 @@ async fn an_attempt_held_by_a_killed_instance_is_delivered_by_another_after_the_
         seen[1].headers["idempotency-key"]
     );
     let location = a.header("location").unwrap();
-    let done = send(
-        Request::get(format!("http://{}{location}", others[1].0.addr))
-            .header("prefer", "wait=10")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let done = job_result(format!("http://{}{location}", others[1].0.addr)).await;
     assert_eq!(done.text(), "second time");
 }
 
@@ -643,13 +631,7 @@ async fn rediss_reaches_a_tls_redis_through_the_configured_ca_and_refuses_one_it
     let a = send(Request::post(gw.url("/work")).body(full("x")).unwrap()).await;
     assert_eq!(a.status, 202, "{}", a.text());
     let location = a.header("location").unwrap();
-    let done = send(
-        Request::get(gw.url(location))
-            .header("prefer", "wait=10")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let done = job_result(gw.url(location)).await;
     assert_eq!(done.text(), "over tls");
     // Without the CA, the system's roots do not know it: no job is taken.
     let untrusted = Gw::start(&format!(

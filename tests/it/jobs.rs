@@ -949,13 +949,7 @@ async fn an_attempt_in_flight_at_a_kill_is_delivered_again_with_the_same_key() {
     );
     assert_eq!(seen[1].headers["x-fngate-attempt"], "2");
     let location = a.header("location").unwrap();
-    let done = send(
-        Request::get(format!("http://{}{location}", second.addr))
-            .header("prefer", "wait=10")
-            .body(empty())
-            .unwrap(),
-    )
-    .await;
+    let done = job_result(format!("http://{}{location}", second.addr)).await;
     assert_eq!(done.text(), "second time");
 }
 

@@ -220,6 +220,18 @@ impl Backend {
     }
 }
 
+/// A job's result from `url` (an instance's address and the job's `Location`),
+/// waiting for it up to 10 s (`Prefer: wait=10`).
+pub async fn job_result(url: String) -> Answer {
+    send(
+        Request::get(url)
+            .header("prefer", "wait=10")
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+}
+
 pub fn full(s: impl Into<Bytes>) -> BoxBody {
     Full::new(s.into()).map_err(|e| match e {}).boxed()
 }
