@@ -1,7 +1,7 @@
 //! The client side of the proxy: one backend's endpoints, their connections,
 //! balancing, ejection and health, and the attempt loop that sends one
 //! request with retries within a budget and a deadline. Proxied requests,
-//! aggregate calls and (next) job deliveries all send through here.
+//! aggregate calls and job deliveries all send through here.
 
 mod body;
 mod conn;
