@@ -12,6 +12,7 @@ share, which is the same for every proxy making the same system calls.
     python3 bench/instructions.py                 # 5,000 requests, 16 connections
     python3 bench/instructions.py --requests 2000
     python3 bench/instructions.py --also before=/tmp/old/target/release/fngate   # A/B in one run
+    python3 bench/instructions.py --keep /tmp/cg  # then: callgrind_annotate --inclusive=yes /tmp/cg/fngate.cg
 """
 
 import argparse
@@ -64,6 +65,8 @@ def main():
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="copy each proxy's callgrind dump to DIR/NAME.cg (for callgrind_annotate --inclusive=yes)")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=BIN",
                     help="another fngate binary (an older build) counted in the same run, with the same config")
     args = ap.parse_args()
@@ -114,6 +117,10 @@ def main():
         results = {}
         for name, argv, p in targets:
             results[name] = counted(name, argv, p, work, args.requests, args.conns)
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                dumps = sorted(glob.glob(os.path.join(work, f"{name}.cg.*")), key=os.path.getmtime)
+                shutil.copy(dumps[-1], os.path.join(args.keep, f"{name}.cg"))
             print(f"{name:<7} {results[name]:>9,.0f} instructions/request", file=sys.stderr, flush=True)
     finally:
         run.stop(procs)

@@ -5,6 +5,7 @@
 //! the running state, the clock tests move, the command-line tools, and
 //! starting the gateway. Everything else is the crate's own.
 
+pub mod alloc;
 pub mod cli;
 pub mod clock;
 pub mod config;

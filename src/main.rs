@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 // glibc malloc was ~8% of the proxy's CPU per request in perf; mimalloc's
 // thread-local free lists cut that (bench/README.md has the figures).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: fngate::alloc::MiMalloc = fngate::alloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
