@@ -401,6 +401,30 @@ async fn connection<S>(
     let Some(config) = state.load().tls.clone() else {
         return;
     };
+    // Boxed: the handshake and the TLS stream are three times a plain
+    // connection's state, and every connection's task is as large as its
+    // largest path (10 KiB per idle connection, not 3).
+    Box::pin(serve_tls(
+        io, config, peer, svc, &server, &draining, &activity,
+    ))
+    .await;
+}
+
+async fn serve_tls<S>(
+    io: ConnIo,
+    config: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    svc: HyperService<S>,
+    server: &crate::config::Server,
+    draining: &Drain,
+    activity: &Arc<Activity>,
+) where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
     let stream = match tokio::time::timeout(server.header_read_timeout, handshake).await {
         Ok(Ok(s)) => s,
@@ -418,9 +442,9 @@ async fn connection<S>(
         TokioIo::new(stream),
         protocol,
         svc,
-        &server,
-        &draining,
-        &activity,
+        server,
+        draining,
+        activity,
     )
     .await;
 }
@@ -468,7 +492,15 @@ async fn serve_io<I, S>(
                 // RFC 8441: WebSockets over HTTP/2.
                 .enable_connect_protocol()
                 .serve_connection(io, svc);
-            drive(conn, &draining.token, activity, server.idle_timeout, None).await;
+            // Boxed for the same reason as TLS: HTTP/2's state would size every HTTP/1 task.
+            Box::pin(drive(
+                conn,
+                &draining.token,
+                activity,
+                server.idle_timeout,
+                None,
+            ))
+            .await;
         }
     }
 }
