@@ -8,45 +8,101 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::HeaderEdits;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The names the rules below look for, one bit each: a pass over a map's
+/// names says which are there, so only those are hashed and looked up (a
+/// lookup or removal hashes the name even when it is absent). The first
+/// nine are the hop-by-hop headers.
+const WATCHED: [HeaderName; 12] = [
+    CONNECTION,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TRAILER,
+    TE,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    EXPECT,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+];
+const HOP_BY_HOP: u16 = (1 << 9) - 1;
+const BIT_CONNECTION: u16 = 1 << 0;
+const BIT_TE: u16 = 1 << 4;
+const BIT_EXPECT: u16 = 1 << 9;
+const BIT_X_FORWARDED_FOR: u16 = 1 << 10;
+const BIT_X_FORWARDED_HOST: u16 = 1 << 11;
+
+/// `name`'s bit in [`WATCHED`], or 0.
+fn watched(name: &HeaderName) -> u16 {
+    let i = match name.as_str() {
+        "connection" => 0,
+        "transfer-encoding" => 1,
+        "upgrade" => 2,
+        "trailer" => 3,
+        "te" => 4,
+        "proxy-authenticate" => 5,
+        "proxy-authorization" => 6,
+        "keep-alive" => 7,
+        "proxy-connection" => 8,
+        "expect" => 9,
+        "x-forwarded-for" => 10,
+        "x-forwarded-host" => 11,
+        _ => return 0,
+    };
+    1 << i
+}
+
+/// Which of [`WATCHED`] `headers` holds.
+fn present(headers: &HeaderMap) -> u16 {
+    headers.keys().fold(0, |bits, name| bits | watched(name))
+}
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 /// `te: trailers` survives (gRPC needs it); other `te` values do not.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none, and most answers only `connection: keep-alive`:
-    // one pass over the names finds what is there, and only that is removed
-    // (a removal hashes the name even when it is absent).
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
+    strip(headers, present(headers));
+}
+
+/// [`strip_hop_by_hop`], given what [`present`] found.
+fn strip(headers: &mut HeaderMap, present: u16) {
+    // Most requests carry none, and most answers only `connection: keep-alive`.
+    let present = present & HOP_BY_HOP;
+    if present == 0 {
         return;
     }
-    for token in connection_tokens(headers) {
-        // `keep-alive` and `close` are the usual tokens: the first is on the
-        // list already, the second names no header.
-        if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            if headers.contains_key(&name) {
-                doomed.push(name);
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present & BIT_CONNECTION != 0 {
+        for token in connection_tokens(headers) {
+            // `keep-alive` and `close` are the usual tokens: the first is on the
+            // list already, the second names no header.
+            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if watched(&name) & HOP_BY_HOP == 0 && headers.contains_key(&name) {
+                    named.push(name);
+                }
             }
         }
     }
-    let trailers = headers.get(TE).is_some_and(|te| {
-        te.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    for name in doomed {
+    let trailers = present & BIT_TE != 0
+        && headers.get(TE).is_some_and(|te| {
+            te.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    for (i, name) in WATCHED.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    for name in named {
         headers.remove(name);
     }
     if trailers {
@@ -75,18 +131,6 @@ pub(crate) fn offers_websocket(headers: &HeaderMap) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == CONNECTION
-        || *name == TRANSFER_ENCODING
-        || *name == UPGRADE
-        || *name == TRAILER
-        || *name == TE
-        || *name == PROXY_AUTHENTICATE
-        || *name == PROXY_AUTHORIZATION
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
-}
-
 /// Prepares client headers for the upstream: hop-by-hop removed, forwarding
 /// headers set, the route's and the backend's edits applied. `Host` is set
 /// per attempt by the caller.
@@ -98,13 +142,16 @@ pub(crate) fn upstream_request(
     route_edits: &HeaderEdits,
     backend_headers: &[(HeaderName, HeaderValue)],
 ) {
-    strip_hop_by_hop(headers);
+    let found = present(headers);
+    strip(headers, found);
     // The 100-continue exchange is between the client and us; hyper answered it.
-    headers.remove(EXPECT);
+    if found & BIT_EXPECT != 0 {
+        headers.remove(EXPECT);
+    }
     headers.remove(HOST);
 
     // Appended to what earlier hops sent; with none, the per-connection value is reused as is.
-    if headers.contains_key(&X_FORWARDED_FOR) {
+    if found & BIT_X_FORWARDED_FOR != 0 {
         let mut xff: Vec<u8> = Vec::new();
         for prior in headers.get_all(&X_FORWARDED_FOR) {
             xff.extend_from_slice(prior.as_bytes());
@@ -123,7 +170,8 @@ pub(crate) fn upstream_request(
     );
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
-        None => headers.remove(&X_FORWARDED_HOST),
+        None if found & BIT_X_FORWARDED_HOST != 0 => headers.remove(&X_FORWARDED_HOST),
+        None => None,
     };
     apply(headers, route_edits);
     for (name, value) in backend_headers {
@@ -175,6 +223,43 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn each_watched_name_has_its_own_bit() {
+        for (i, name) in WATCHED.iter().enumerate() {
+            assert_eq!(watched(name), 1 << i, "{name}");
+        }
+        assert_eq!(watched(&HOST), 0);
+        assert_eq!(watched(&HeaderName::from_static("x-forwarded-proto")), 0);
+    }
+
+    #[test]
+    fn the_request_rules_act_only_on_what_is_there_and_still_act_on_it() {
+        let peer = HeaderValue::from_static("10.1.1.1");
+        let edits = HeaderEdits::default();
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("gw"));
+        h.insert(EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        upstream_request(&mut h, peer.clone(), false, None, &edits, &[]);
+        assert!(!h.contains_key(HOST) && !h.contains_key(EXPECT));
+        assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.1.1.1");
+        assert!(
+            !h.contains_key(&X_FORWARDED_HOST),
+            "no client host: a sent one is dropped"
+        );
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        let host = HeaderValue::from_static("api.example");
+        upstream_request(&mut h, peer, true, Some(&host), &edits, &[]);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.1.1.1");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }
 
     #[test]
