@@ -292,6 +292,7 @@ impl Task {
                     method: call.method.clone(),
                     path,
                     query,
+                    client_target: None,
                     headers: self.headers,
                     body: Prepared::Empty,
                     host: None,

@@ -1,6 +1,7 @@
 //! `[[routes]]`: match, action (forward or aggregate), header rules,
 //! policies, CORS.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,20 +109,20 @@ pub enum Target {
 impl Target {
     /// The upstream path (before the backend's base path) for a matched,
     /// normalised `path` whose params, by position, are `params`.
-    pub fn render(&self, path: &str, params: &[&str]) -> String {
+    pub fn render<'a>(&self, path: &'a str, params: &[&str]) -> Cow<'a, str> {
         match self {
-            Self::Same => path.to_owned(),
+            Self::Same => Cow::Borrowed(path),
             Self::Rewrite(t) => {
                 let mut out = String::with_capacity(t.raw.len() + path.len());
                 t.render(params, &mut out);
-                out
+                Cow::Owned(out)
             }
             Self::StripPrefix(prefix) => {
                 let rest = path.get(prefix.len()..).unwrap_or_default();
                 if rest.starts_with('/') {
-                    rest.to_owned()
+                    Cow::Borrowed(rest)
                 } else {
-                    format!("/{rest}")
+                    Cow::Owned(format!("/{rest}"))
                 }
             }
         }

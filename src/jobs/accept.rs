@@ -131,7 +131,7 @@ pub(crate) async fn accept(
     let path = crate::proxy::prepare_parts(&mut parts, ctx, to, peer, tls);
     let target = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
-        None => path,
+        None => path.into_owned(),
     };
     let body = read_body(body, route.max_body).await?;
     if let Some(log) = parts.extensions.get::<Arc<crate::context::RequestLog>>() {

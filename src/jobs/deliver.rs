@@ -665,6 +665,7 @@ async fn send(
             method: Method::from_bytes(r.method.as_bytes()).unwrap_or(Method::POST),
             path,
             query,
+            client_target: None,
             headers,
             body: if body.is_empty() {
                 Prepared::Empty

@@ -2,6 +2,7 @@
 //! normalised and matched. Unroutable requests are answered here and never
 //! reach a backend.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -316,7 +317,7 @@ fn route(snapshot: Arc<Snapshot>, req: &Request<Body>) -> Result<RouteContext, R
     }
     let path = normalize_path(req.uri().path())?.into_owned();
     let lookup = Lookup {
-        host: host.as_ref().map(|h| h.1.as_str()),
+        host: host.as_ref().map(|h| &*h.1),
         // A WebSocket over HTTP/2 (extended CONNECT) goes where its HTTP/1.1 GET would.
         method: if crate::proxy::is_h2_websocket(req) {
             &Method::GET
@@ -343,7 +344,7 @@ fn context(
     route: usize,
     params: Vec<std::ops::Range<usize>>,
     path: String,
-    host: Option<(HeaderValue, String)>,
+    host: Option<(HeaderValue, Cow<'_, str>)>,
 ) -> RouteContext {
     let peer = req
         .extensions()
@@ -374,7 +375,7 @@ fn preflight_method(req: &Request<Body>) -> Option<Method> {
 /// The host the request addresses: the URI authority (HTTP/2 `:authority`,
 /// absolute-form) or else `Host`. A `Host` that differs from the authority is
 /// refused, so routing and the backend cannot disagree about the target.
-fn request_host(req: &Request<Body>) -> Result<Option<(HeaderValue, String)>, RouteError> {
+fn request_host(req: &Request<Body>) -> Result<Option<(HeaderValue, Cow<'_, str>)>, RouteError> {
     let header = req.headers().get(HOST);
     let (value, raw) = match (req.uri().authority(), header) {
         (Some(auth), Some(h)) => {
@@ -394,8 +395,7 @@ fn request_host(req: &Request<Body>) -> Result<Option<(HeaderValue, String)>, Ro
         (None, None) if req.version() == Version::HTTP_11 => return Err(RouteError::MissingHost),
         (None, None) => return Ok(None),
     };
-    let host = host_only(raw).into_owned();
-    Ok(Some((value, host)))
+    Ok(Some((value, host_only(raw))))
 }
 
 /// The peer, unless it is a trusted proxy: then the right-most address in

@@ -84,6 +84,7 @@ pub(crate) async fn forward(
             method: parts.method,
             path: &suffix,
             query,
+            client_target: parts.uri.path_and_query(),
             headers: parts.headers,
             body: prepared,
             host: client_host,
@@ -139,13 +140,13 @@ pub(crate) async fn forward(
 /// The request as it goes to the backend: the target path (returned, before
 /// the endpoint's base path) and the header rules (hop-by-hop, forwarded,
 /// the route's and the backend's). A job stores exactly this.
-pub(crate) fn prepare_parts(
+pub(crate) fn prepare_parts<'a>(
     parts: &mut http::request::Parts,
-    ctx: &RouteContext,
+    ctx: &'a RouteContext,
     to: &Forward,
     peer: HeaderValue,
     tls: bool,
-) -> String {
+) -> std::borrow::Cow<'a, str> {
     let params: Vec<&str> = match to.target {
         Target::Rewrite(_) => ctx.params().collect(),
         _ => Vec::new(),

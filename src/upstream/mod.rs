@@ -173,6 +173,9 @@ pub(crate) struct Outgoing<'a> {
     /// The path before the endpoint's base path.
     pub(crate) path: &'a str,
     pub(crate) query: Option<&'a str>,
+    /// The client's path and query as received: sent as they are (no copy, no
+    /// second check) when `path` and `query` are them and the endpoint has no base path.
+    pub(crate) client_target: Option<&'a PathAndQuery>,
     pub(crate) headers: http::HeaderMap,
     pub(crate) body: Prepared,
     /// The client's Host (`preserve_host`); else each endpoint's own.
@@ -205,6 +208,7 @@ impl Upstream {
             method,
             path,
             query,
+            client_target,
             mut headers,
             body: mut prepared,
             host: client_host,
@@ -277,7 +281,12 @@ impl Upstream {
                 .filter(|_| endpoint.scheme == http::uri::Scheme::HTTP);
             // Our own connections take the origin form; hyper-util's client the absolute one.
             let uri = match own {
-                Some(_) => origin_form(endpoint, path, query).map(Uri::from),
+                Some(_) => match client_target.filter(|pq| {
+                    endpoint.base_path.is_empty() && pq.path() == path && pq.query() == query
+                }) {
+                    Some(pq) => Ok(Uri::from(pq.clone())),
+                    None => origin_form(endpoint, path, query).map(Uri::from),
+                },
                 None => upstream_uri(endpoint, path, query),
             };
             *up.uri_mut() = uri.map_err(|source| UpstreamError::BadTarget {
