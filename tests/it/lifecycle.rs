@@ -231,3 +231,54 @@ async fn json_access_log_has_one_object_per_request() {
         assert!(!log[key].is_null(), "{key} missing: {line}");
     }
 }
+
+/// Lines are written by a thread of their own: each request's line is on
+/// stdout while the process serves, and every one by the time it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_access_log_line_is_written_while_serving_and_before_exit() {
+    let b = Backend::echo("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        &format!(
+            "[server]\ndrain_delay = \"0s\"\n[backends.b]\nurls = [\"{}\"]\n{ANY}",
+            b.url()
+        ),
+    );
+    let mut p = Proc::start(&cfg, &["--log-format", "json"]);
+    // One line shows up without any exit to flush it.
+    let first = get(format!("http://{}/first", p.addr)).await;
+    p.line_with(first.header("x-request-id").unwrap());
+    let n = 300;
+    let mut ids = std::collections::HashSet::new();
+    let answers =
+        futures_util::future::join_all((0..n).map(|i| get(format!("http://{}/burst/{i}", p.addr))))
+            .await;
+    for a in &answers {
+        assert_eq!(a.status, 200);
+        ids.insert(a.header("x-request-id").unwrap().to_owned());
+    }
+    p.signal("-TERM");
+    assert_eq!(
+        tokio::task::spawn_blocking(move || {
+            let code = p.wait_exit();
+            // The reader ends at EOF, once the process is gone.
+            let logged: Vec<String> = p.lines.iter().collect();
+            (code, logged)
+        })
+        .await
+        .map(|(code, logged)| {
+            let seen = logged
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|l| l["route"] == "any")
+                .filter_map(|l| l["request_id"].as_str().map(str::to_owned))
+                .filter(|id| ids.contains(id))
+                .count();
+            (code, seen)
+        })
+        .unwrap(),
+        (0, n),
+        "exit 0 with every burst request's line on stdout"
+    );
+}
