@@ -9,6 +9,7 @@ pub mod alloc;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod log_json;
 pub mod state;
 
 /// Entry points for the fuzz targets (fuzz/README.md); not a stable API.

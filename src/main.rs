@@ -333,11 +333,9 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     match format {
         LogFormat::Json => registry
             .with(
+                // tracing-subscriber's JSON object, written in one string (log_json.rs).
                 tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
+                    .event_format(fngate::log_json::Json)
                     .with_writer(writer),
             )
             .init(),
