@@ -10,6 +10,7 @@ idle and under load. Everything it starts, it stops by pid.
 
     python3 bench/run.py                      # 3 rounds x 1/64/256 connections x 5 s
     python3 bench/run.py --duration 3 --rounds 1 --conns 64
+    python3 bench/run.py --conns 64 --rounds 4 --also before=/tmp/old/target/release/fngate   # A/B in one run
 """
 
 import argparse
@@ -189,6 +190,8 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release/fngate")
     ap.add_argument("--bare", action="store_true",
                     help="also load examples/bare_proxy.rs (hyper alone: the floor fngate's layers add to)")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=BIN",
+                    help="another fngate binary (an older build) loaded in the same rounds, with the same config")
     args = ap.parse_args()
     conns = [int(c) for c in args.conns.split(",")]
 
@@ -226,6 +229,16 @@ def main():
                                      f"127.0.0.1:{bare_port}", f"127.0.0.1:{backend_port}"])
             procs.append(bare)
             targets.append(("hyper", bare_port, bare.pid))
+        for spec in args.also:
+            name, _, binary = spec.partition("=")
+            port, admin = free_port(), free_port()
+            other = os.path.join(work, f"{name}.toml")
+            with open(config) as src, open(other, "w") as dst:
+                dst.write(src.read().replace(f":{fngate_port}\"", f":{port}\"").replace(f":{admin_port}\"", f":{admin}\""))
+            p = subprocess.Popen([binary, "--config", other], env=dict(os.environ, RUST_LOG="warn"),
+                                 stdout=subprocess.DEVNULL)
+            procs.append(p)
+            targets.append((name, port, p.pid))
         for _, port, _ in targets:
             wait_port(port)
 
@@ -260,7 +273,7 @@ def main():
             cpu = med(name, c, "cpu_us")
             load_rss = med(name, c, "rss_load")
             rss = f"{idle[name] / 1024:.1f} / {load_rss / 1024:.1f}" if name in idle else "–"
-            vs_nginx = f"{rps / med('nginx', c, 'rps'):.2f}×" if name in ("fngate", "hyper") else ""
+            vs_nginx = f"{rps / med('nginx', c, 'rps'):.2f}×" if name not in ("direct", "nginx") else ""
             vs_direct = f"{rps / med('direct', c, 'rps'):.2f}×" if name != "direct" else ""
             bad = sum(r["non2xx"] for r in results[(name, c)])
             note = f" ({bad} non-2xx!)" if bad else ""
