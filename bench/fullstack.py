@@ -90,14 +90,8 @@ def main():
         for rnd in range(args.rounds):
             for label, gw, route in runs:
                 p, port, _ = gateways[gw]
-                cmd = ["wrk", "-t1", f"-c{args.conns}", f"-d{args.duration}s", "--latency",
-                       "-H", f"authorization: Bearer {token}", f"http://127.0.0.1:{port}/{route}"]
-                before = run.cpu_ticks(p.pid)
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                                     timeout=args.duration + 30).stdout
-                ticks = run.cpu_ticks(p.pid) - before
-                r = run.parse_wrk(out)
-                r["cpu_us"] = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(r["total"], 1)
+                r = run.load(f"http://127.0.0.1:{port}/{route}", args.conns, args.duration, p.pid,
+                             headers=[f"authorization: Bearer {token}"])
                 results.setdefault(label, []).append(r)
                 print(f"round {rnd + 1} {label:<40} {r['rps']:>8.0f} req/s  p99 {r['p99']:.3f} ms  "
                       f"{r['cpu_us']:.1f} µs CPU/req  non-2xx {r['non2xx']}", file=sys.stderr, flush=True)

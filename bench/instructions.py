@@ -83,22 +83,9 @@ def main():
                                      "  server { listen 127.0.0.1:%d; location / { return 200 'hello from the function\\n'; } }" % backend))
         run.wait_port(backend)
         config = os.path.join(work, "routes.toml")
-        with open(config, "w") as f:
-            f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n'
-                    '[admin]\nlisten = "127.0.0.1:%d"\n'
-                    '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
-                    '[[routes]]\nname = "fn"\npath = "/{*rest}"\nbackend = "fn"\n' % (port, admin, backend))
-        os.makedirs(f"{work}/proxy/logs", exist_ok=True)
-        nginx_conf = f"{work}/proxy/nginx.conf"
-        with open(nginx_conf, "w") as f:
-            # One process (no master) so callgrind sees the worker's work.
-            f.write("master_process off;\ndaemon off;\nerror_log stderr warn;\npid %s/proxy/nginx.pid;\n"
-                    "events { worker_connections 1024; }\nhttp {\n  access_log off;\n"
-                    "  client_body_temp_path %s/proxy; proxy_temp_path %s/proxy;\n"
-                    "  fastcgi_temp_path %s/proxy; uwsgi_temp_path %s/proxy; scgi_temp_path %s/proxy;\n"
-                    "  upstream fn { server 127.0.0.1:%d; keepalive 64; }\n"
-                    "  server { listen 127.0.0.1:%d; location / { proxy_pass http://fn; proxy_http_version 1.1;"
-                    " proxy_set_header Connection \"\"; } }\n}\n" % ((work,) * 6 + (backend, nginx_port)))
+        run.plain_route_config(config, port, admin, backend)
+        # One process (no master) so callgrind sees the worker's work.
+        nginx_conf = run.proxy_nginx_conf(work, backend, nginx_port, head="master_process off;\n")
         targets = [
             ("nginx", [run.nginx_bin(), "-p", f"{work}/proxy", "-c", nginx_conf], nginx_port),
             ("hyper", [os.path.join(run.ROOT, "target/release/examples/bare_proxy"),

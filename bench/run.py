@@ -114,6 +114,32 @@ def start_nginx(workdir, name, body):
     return subprocess.Popen([nginx_bin(), "-p", f"{workdir}/{name}", "-c", conf], stderr=subprocess.DEVNULL)
 
 
+def plain_route_config(path, port, admin, backend, server_extra=""):
+    """Writes the benchmarks' plain fngate config: one route, /{*rest}, to one endpoint."""
+    with open(path, "w") as f:
+        f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n%s'
+                '[admin]\nlisten = "127.0.0.1:%d"\n'
+                '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
+                '[[routes]]\nname = "fn"\npath = "/{*rest}"\nbackend = "fn"\n' % (port, server_extra, admin, backend))
+
+
+def proxy_nginx_conf(workdir, backend, port, head="worker_processes 1;\n", connections=1024, http_extra=""):
+    """Writes nginx.conf for nginx as a reverse proxy (keep-alive upstream) under workdir/proxy;
+    returns its path. `head` goes before the events block (`master_process off;` for callgrind)."""
+    os.makedirs(f"{workdir}/proxy/logs", exist_ok=True)
+    conf = f"{workdir}/proxy/nginx.conf"
+    with open(conf, "w") as f:
+        f.write("%sdaemon off;\nerror_log stderr warn;\npid %s/proxy/nginx.pid;\n"
+                "events { worker_connections %d; }\nhttp {\n  access_log off;\n%s"
+                "  client_body_temp_path %s/proxy; proxy_temp_path %s/proxy;\n"
+                "  fastcgi_temp_path %s/proxy; uwsgi_temp_path %s/proxy; scgi_temp_path %s/proxy;\n"
+                "  upstream fn { server 127.0.0.1:%d; keepalive 64; }\n"
+                "  server { listen 127.0.0.1:%d; location / { proxy_pass http://fn; proxy_http_version 1.1;"
+                " proxy_set_header Connection \"\"; } }\n}\n"
+                % ((head, workdir, connections, http_extra) + (workdir,) * 5 + (backend, port)))
+    return conf
+
+
 def start_fngate(workdir, port, admin, body):
     """fngate (release build, workers = 1, its store in `workdir`) on `port` and `admin`,
     with `body` (routes.toml sections) after [server], [admin] and [store]; once it listens."""
@@ -159,7 +185,7 @@ def parse_wrk(out):
             "non2xx": int(errors.group(1)) if errors else 0}
 
 
-def load(url, conns, duration, pid):
+def load(url, conns, duration, pid, headers=()):
     peak = [0]
     stop = threading.Event()
 
@@ -171,8 +197,9 @@ def load(url, conns, duration, pid):
     t = threading.Thread(target=sample)
     t.start()
     before = cpu_ticks(pid) if pid else 0
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
+    extra = [a for h in headers for a in ("-H", h)]
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", *extra, url],
+                         capture_output=True, text=True, check=True, timeout=duration + 60).stdout
     after = cpu_ticks(pid) if pid else 0
     stop.set()
     t.join()
@@ -214,12 +241,7 @@ def main():
                             " proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" % (backend_port, nginx_port))
         procs.append(nginx)
         config = os.path.join(work, "routes.toml")
-        with open(config, "w") as f:
-            f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n'
-                    '[admin]\nlisten = "127.0.0.1:%d"\n'
-                    '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
-                    '[[routes]]\nname = "fn"\npath = "/{*rest}"\nbackend = "fn"\n'
-                    % (fngate_port, admin_port, backend_port))
+        plain_route_config(config, fngate_port, admin_port, backend_port)
         gw = subprocess.Popen([fngate, "--config", config], env=dict(os.environ, RUST_LOG="warn"),
                               stdout=subprocess.DEVNULL)
         procs.append(gw)

@@ -303,6 +303,27 @@ pub(crate) async fn run_until_signalled(gateway: Gateway) {
     gateway.wait().await;
 }
 
+/// The data-path stack (`middleware::stack`), as every connection serves it.
+trait Stack:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Stack for S where
+    S: Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// The drain signal, as a token to wait on and a flag to read per answer.
 #[derive(Clone)]
 struct Drain {
@@ -319,11 +340,7 @@ async fn accept_loop<S>(
     draining: Drain,
     tracker: TaskTracker,
 ) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Stack,
 {
     loop {
         let accepted = tokio::select! {
@@ -358,11 +375,7 @@ async fn connection<S>(
     state: Arc<State>,
     draining: Drain,
 ) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Stack,
 {
     let metrics = state.metrics.clone();
     metrics.open_connections.inc();
@@ -419,11 +432,7 @@ async fn serve_tls<S>(
     draining: &Drain,
     activity: &Arc<Activity>,
 ) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Stack,
 {
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
     let stream = match tokio::time::timeout(server.header_read_timeout, handshake).await {
@@ -459,11 +468,7 @@ async fn serve_io<I, S>(
     activity: &Arc<Activity>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Stack,
 {
     match protocol {
         Protocol::Http1 => {
@@ -589,11 +594,7 @@ struct HyperService<S> {
 
 impl<S> hyper::service::Service<Request<Incoming>> for HyperService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Stack,
 {
     type Response = Response<Body>;
     type Error = Infallible;
