@@ -139,7 +139,7 @@ fn describe(out: &mut String, route: &Route, params: &[&str], path: &str, query:
         );
         let suffix = f.target.render(path, params);
         for ep in &b.endpoints {
-            match upstream_uri(ep, &suffix, query) {
+            match upstream_uri(ep, &suffix, query, None) {
                 Ok(uri) => {
                     let _ = writeln!(out, "  upstream  {uri}");
                 }

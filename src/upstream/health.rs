@@ -49,7 +49,7 @@ impl Upstream {
 
     async fn check(&self, i: usize, check: &crate::config::HealthCheck) -> bool {
         let ep = &self.backend.endpoints[i];
-        let Ok(uri) = upstream_uri(ep, &check.path, None) else {
+        let Ok(uri) = upstream_uri(ep, &check.path, None, None) else {
             return false;
         };
         let mut req = Request::new(ProxyBody::empty());

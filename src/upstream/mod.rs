@@ -281,13 +281,8 @@ impl Upstream {
                 .filter(|_| endpoint.scheme == http::uri::Scheme::HTTP);
             // Our own connections take the origin form; hyper-util's client the absolute one.
             let uri = match own {
-                Some(_) => match client_target.filter(|pq| {
-                    endpoint.base_path.is_empty() && pq.path() == path && pq.query() == query
-                }) {
-                    Some(pq) => Ok(Uri::from(pq.clone())),
-                    None => origin_form(endpoint, path, query).map(Uri::from),
-                },
-                None => upstream_uri(endpoint, path, query),
+                Some(_) => origin_form(endpoint, path, query, client_target).map(Uri::from),
+                None => upstream_uri(endpoint, path, query, client_target),
             };
             *up.uri_mut() = uri.map_err(|source| UpstreamError::BadTarget {
                 backend: name(),
@@ -510,24 +505,34 @@ fn attempt_span(
         })
 }
 
+/// The absolute URI of `path` and `query` at `endpoint` (see [`origin_form`]).
 pub(crate) fn upstream_uri(
     endpoint: &Endpoint,
     path: &str,
     query: Option<&str>,
+    client: Option<&PathAndQuery>,
 ) -> Result<Uri, http::Error> {
     Uri::builder()
         .scheme(endpoint.scheme.clone())
         .authority(endpoint.authority.clone())
-        .path_and_query(origin_form(endpoint, path, query)?)
+        .path_and_query(origin_form(endpoint, path, query, client)?)
         .build()
 }
 
-/// The endpoint's base path, the path and the query.
+/// The endpoint's base path, the path and the query. When that is exactly
+/// what the client sent (`client`), its own value is reused: no copy, no
+/// second validation.
 fn origin_form(
     endpoint: &Endpoint,
     path: &str,
     query: Option<&str>,
+    client: Option<&PathAndQuery>,
 ) -> Result<PathAndQuery, http::Error> {
+    if let Some(pq) = client
+        .filter(|pq| endpoint.base_path.is_empty() && pq.path() == path && pq.query() == query)
+    {
+        return Ok(pq.clone());
+    }
     let mut pq = String::with_capacity(
         endpoint.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );
