@@ -4,11 +4,27 @@
 #   bench/peer.sh                          # 1 worker each, c=1/64/256, h2c pass
 #   PROXY_WORKERS=2 bench/peer.sh          # 2 workers each (fngate workers = 2)
 #   DURATION=3 REPEATS=1 CONCS=64 bench/peer.sh   # a quick look
-# Installs nothing itself beyond what peer-bench.sh needs (see its README); uses
-# target/release/fngate as built (cargo build --release).
+# Installs what the harness needs when missing (wrk, nginx, haproxy, h2load; as root),
+# builds its backend under $TMPDIR, writes its results there (never into the shared
+# folder), and uses target/release/fngate as built (cargo build --release).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HARNESS=${HARNESS:-$ROOT/../shared/bench}
+TMP=${TMPDIR:-/tmp}
+missing=()
+for tool in wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client; do
+  command -v "${tool%%:*}" >/dev/null || [[ -x /usr/sbin/${tool%%:*} ]] || missing+=("${tool#*:}")
+done
+if ((${#missing[@]})); then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  # The packages start their services; the harness starts its own on its ports.
+  systemctl stop nginx haproxy 2>/dev/null || true
+fi
+export BACKEND_BIN=${BACKEND_BIN:-$TMP/peer-bench-target/release/bench-backend}
+[[ -x $BACKEND_BIN ]] ||
+  CARGO_TARGET_DIR=$TMP/peer-bench-target cargo build --release --quiet --manifest-path "$HARNESS/Cargo.toml"
+export RESULTS_DIR=${RESULTS_DIR:-$TMP/fngate-peer-bench/$(date +%Y%m%d-%H%M%S)}
 export PROXY_WORKERS=${PROXY_WORKERS:-1}
 export H2=${H2:-1}
 export TARGETS=${TARGETS:-direct nginx haproxy fngate}
