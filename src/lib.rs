@@ -39,6 +39,7 @@ mod schedules;
 mod server;
 mod signed_url;
 mod telemetry;
+mod timestamp;
 mod tls;
 mod uploads;
 mod upstream;

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -63,7 +64,8 @@ struct Entry {
     status: u16,
     request_id: Option<HeaderValue>,
     trace_id: Option<[u8; 32]>,
-    peer: Option<std::net::IpAddr>,
+    /// The connection's peer, and its address as text (formatted once per connection).
+    peer: Option<(IpAddr, HeaderValue)>,
     log: Arc<RequestLog>,
     detail: Option<ErrorDetail>,
     layer: AccessLogLayer,
@@ -96,7 +98,10 @@ where
             let id: [u8; 32] = v.as_bytes().get(3..35)?.try_into().ok()?;
             Some(id)
         });
-        let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+        let peer = req
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|c| (c.peer.ip(), c.peer_value.clone()));
         let start_entry = Pending {
             start,
             method,
@@ -121,7 +126,8 @@ struct Pending {
     path: Option<String>,
     request_id: Option<HeaderValue>,
     trace_id: Option<[u8; 32]>,
-    peer: Option<std::net::IpAddr>,
+    /// The connection's peer, and its address as text (formatted once per connection).
+    peer: Option<(IpAddr, HeaderValue)>,
     log: Arc<RequestLog>,
     layer: AccessLogLayer,
 }
@@ -233,10 +239,10 @@ impl Drop for Logged {
         let Some(path) = e.path else { return };
         // A server span may have started a trace of its own: the log names that one.
         let trace_id = span.as_ref().map(|s| s.trace_id()).or(e.trace_id);
-        let client_ip = fields.client_ip.or(e.peer);
+        let client_ip = Text::ip(fields.client_ip, e.peer);
         tracing::info!(
             target: "fngate::access",
-            ts = %humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+            ts = %crate::timestamp::millis().as_str(),
             request_id = e.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             trace_id = trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()).unwrap_or("-"),
             route = &*route,
@@ -247,10 +253,37 @@ impl Drop for Logged {
             upstream = fields.upstream.as_deref().unwrap_or("-"),
             bytes_in = e.log.bytes_in(),
             bytes_out = self.bytes_out,
-            client_ip = %client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+            client_ip = %client_ip.as_str(),
             consumer = fields.consumer.as_deref().unwrap_or("-"),
             calls = fields.calls.as_deref().unwrap_or("-"),
             error = e.detail.as_ref().map_or("-", |d| &*d.0),
         );
+    }
+}
+
+/// The client's address as the log writes it: the peer's text when the client
+/// is the peer (no formatting per request), else formatted.
+enum Text {
+    Peer(HeaderValue),
+    Formatted(String),
+    Unknown,
+}
+
+impl Text {
+    fn ip(client: Option<IpAddr>, peer: Option<(IpAddr, HeaderValue)>) -> Self {
+        match (client, peer) {
+            (None, Some((_, text))) => Self::Peer(text),
+            (Some(ip), Some((peer, text))) if ip == peer => Self::Peer(text),
+            (Some(ip), _) => Self::Formatted(ip.to_string()),
+            (None, None) => Self::Unknown,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Peer(v) => v.to_str().unwrap_or("-"),
+            Self::Formatted(s) => s,
+            Self::Unknown => "-",
+        }
     }
 }

@@ -203,7 +203,10 @@ async fn json_access_log_has_one_object_per_request() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(
         dir.path(),
-        &format!("[backends.b]\nurls = [\"{}\"]\n{ANY}", b.url()),
+        &format!(
+            "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[backends.b]\nurls = [\"{}\"]\n{ANY}",
+            b.url()
+        ),
     );
     let p = Proc::start(&cfg, &["--log-format", "json"]);
     let a = send(
@@ -230,6 +233,24 @@ async fn json_access_log_has_one_object_per_request() {
     for key in ["ts", "duration_ms", "consumer"] {
         assert!(!log[key].is_null(), "{key} missing: {line}");
     }
+    // RFC 3339 with milliseconds, UTC; the line's own timestamp has microseconds.
+    let ts = log["ts"].as_str().unwrap();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+        "{ts}"
+    );
+    assert_eq!(log["timestamp"].as_str().unwrap().len(), 27, "{line}");
+    // Sent through a trusted proxy, the client is the one it names.
+    let a = send(
+        Request::get(format!("http://{}/proxied", p.addr))
+            .header("x-forwarded-for", "198.51.100.7")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let line = p.line_with(a.header("x-request-id").unwrap());
+    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(log["client_ip"], "198.51.100.7", "{line}");
 }
 
 /// Lines are written by a thread of their own: each request's line is on
