@@ -333,14 +333,18 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             std::io::stdout(),
         ));
     match format {
-        LogFormat::Json => registry
-            .with(
-                // tracing-subscriber's JSON object, written in one string (log_json.rs).
-                tracing_subscriber::fmt::layer()
-                    .event_format(fngate::log_json::Json)
-                    .with_writer(writer),
-            )
-            .init(),
+        LogFormat::Json => {
+            // The access log writes its lines itself, to the same writer.
+            fngate::log_json::write_access_log_to(writer.clone());
+            registry
+                .with(
+                    // tracing-subscriber's JSON object, written in one string (log_json.rs).
+                    tracing_subscriber::fmt::layer()
+                        .event_format(fngate::log_json::Json)
+                        .with_writer(writer),
+                )
+                .init()
+        }
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()

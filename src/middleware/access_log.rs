@@ -19,8 +19,12 @@ use tower::{Layer, Service};
 use crate::body::{Body, BoxError};
 use crate::context::{ConnInfo, RequestId, RequestLog};
 use crate::error::ErrorDetail;
+use crate::log_json::Line;
 use crate::metrics::Metrics;
 use crate::telemetry::{KeyValue, TRACEPARENT};
+
+/// The access log's tracing target: `RUST_LOG=fngate::access=off` silences it.
+const TARGET: &str = "fngate::access";
 
 /// Requests that match no route are counted under this route label.
 const UNMATCHED: &str = "-";
@@ -89,7 +93,7 @@ where
         req.extensions_mut().insert(log.clone());
         let method = req.method().clone();
         // The path is only copied when a log line will be written.
-        let path = tracing::enabled!(target: "fngate::access", tracing::Level::INFO)
+        let path = tracing::enabled!(target: TARGET, tracing::Level::INFO)
             .then(|| req.uri().path().to_owned());
         let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
         // The trace as the request arrived; a SERVER span, when traced, may start a new one.
@@ -240,23 +244,101 @@ impl Drop for Logged {
         // A server span may have started a trace of its own: the log names that one.
         let trace_id = span.as_ref().map(|s| s.trace_id()).or(e.trace_id);
         let client_ip = Text::ip(fields.client_ip, e.peer);
+        Record {
+            request_id: e
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            trace_id: trace_id
+                .as_ref()
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .unwrap_or("-"),
+            route: &route,
+            method: e.method.as_str(),
+            path: &path,
+            status: e.status,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream: fields.upstream.as_deref().unwrap_or("-"),
+            bytes_in: e.log.bytes_in(),
+            bytes_out: self.bytes_out,
+            client_ip: client_ip.as_str(),
+            consumer: fields.consumer.as_deref().unwrap_or("-"),
+            calls: fields.calls.as_deref().unwrap_or("-"),
+            error: e.detail.as_ref().map_or("-", |d| &*d.0),
+        }
+        .write();
+    }
+}
+
+/// One access-log line's fields, in the order they are written.
+struct Record<'a> {
+    request_id: &'a str,
+    trace_id: &'a str,
+    route: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    upstream: &'a str,
+    bytes_in: u64,
+    bytes_out: u64,
+    client_ip: &'a str,
+    consumer: &'a str,
+    calls: &'a str,
+    error: &'a str,
+}
+
+impl Record<'_> {
+    /// With `--log-format json`, the line is written directly (log_json.rs);
+    /// otherwise it is a tracing event, formatted by the text layer. The two
+    /// give the same JSON object (tested below).
+    fn write(&self) {
+        match Line::direct(tracing::Level::INFO) {
+            Some(mut line) => {
+                self.json(&mut line);
+                line.write(TARGET);
+            }
+            None => self.event(),
+        }
+    }
+
+    fn json(&self, line: &mut Line) {
+        line.str("ts", crate::timestamp::millis().as_str());
+        line.str("request_id", self.request_id);
+        line.str("trace_id", self.trace_id);
+        line.str("route", self.route);
+        line.str("method", self.method);
+        line.str("path", self.path);
+        line.u64("status", u64::from(self.status));
+        line.f64("duration_ms", self.duration_ms);
+        line.str("upstream", self.upstream);
+        line.u64("bytes_in", self.bytes_in);
+        line.u64("bytes_out", self.bytes_out);
+        line.str("client_ip", self.client_ip);
+        line.str("consumer", self.consumer);
+        line.str("calls", self.calls);
+        line.str("error", self.error);
+    }
+
+    fn event(&self) {
         tracing::info!(
-            target: "fngate::access",
+            target: TARGET,
             ts = %crate::timestamp::millis().as_str(),
-            request_id = e.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            trace_id = trace_id.as_ref().and_then(|t| std::str::from_utf8(t).ok()).unwrap_or("-"),
-            route = &*route,
-            method = e.method.as_str(),
-            path = path.as_str(),
-            status = e.status,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream = fields.upstream.as_deref().unwrap_or("-"),
-            bytes_in = e.log.bytes_in(),
+            request_id = self.request_id,
+            trace_id = self.trace_id,
+            route = self.route,
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            duration_ms = self.duration_ms,
+            upstream = self.upstream,
+            bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
-            client_ip = %client_ip.as_str(),
-            consumer = fields.consumer.as_deref().unwrap_or("-"),
-            calls = fields.calls.as_deref().unwrap_or("-"),
-            error = e.detail.as_ref().map_or("-", |d| &*d.0),
+            client_ip = %self.client_ip,
+            consumer = self.consumer,
+            calls = self.calls,
+            error = self.error,
         );
     }
 }
@@ -285,5 +367,55 @@ impl Text {
             Self::Formatted(s) => s,
             Self::Unknown => "-",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `s` with the value of each string field in `keys` blanked (each line reads its own clock).
+    fn untimed(mut s: String, keys: &[&str]) -> String {
+        for key in keys {
+            let start = s.find(&format!("\"{key}\":\"")).expect(key) + key.len() + 4;
+            let len = s[start..].find('"').expect("a value");
+            s.replace_range(start..start + len, &"x".repeat(len));
+        }
+        s
+    }
+
+    /// The line written directly is byte for byte the one the tracing event
+    /// gives through the JSON formatter: same keys, order, escapes and numbers.
+    #[test]
+    fn the_direct_line_is_the_events_line() {
+        let record = Record {
+            request_id: "r1",
+            trace_id: "-",
+            route: "fn",
+            method: "GET",
+            path: "/a\"b\\c\n\u{1}é",
+            status: 503,
+            duration_ms: 0.123456,
+            upstream: "http://127.0.0.1:1",
+            bytes_in: 7,
+            bytes_out: 0,
+            client_ip: "::1",
+            consumer: "alice",
+            calls: "a=ok b=fallback",
+            error: "upstream \"x\" refused",
+        };
+        let mut line = Line::new(tracing::Level::INFO);
+        record.json(&mut line);
+        let direct = line.finish(TARGET);
+        let event = crate::log_json::captured(|| record.event());
+        assert_eq!(event.len(), 1);
+        let keys = ["timestamp", "ts"];
+        assert_eq!(
+            untimed(direct.trim_end().to_owned(), &keys),
+            untimed(event[0].clone(), &keys)
+        );
+        let v: serde_json::Value = serde_json::from_str(&direct).expect("json");
+        assert_eq!(v["path"], record.path);
+        assert_eq!(v["status"], 503);
     }
 }
