@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use http::HeaderValue;
+use http::{Extensions, HeaderValue};
 
 use crate::hex::hex;
 use crate::telemetry::Span;
@@ -43,9 +43,14 @@ pub(crate) fn child_traceparent(tp: &str) -> Option<HeaderValue> {
 #[derive(Debug, Clone)]
 pub(crate) struct RequestId(pub HeaderValue, pub bool);
 
-/// Facts the access log needs that inner layers learn.
+/// One request's context, one extension for every layer (each extension is
+/// its own allocation, and a fourth grows the map): the connection, set by the
+/// server; the request id, set by the request-id layer; and the facts the
+/// access log needs that inner layers learn.
 #[derive(Debug, Default)]
-pub(crate) struct RequestLog {
+pub(crate) struct Exchange {
+    conn: Option<ConnInfo>,
+    id: OnceLock<RequestId>,
     bytes_in: AtomicU64,
     fields: Mutex<LogFields>,
     /// The SERVER span, when traced; it ends with the log line.
@@ -67,7 +72,39 @@ pub(crate) struct LogFields {
     )>,
 }
 
-impl RequestLog {
+/// The request's exchange, when it has one.
+pub(crate) fn exchange(ext: &Extensions) -> Option<&Arc<Exchange>> {
+    ext.get::<Arc<Exchange>>()
+}
+
+/// The client connection (every request the server reads has one).
+pub(crate) fn conn(ext: &Extensions) -> Option<&ConnInfo> {
+    exchange(ext)?.conn.as_ref()
+}
+
+/// The request's id, once the request-id layer has set it.
+pub(crate) fn request_id(ext: &Extensions) -> Option<&RequestId> {
+    exchange(ext)?.id.get()
+}
+
+impl Exchange {
+    pub(crate) fn new(conn: ConnInfo) -> Self {
+        Self {
+            conn: Some(conn),
+            ..Self::default()
+        }
+    }
+
+    /// The request's exchange, made if the request came without one.
+    pub(crate) fn of_mut(ext: &mut Extensions) -> &Arc<Exchange> {
+        ext.get_or_insert_default::<Arc<Exchange>>()
+    }
+
+    /// Sets the request's id; the first one set stays.
+    pub(crate) fn set_id(&self, id: RequestId) {
+        let _ = self.id.set(id);
+    }
+
     pub(crate) fn add_bytes_in(&self, n: u64) {
         self.bytes_in.fetch_add(n, Ordering::Relaxed);
     }

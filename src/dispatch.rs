@@ -12,7 +12,7 @@ use http::{Request, Response};
 
 use crate::aggregate::{self, Inputs};
 use crate::body::Body;
-use crate::context::RequestId;
+use crate::context;
 use crate::error;
 use crate::jobs::{self, Jobs};
 use crate::metrics::Metrics;
@@ -44,7 +44,7 @@ impl tower::Service<Request<Body>> for Dispatch {
         let metrics = self.metrics.clone();
         let jobs = self.jobs.clone();
         Box::pin(async move {
-            let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+            let id = context::request_id(req.extensions()).map(|r| r.0.clone());
             // `{jobs_path}/{id}`: routed as the job's route, answered from the store.
             if req.extensions().get::<jobs::JobRequest>().is_some() {
                 let answer = jobs::job_answer(&jobs, req).await;

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::config::{Aggregate, AuthKind, CallPart, HeaderEdits, Route};
-use crate::context::{ConnInfo, RequestLog};
+use crate::context::{self, Exchange};
 use crate::metrics::Metrics;
 use crate::telemetry::{KeyValue, Telemetry};
 use crate::upstream::headers;
@@ -141,14 +141,12 @@ pub(crate) async fn run(
         host,
         telemetry,
     } = inputs;
-    let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+    let log = context::exchange(req.extensions()).cloned();
     let agg = &plan.config;
     let base = call_headers(&req, route);
     let query = query_pairs(req.uri().query());
     let deadline = Instant::now() + agg.timeout;
-    let (peer, tls) = req
-        .extensions()
-        .get::<ConnInfo>()
+    let (peer, tls) = context::conn(req.extensions())
         .map_or((HeaderValue::from_static("unknown"), false), |c| {
             (c.peer_value.clone(), c.tls)
         });
@@ -356,7 +354,7 @@ fn answer(
     agg: &Aggregate,
     outcomes: Vec<Result<Value, Outcome>>,
     edits: &HeaderEdits,
-    log: Option<&Arc<RequestLog>>,
+    log: Option<&Arc<Exchange>>,
     metrics: &Metrics,
 ) -> Result<Response<Body>, AggregateError> {
     let mut failed: Vec<&str> = Vec::new();

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::body::Body;
 use crate::config::{Format, Ordering, Subscription, Topic};
+use crate::context;
 use crate::jobs::{self, JobError, Jobs};
 use crate::state::RouteContext;
 use cloudevent::{Event, EventError};
@@ -46,7 +47,7 @@ pub(crate) async fn publish(
     }
     let (parts, body) = req.into_parts();
     let body = jobs::read_body(body, topic.max_event).await?;
-    if let Some(log) = parts.extensions.get::<Arc<crate::context::RequestLog>>() {
+    if let Some(log) = context::exchange(&parts.extensions) {
         log.add_bytes_in(body.len() as u64);
     }
     let events = parse(topic, &parts.headers, body)?;

@@ -16,6 +16,7 @@ use super::{new_id, now_ms, JobError, Jobs};
 use crate::auth::Verified;
 use crate::body::Body;
 use crate::config::{Forward, Invoke};
+use crate::context;
 use crate::state::RouteContext;
 use crate::upstream::UpstreamError;
 
@@ -134,7 +135,7 @@ pub(crate) async fn accept(
         None => path.into_owned(),
     };
     let body = read_body(body, route.max_body).await?;
-    if let Some(log) = parts.extensions.get::<Arc<crate::context::RequestLog>>() {
+    if let Some(log) = context::exchange(&parts.extensions) {
         log.add_bytes_in(body.len() as u64);
     }
     let traceparent = parts

@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
-use crate::context::{ConnInfo, RequestId, RequestLog};
+use crate::context::{self, Exchange};
 use crate::error::ErrorDetail;
 use crate::log_json::Line;
 use crate::metrics::Metrics;
@@ -70,7 +70,7 @@ struct Entry {
     trace_id: Option<[u8; 32]>,
     /// The connection's peer, and its address as text (formatted once per connection).
     peer: Option<(IpAddr, HeaderValue)>,
-    log: Arc<RequestLog>,
+    log: Arc<Exchange>,
     detail: Option<ErrorDetail>,
     layer: AccessLogLayer,
 }
@@ -89,23 +89,19 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
-        let log = Arc::new(RequestLog::default());
-        req.extensions_mut().insert(log.clone());
+        let log = Exchange::of_mut(req.extensions_mut()).clone();
         let method = req.method().clone();
         // The path is only copied when a log line will be written.
         let path = tracing::enabled!(target: TARGET, tracing::Level::INFO)
             .then(|| req.uri().path().to_owned());
-        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let request_id = context::request_id(req.extensions()).map(|r| r.0.clone());
         // The trace as the request arrived; a SERVER span, when traced, may start a new one.
         let trace_id = path.as_ref().and_then(|_| {
             let v = req.headers().get(&TRACEPARENT)?;
             let id: [u8; 32] = v.as_bytes().get(3..35)?.try_into().ok()?;
             Some(id)
         });
-        let peer = req
-            .extensions()
-            .get::<ConnInfo>()
-            .map(|c| (c.peer.ip(), c.peer_value.clone()));
+        let peer = context::conn(req.extensions()).map(|c| (c.peer.ip(), c.peer_value.clone()));
         let start_entry = Pending {
             start,
             method,
@@ -132,7 +128,7 @@ struct Pending {
     trace_id: Option<[u8; 32]>,
     /// The connection's peer, and its address as text (formatted once per connection).
     peer: Option<(IpAddr, HeaderValue)>,
-    log: Arc<RequestLog>,
+    log: Arc<Exchange>,
     layer: AccessLogLayer,
 }
 

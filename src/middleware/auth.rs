@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 use crate::auth::{self, AuthError, Authenticator, Check, Verified};
 use crate::body::Body;
 use crate::config::AuthKind;
-use crate::context::{RequestId, RequestLog};
+use crate::context;
 use crate::error;
 use crate::metrics::Metrics;
 use crate::state::RouteContext;
@@ -136,7 +136,7 @@ fn reject(
     req: &Request<Body>,
 ) -> Response<Body> {
     metrics.auth_failed(route, e.label());
-    let id = req.extensions().get::<RequestId>().map(|r| &r.0);
+    let id = context::request_id(req.extensions()).map(|r| &r.0);
     error::respond(e, id)
 }
 
@@ -163,7 +163,7 @@ fn admit(req: &mut Request<Body>, authn: &Authenticator, verified: Arc<Verified>
     if let Some(id) = &verified.consumer_value {
         headers.insert(X_CONSUMER_ID.clone(), id.clone());
     }
-    if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
+    if let Some(log) = context::exchange(req.extensions()) {
         let consumer = verified.consumer.clone();
         log.update(|f| f.consumer = consumer);
     }

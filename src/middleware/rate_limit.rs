@@ -11,7 +11,7 @@ use tower::{Layer, Service};
 
 use crate::auth::Verified;
 use crate::body::Body;
-use crate::context::RequestId;
+use crate::context;
 use crate::error;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limiter, RateLimited};
@@ -269,7 +269,7 @@ fn decide(
         if let Some(route) = route.filter(|_| !limited.unavailable) {
             metrics.rate_limited(route);
         }
-        let id = req.extensions().get::<RequestId>().map(|r| &r.0);
+        let id = context::request_id(req.extensions()).map(|r| &r.0);
         let mut res = error::respond(limited, id);
         report.fields(policy).write(res.headers_mut(), true);
         return Either::Left(res);

@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::body::Body;
-use crate::context::RequestId;
+use crate::context::{Exchange, RequestId};
 use crate::hex::hex;
 use crate::telemetry::TRACEPARENT;
 
@@ -61,7 +61,7 @@ where
             req.headers_mut()
                 .insert(TRACEPARENT.clone(), new_traceparent());
         }
-        req.extensions_mut().insert(RequestId(id.clone(), traced));
+        Exchange::of_mut(req.extensions_mut()).set_id(RequestId(id.clone(), traced));
         RequestIdFuture {
             inner: self.inner.call(req),
             id: Some(id),

@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 
 use crate::body::Body;
 use crate::config::Action;
-use crate::context::{ConnInfo, RequestId, RequestLog};
+use crate::context;
 use crate::error;
 use crate::jobs::{JobError, JobRequest, Jobs};
 use crate::normalize::normalize_path;
@@ -96,7 +96,7 @@ where
             let jobs = self.jobs.clone();
             let (parts, _) = req.into_parts();
             return Either::Right(Either::Right(Box::pin(async move {
-                let id = parts.extensions.get::<RequestId>().map(|r| r.0.clone());
+                let id = context::request_id(&parts.extensions).map(|r| r.0.clone());
                 Ok(crate::uploads::serve(&jobs, &snapshot, &parts)
                     .await
                     .unwrap_or_else(|e| error::respond(e, id.as_ref())))
@@ -113,7 +113,7 @@ where
                         Some(ctx.client_ip),
                     );
                 }
-                if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
+                if let Some(log) = context::exchange(req.extensions()) {
                     let active = ctx.active();
                     let name = active.config.name.clone();
                     let series = (active.requests.clone(), active.duration.clone());
@@ -134,7 +134,7 @@ where
                         server_span(t, &mut req, None, None);
                     }
                 }
-                let id = req.extensions().get::<RequestId>().map(|r| &r.0);
+                let id = context::request_id(req.extensions()).map(|r| &r.0);
                 Either::Right(Either::Left(std::future::ready(Ok(error::respond(e, id)))))
             }
         }
@@ -154,7 +154,7 @@ where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Send,
     S::Future: Send + 'static,
 {
-    let rid = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let rid = context::request_id(req.extensions()).map(|r| r.0.clone());
     let host = match request_host(&req) {
         Ok(h) => h.map(|h| h.0),
         Err(e) => return Ok(error::respond(e, rid.as_ref())),
@@ -172,16 +172,13 @@ where
         .routes
         .iter()
         .position(|r| *r.name == job.route);
-    let peer = req
-        .extensions()
-        .get::<ConnInfo>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
+    let peer = context::conn(req.extensions()).map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
     let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
     let name: Arc<str> = job.route.as_str().into();
     if let Some(t) = &snapshot.telemetry {
         server_span(t, &mut req, Some(&name), Some(client_ip));
     }
-    if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
+    if let Some(log) = context::exchange(req.extensions()) {
         log.update(|f| {
             f.route = Some(name);
             f.client_ip = Some(client_ip);
@@ -219,13 +216,11 @@ fn server_span(
     route: Option<&Arc<str>>,
     client: Option<IpAddr>,
 ) {
-    let parent = req
-        .extensions()
-        .get::<RequestId>()
+    let parent = context::request_id(req.extensions())
         .filter(|id| id.1)
         .and_then(|_| req.headers().get(&TRACEPARENT));
     let span = t.span(Kind::Server, parent, || {
-        let conn = req.extensions().get::<ConnInfo>();
+        let conn = context::conn(req.extensions());
         let tls = conn.is_some_and(|c| c.tls);
         let method = crate::telemetry::method(req.method());
         let mut attributes = Vec::with_capacity(7);
@@ -264,7 +259,7 @@ fn server_span(
     if let Some(tp) = span.outgoing() {
         req.headers_mut().insert(TRACEPARENT.clone(), tp);
     }
-    if let Some(log) = req.extensions().get::<Arc<RequestLog>>() {
+    if let Some(log) = context::exchange(req.extensions()) {
         log.set_span(span);
     }
 }
@@ -346,10 +341,7 @@ fn context(
     path: String,
     host: Option<(HeaderValue, Cow<'_, str>)>,
 ) -> RouteContext {
-    let peer = req
-        .extensions()
-        .get::<ConnInfo>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
+    let peer = context::conn(req.extensions()).map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
     let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
     RouteContext {
         route,

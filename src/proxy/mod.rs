@@ -4,14 +4,12 @@
 
 mod tunnel;
 
-use std::sync::Arc;
-
 use http::{HeaderValue, Method, Request, Response, Version};
 use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::config::{Forward, Target};
-use crate::context::{ConnInfo, RequestLog};
+use crate::context;
 use crate::state::RouteContext;
 use crate::telemetry::{KeyValue, Kind, TRACEPARENT};
 use crate::upstream::{self, prepare, Outgoing, Traced, Upstream, UpstreamError};
@@ -24,7 +22,7 @@ pub(crate) async fn forward(
     to: &Forward,
     upstream: &Upstream,
 ) -> Result<Response<Body>, UpstreamError> {
-    let log = req.extensions().get::<Arc<RequestLog>>().cloned();
+    let log = context::exchange(req.extensions()).cloned();
     // x-forwarded-for records the hop we saw, which is the client itself only
     // when no trusted proxy stands between.
     let (peer, tls) = peer_of(&req);
@@ -165,7 +163,7 @@ pub(crate) fn prepare_parts<'a>(
 
 /// The hop the request came from, and whether over TLS.
 pub(crate) fn peer_of<B>(req: &Request<B>) -> (HeaderValue, bool) {
-    match req.extensions().get::<ConnInfo>() {
+    match context::conn(req.extensions()) {
         Some(c) => (c.peer_value.clone(), c.tls),
         None => (HeaderValue::from_static("unknown"), false),
     }

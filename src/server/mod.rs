@@ -23,7 +23,7 @@ use tower::{Service, ServiceExt};
 
 use crate::body::{Body, BoxError};
 use crate::config::Config;
-use crate::context::ConnInfo;
+use crate::context::{ConnInfo, Exchange};
 use crate::idle::{self, Activity};
 use crate::metrics::Metrics;
 use crate::state::State;
@@ -607,7 +607,9 @@ where
         // Room for what the stack adds (request id, traceparent, forwarding
         // headers) in one allocation instead of repeated growth.
         req.headers_mut().reserve(8);
-        req.extensions_mut().insert(self.conn.clone());
+        // The one context every layer shares (context.rs).
+        req.extensions_mut()
+            .insert(Arc::new(Exchange::new(self.conn.clone())));
         ServeFuture {
             inner: self.inner.clone().oneshot(req),
             in_flight: Some(in_flight),

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::body::Body;
 use crate::config::Upload;
+use crate::context;
 use crate::events::cloudevent::Event;
 use crate::jobs::{self, JobError, Jobs};
 use crate::state::{RouteContext, Snapshot};
@@ -170,7 +171,7 @@ pub(crate) async fn receive(
         .map_err(disk)?
         .map_err(disk)?;
     drop(file);
-    if let Some(log) = parts.extensions.get::<Arc<crate::context::RequestLog>>() {
+    if let Some(log) = context::exchange(&parts.extensions) {
         log.add_bytes_in(size);
     }
     let sha256: String = hash

@@ -12,7 +12,7 @@ use crate::body::{Body, BoxError};
 use http_body_util::BodyExt;
 
 use super::UpstreamError;
-use crate::context::RequestLog;
+use crate::context::Exchange;
 
 /// Why the client's body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub(crate) enum Prepared {
 pub(crate) async fn prepare(
     body: Body,
     limit: u64,
-    log: Option<&Arc<RequestLog>>,
+    log: Option<&Arc<Exchange>>,
 ) -> Result<Prepared, UpstreamError> {
     if body.is_end_stream() {
         return Ok(Prepared::Empty);
@@ -82,7 +82,7 @@ struct Streaming {
     hint: SizeHint,
     seen: u64,
     limit: u64,
-    log: Option<Arc<RequestLog>>,
+    log: Option<Arc<Exchange>>,
 }
 
 impl ProxyBody {
@@ -97,7 +97,7 @@ impl ProxyBody {
     }
 
     /// Streams `body`, failing once more than `limit` bytes have passed.
-    pub(crate) fn stream(body: Body, limit: u64, log: Option<Arc<RequestLog>>) -> (Self, Slot) {
+    pub(crate) fn stream(body: Body, limit: u64, log: Option<Arc<Exchange>>) -> (Self, Slot) {
         let hint = body.size_hint();
         let slot = Arc::new(Mutex::new(Some(body)));
         let kind = Kind::Stream(Streaming {

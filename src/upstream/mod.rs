@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::body::{chain, Body, BoxError};
 use crate::clock::Clock;
 use crate::config::{Backend, Endpoint, Protocol};
-use crate::context::RequestLog;
+use crate::context::Exchange;
 use crate::metrics::{AttemptOutcome, Metrics, UpstreamSeries};
 use crate::telemetry::{KeyValue, Kind, Span, Telemetry, TRACEPARENT};
 
@@ -183,7 +183,7 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) started: Instant,
     pub(crate) deadline: Instant,
     pub(crate) max_body: u64,
-    pub(crate) log: Option<Arc<RequestLog>>,
+    pub(crate) log: Option<Arc<Exchange>>,
     pub(crate) response_edits: &'a crate::config::HeaderEdits,
     /// A 101 answer keeps its `Connection` and `Upgrade`.
     pub(crate) upgrade: bool,
