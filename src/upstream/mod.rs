@@ -289,14 +289,17 @@ impl Upstream {
                 source,
             })?;
             *up.version_mut() = Version::HTTP_11;
+            // Each attempt's Host is set on the request's own map, which has
+            // room for it, so a copy is made at its final size (set on the
+            // copy, it grew the copy: 300 instructions).
+            let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
+            headers.insert(http::header::HOST, host);
             // The last attempt takes the headers; earlier ones send a copy.
             *up.headers_mut() = if retries_left {
                 headers.clone()
             } else {
                 std::mem::take(&mut headers)
             };
-            let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
-            up.headers_mut().insert(http::header::HOST, host);
             if let Some(tp) = span.as_ref().and_then(Span::outgoing) {
                 // The backend's parent is this attempt.
                 up.headers_mut().insert(TRACEPARENT.clone(), tp);
