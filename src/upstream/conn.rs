@@ -194,13 +194,17 @@ impl Http1Pool {
     /// Sends `req` on an idle connection, or a new one. An idle connection
     /// found closed as it was used hands the request back, and the next one
     /// (or a new connection) takes it.
-    pub(crate) async fn send(
-        self: &Arc<Self>,
+    ///
+    /// Not an `async fn`, which would keep the request twice (the argument
+    /// and the binding it moves to).
+    pub(crate) fn send<'a>(
+        self: &'a Arc<Self>,
         index: usize,
-        endpoint: &Endpoint,
+        endpoint: &'a Endpoint,
         mut req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Checkin), SendError> {
-        {
+    ) -> impl std::future::Future<Output = Result<(Response<Incoming>, Checkin), SendError>> + Send + 'a
+    {
+        async move {
             loop {
                 let (mut tx, fresh) = match self.take(index) {
                     Some(tx) => (tx, false),

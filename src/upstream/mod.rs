@@ -203,7 +203,13 @@ pub(crate) struct Traced<'a> {
 impl Upstream {
     /// Sends through the pool: admission, endpoint choice, retries within the
     /// budget and the deadline.
-    pub(crate) async fn send(&self, out: Outgoing<'_>) -> Result<Response<Body>, UpstreamError> {
+    ///
+    /// Not an `async fn`: one would keep the whole `Outgoing` beside the
+    /// fields taken out of it for as long as it runs (344 bytes more to move).
+    pub(crate) fn send<'a>(
+        &'a self,
+        out: Outgoing<'a>,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, UpstreamError>> + Send + 'a {
         let Outgoing {
             method,
             path,
@@ -221,256 +227,266 @@ impl Upstream {
             attempt_timeout,
             trace,
         } = out;
-        let backend = &self.backend;
-        let name = || backend.name.clone();
-        let pool = &self.pool;
-        let mut admitted = pool.admit().ok_or(UpstreamError::Unavailable {
-            backend: name(),
-            reason: Unavailable::MaxInFlight,
-        })?;
-        pool.deposit();
-        let idempotent = is_idempotent(&method);
-        // Endpoints already tried, on the stack (retries are at most 10).
-        let mut tried = [0usize; 11];
-        let mut last = UpstreamError::Timeout { backend: name() };
-        for attempt in 0..=backend.retries as usize {
-            // The first attempt starts now; later ones read the clock again.
-            let sent = if attempt == 0 {
-                started
-            } else {
-                Instant::now()
-            };
-            let remaining = deadline.saturating_duration_since(sent);
-            if remaining.is_zero() {
-                last = UpstreamError::Timeout { backend: name() };
-                break;
-            }
-            let Some(i) = pool.pick(&tried[..attempt]) else {
-                if attempt == 0 {
-                    return Err(UpstreamError::Unavailable {
-                        backend: name(),
-                        reason: Unavailable::NoHealthyEndpoint,
-                    });
-                }
-                break;
-            };
-            tried[attempt] = i;
-            pool.attempt(&mut admitted, i);
-            let endpoint = &backend.endpoints[i];
-            // Buffered bodies are cloned for each attempt; a stream goes once
-            // (it comes back only if a connect failure left it unread).
-            let (body, slot) = match std::mem::replace(&mut prepared, Prepared::Empty) {
-                Prepared::Empty => (ProxyBody::empty(), None),
-                Prepared::Full(bytes) => {
-                    prepared = Prepared::Full(bytes.clone());
-                    (ProxyBody::full(bytes), None)
-                }
-                Prepared::Stream(b) => {
-                    let (body, slot) = ProxyBody::stream(b, max_body, log.clone());
-                    (body, Some(slot))
-                }
-            };
-            let retries_left = attempt < backend.retries as usize;
-            let mut span =
-                trace.map(|t| attempt_span(t, &method, endpoint, backend, attempt, &headers));
-            let mut up = Request::new(body);
-            *up.method_mut() = method.clone();
-            let own = self
-                .http1
-                .as_ref()
-                .filter(|_| endpoint.scheme == http::uri::Scheme::HTTP);
-            // Our own connections take the origin form; hyper-util's client the absolute one.
-            let uri = match own {
-                Some(_) => origin_form(endpoint, path, query, client_target).map(Uri::from),
-                None => upstream_uri(endpoint, path, query, client_target),
-            };
-            *up.uri_mut() = uri.map_err(|source| UpstreamError::BadTarget {
+        async move {
+            let backend = &self.backend;
+            let name = || backend.name.clone();
+            let pool = &self.pool;
+            let mut admitted = pool.admit().ok_or(UpstreamError::Unavailable {
                 backend: name(),
-                source,
+                reason: Unavailable::MaxInFlight,
             })?;
-            *up.version_mut() = Version::HTTP_11;
-            // Each attempt's Host is set on the request's own map, which has
-            // room for it, so a copy is made at its final size (set on the
-            // copy, it grew the copy: 300 instructions).
-            let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
-            headers.insert(http::header::HOST, host);
-            // The last attempt takes the headers; earlier ones send a copy.
-            *up.headers_mut() = if retries_left {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
-            if let Some(tp) = span.as_ref().and_then(Span::outgoing) {
-                // The backend's parent is this attempt.
-                up.headers_mut().insert(TRACEPARENT.clone(), tp);
-            }
-            if let Some(log) = &log {
-                let url = endpoint.url.clone();
-                log.update(|f| f.upstream = Some(url));
-            }
-
-            let result = tokio::time::timeout(
-                attempt_timeout.unwrap_or(backend.timeout).min(remaining),
-                async {
-                    match own {
-                        Some(http1) => http1
-                            .send(i, endpoint, up)
-                            .await
-                            .map(|(res, checkin)| (res, Some(checkin))),
-                        None => self
-                            .client
-                            .request(up)
-                            .await
-                            .map(|res| (res, None))
-                            .map_err(|e| SendError {
-                                connect: e.is_connect(),
-                                source: Box::new(e),
-                            }),
-                    }
-                },
-            )
-            .await;
-            let elapsed = sent.elapsed();
-            let mut replayable = slot.is_none();
-            let (outcome, answer) = match result {
-                Ok(Ok((res, checkin))) => {
-                    // A switch of protocols we did not forward would be a tunnel
-                    // nobody routed or authenticated.
-                    if res.status() == http::StatusCode::SWITCHING_PROTOCOLS
-                        && !(upgrade && headers::offers_websocket(res.headers()))
-                    {
-                        pool.report(i, Outcome::Failure);
-                        self.series.record(AttemptOutcome::Error, elapsed);
-                        if let Some(span) = span.as_mut().filter(|s| s.recording()) {
-                            span.fail("unexpected_switch", "101 to a request that was no upgrade");
-                        }
-                        return Err(UpstreamError::UnexpectedSwitch {
-                            backend: name(),
-                            endpoint: endpoint.url.clone(),
-                        });
-                    }
-                    let retry_after = res
-                        .headers()
-                        .get(http::header::RETRY_AFTER)
-                        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
-                    let outcome = Attempt::Answered {
-                        status: res.status().as_u16(),
-                        // A Retry-After that is a date still means "overloaded".
-                        retry_after: retry_after.map(|s| s.unwrap_or(u64::MAX)),
-                    };
-                    let label = if res.status().is_server_error() {
-                        AttemptOutcome::Http5xx
-                    } else {
-                        AttemptOutcome::Ok
-                    };
-                    self.series.record(label, elapsed);
-                    if let Some(span) = span.as_mut().filter(|s| s.recording()) {
-                        span.set(KeyValue::new("fngate.outcome", label.as_str()));
-                        let status = res.status();
-                        span.set(KeyValue::new(
-                            "http.response.status_code",
-                            i64::from(status.as_u16()),
-                        ));
-                        // OpenTelemetry's HTTP conventions: a client span fails on 4xx and 5xx.
-                        if status.as_u16() >= 400 {
-                            span.fail("http_status", status.as_str().to_owned());
-                        }
-                    }
-                    (outcome, Some((res, checkin)))
-                }
-                Ok(Err(e)) => {
-                    if let Some(span) = span.as_mut().filter(|s| s.recording()) {
-                        let kind = if e.connect { "connect_error" } else { "error" };
-                        span.set(KeyValue::new("fngate.outcome", kind));
-                        span.fail(kind, chain(&e));
-                    }
-                    if let Some(b) = body::body_error(&e) {
-                        return Err(match b {
-                            BodyError::TooLarge(limit) => {
-                                UpstreamError::BodyTooLarge { limit: *limit }
-                            }
-                            BodyError::Client(inner) => {
-                                UpstreamError::ClientBody(inner.to_string().into())
-                            }
-                        });
-                    }
-                    let connect = e.connect;
-                    let label = if connect {
-                        AttemptOutcome::ConnectError
-                    } else {
-                        AttemptOutcome::Error
-                    };
-                    self.series.record(label, elapsed);
-                    tracing::debug!(backend = %backend.name, attempt, "upstream attempt failed: {}", chain(&e));
-                    // A streamed body that was never polled can go to the next endpoint.
-                    if let Some(b) = slot.and_then(|s| s.lock().ok().and_then(|mut s| s.take())) {
-                        prepared = Prepared::Stream(b);
-                        replayable = connect;
-                    }
-                    let (endpoint, backend) = (endpoint.url.clone(), name());
-                    last = if connect {
-                        UpstreamError::Connect {
-                            backend,
-                            endpoint,
-                            source: e,
-                        }
-                    } else {
-                        UpstreamError::Failed {
-                            backend,
-                            endpoint,
-                            source: e,
-                        }
-                    };
-                    let outcome = if connect {
-                        Attempt::ConnectFailed
-                    } else {
-                        Attempt::Failed
-                    };
-                    (outcome, None)
-                }
-                Err(_) => {
-                    if let Some(span) = span.as_mut().filter(|s| s.recording()) {
-                        span.set(KeyValue::new("fngate.outcome", "timeout"));
-                        span.fail("timeout", "the attempt timed out");
-                    }
-                    self.series.record(AttemptOutcome::Timeout, elapsed);
-                    last = UpstreamError::Timeout { backend: name() };
-                    (Attempt::TimedOut, None)
-                }
-            };
-            pool.report(
-                i,
-                if outcome.failed() {
-                    Outcome::Failure
-                } else if outcome.overloaded() {
-                    Outcome::Overload
+            pool.deposit();
+            let idempotent = is_idempotent(&method);
+            // Endpoints already tried, on the stack (retries are at most 10).
+            let mut tried = [0usize; 11];
+            let mut last = UpstreamError::Timeout { backend: name() };
+            for attempt in 0..=backend.retries as usize {
+                // The first attempt starts now; later ones read the clock again.
+                let sent = if attempt == 0 {
+                    started
                 } else {
-                    Outcome::Ok
-                },
-            );
-            // The attempt's span ends with its answer's head (or its failure).
-            drop(span);
-            let circumstances = retry::Request {
-                idempotent,
-                replayable,
-                retries_left,
-                remaining: deadline.saturating_duration_since(Instant::now()),
-            };
-            match retry::decide(outcome, circumstances, || pool.withdraw()) {
-                Decision::Retry { after } => {
-                    if !after.is_zero() {
-                        tokio::time::sleep(after).await;
-                    }
+                    Instant::now()
+                };
+                let remaining = deadline.saturating_duration_since(sent);
+                if remaining.is_zero() {
+                    last = UpstreamError::Timeout { backend: name() };
+                    break;
                 }
-                Decision::Stop => match answer {
-                    Some((res, checkin)) => {
-                        return Ok(response(res, response_edits, admitted, upgrade, checkin))
+                let Some(i) = pool.pick(&tried[..attempt]) else {
+                    if attempt == 0 {
+                        return Err(UpstreamError::Unavailable {
+                            backend: name(),
+                            reason: Unavailable::NoHealthyEndpoint,
+                        });
                     }
-                    None => break,
-                },
+                    break;
+                };
+                tried[attempt] = i;
+                pool.attempt(&mut admitted, i);
+                let endpoint = &backend.endpoints[i];
+                // Buffered bodies are cloned for each attempt; a stream goes once
+                // (it comes back only if a connect failure left it unread).
+                let (body, slot) = match std::mem::replace(&mut prepared, Prepared::Empty) {
+                    Prepared::Empty => (ProxyBody::empty(), None),
+                    Prepared::Full(bytes) => {
+                        prepared = Prepared::Full(bytes.clone());
+                        (ProxyBody::full(bytes), None)
+                    }
+                    Prepared::Stream(b) => {
+                        let (body, slot) = ProxyBody::stream(b, max_body, log.clone());
+                        (body, Some(slot))
+                    }
+                };
+                let retries_left = attempt < backend.retries as usize;
+                let mut span =
+                    trace.map(|t| attempt_span(t, &method, endpoint, backend, attempt, &headers));
+                // Built in a block that ends before the await, so the future
+                // does not keep a moved-from copy of the request.
+                let send = {
+                    let mut up = Request::new(body);
+                    *up.method_mut() = method.clone();
+                    let own = self
+                        .http1
+                        .as_ref()
+                        .filter(|_| endpoint.scheme == http::uri::Scheme::HTTP);
+                    // Our own connections take the origin form; hyper-util's client the absolute one.
+                    let uri = match own {
+                        Some(_) => origin_form(endpoint, path, query, client_target).map(Uri::from),
+                        None => upstream_uri(endpoint, path, query, client_target),
+                    };
+                    *up.uri_mut() = uri.map_err(|source| UpstreamError::BadTarget {
+                        backend: name(),
+                        source,
+                    })?;
+                    *up.version_mut() = Version::HTTP_11;
+                    // Each attempt's Host is set on the request's own map, which has
+                    // room for it, so a copy is made at its final size (set on the
+                    // copy, it grew the copy: 300 instructions).
+                    let host = client_host.clone().unwrap_or_else(|| endpoint.host.clone());
+                    headers.insert(http::header::HOST, host);
+                    // The last attempt takes the headers; earlier ones send a copy.
+                    *up.headers_mut() = if retries_left {
+                        headers.clone()
+                    } else {
+                        std::mem::take(&mut headers)
+                    };
+                    if let Some(tp) = span.as_ref().and_then(Span::outgoing) {
+                        // The backend's parent is this attempt.
+                        up.headers_mut().insert(TRACEPARENT.clone(), tp);
+                    }
+                    if let Some(log) = &log {
+                        let url = endpoint.url.clone();
+                        log.update(|f| f.upstream = Some(url));
+                    }
+
+                    tokio::time::timeout(
+                        attempt_timeout.unwrap_or(backend.timeout).min(remaining),
+                        async move {
+                            match own {
+                                Some(http1) => http1
+                                    .send(i, endpoint, up)
+                                    .await
+                                    .map(|(res, checkin)| (res, Some(checkin))),
+                                None => self
+                                    .client
+                                    .request(up)
+                                    .await
+                                    .map(|res| (res, None))
+                                    .map_err(|e| SendError {
+                                        connect: e.is_connect(),
+                                        source: Box::new(e),
+                                    }),
+                            }
+                        },
+                    )
+                };
+                let result = send.await;
+                let elapsed = sent.elapsed();
+                let mut replayable = slot.is_none();
+                let (outcome, answer) = match result {
+                    Ok(Ok((res, checkin))) => {
+                        // A switch of protocols we did not forward would be a tunnel
+                        // nobody routed or authenticated.
+                        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                            && !(upgrade && headers::offers_websocket(res.headers()))
+                        {
+                            pool.report(i, Outcome::Failure);
+                            self.series.record(AttemptOutcome::Error, elapsed);
+                            if let Some(span) = span.as_mut().filter(|s| s.recording()) {
+                                span.fail(
+                                    "unexpected_switch",
+                                    "101 to a request that was no upgrade",
+                                );
+                            }
+                            return Err(UpstreamError::UnexpectedSwitch {
+                                backend: name(),
+                                endpoint: endpoint.url.clone(),
+                            });
+                        }
+                        let retry_after = res
+                            .headers()
+                            .get(http::header::RETRY_AFTER)
+                            .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
+                        let outcome = Attempt::Answered {
+                            status: res.status().as_u16(),
+                            // A Retry-After that is a date still means "overloaded".
+                            retry_after: retry_after.map(|s| s.unwrap_or(u64::MAX)),
+                        };
+                        let label = if res.status().is_server_error() {
+                            AttemptOutcome::Http5xx
+                        } else {
+                            AttemptOutcome::Ok
+                        };
+                        self.series.record(label, elapsed);
+                        if let Some(span) = span.as_mut().filter(|s| s.recording()) {
+                            span.set(KeyValue::new("fngate.outcome", label.as_str()));
+                            let status = res.status();
+                            span.set(KeyValue::new(
+                                "http.response.status_code",
+                                i64::from(status.as_u16()),
+                            ));
+                            // OpenTelemetry's HTTP conventions: a client span fails on 4xx and 5xx.
+                            if status.as_u16() >= 400 {
+                                span.fail("http_status", status.as_str().to_owned());
+                            }
+                        }
+                        (outcome, Some((res, checkin)))
+                    }
+                    Ok(Err(e)) => {
+                        if let Some(span) = span.as_mut().filter(|s| s.recording()) {
+                            let kind = if e.connect { "connect_error" } else { "error" };
+                            span.set(KeyValue::new("fngate.outcome", kind));
+                            span.fail(kind, chain(&e));
+                        }
+                        if let Some(b) = body::body_error(&e) {
+                            return Err(match b {
+                                BodyError::TooLarge(limit) => {
+                                    UpstreamError::BodyTooLarge { limit: *limit }
+                                }
+                                BodyError::Client(inner) => {
+                                    UpstreamError::ClientBody(inner.to_string().into())
+                                }
+                            });
+                        }
+                        let connect = e.connect;
+                        let label = if connect {
+                            AttemptOutcome::ConnectError
+                        } else {
+                            AttemptOutcome::Error
+                        };
+                        self.series.record(label, elapsed);
+                        tracing::debug!(backend = %backend.name, attempt, "upstream attempt failed: {}", chain(&e));
+                        // A streamed body that was never polled can go to the next endpoint.
+                        if let Some(b) = slot.and_then(|s| s.lock().ok().and_then(|mut s| s.take()))
+                        {
+                            prepared = Prepared::Stream(b);
+                            replayable = connect;
+                        }
+                        let (endpoint, backend) = (endpoint.url.clone(), name());
+                        last = if connect {
+                            UpstreamError::Connect {
+                                backend,
+                                endpoint,
+                                source: e,
+                            }
+                        } else {
+                            UpstreamError::Failed {
+                                backend,
+                                endpoint,
+                                source: e,
+                            }
+                        };
+                        let outcome = if connect {
+                            Attempt::ConnectFailed
+                        } else {
+                            Attempt::Failed
+                        };
+                        (outcome, None)
+                    }
+                    Err(_) => {
+                        if let Some(span) = span.as_mut().filter(|s| s.recording()) {
+                            span.set(KeyValue::new("fngate.outcome", "timeout"));
+                            span.fail("timeout", "the attempt timed out");
+                        }
+                        self.series.record(AttemptOutcome::Timeout, elapsed);
+                        last = UpstreamError::Timeout { backend: name() };
+                        (Attempt::TimedOut, None)
+                    }
+                };
+                pool.report(
+                    i,
+                    if outcome.failed() {
+                        Outcome::Failure
+                    } else if outcome.overloaded() {
+                        Outcome::Overload
+                    } else {
+                        Outcome::Ok
+                    },
+                );
+                // The attempt's span ends with its answer's head (or its failure).
+                drop(span);
+                let circumstances = retry::Request {
+                    idempotent,
+                    replayable,
+                    retries_left,
+                    remaining: deadline.saturating_duration_since(Instant::now()),
+                };
+                match retry::decide(outcome, circumstances, || pool.withdraw()) {
+                    Decision::Retry { after } => {
+                        if !after.is_zero() {
+                            tokio::time::sleep(after).await;
+                        }
+                    }
+                    Decision::Stop => match answer {
+                        Some((res, checkin)) => {
+                            return Ok(response(res, response_edits, admitted, upgrade, checkin))
+                        }
+                        None => break,
+                    },
+                }
             }
+            Err(last)
         }
-        Err(last)
     }
 }
 
