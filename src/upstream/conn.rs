@@ -197,6 +197,7 @@ impl Http1Pool {
     ///
     /// Not an `async fn`, which would keep the request twice (the argument
     /// and the binding it moves to).
+    #[allow(clippy::manual_async_fn)]
     pub(crate) fn send<'a>(
         self: &'a Arc<Self>,
         index: usize,
