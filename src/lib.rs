@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod log_json;
+pub mod log_writer;
 pub mod state;
 
 /// Entry points for the fuzz targets (fuzz/README.md); not a stable API.

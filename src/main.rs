@@ -270,7 +270,13 @@ fn validate(path: PathBuf) -> ExitCode {
 }
 
 fn serve(args: ServeArgs, format: LogFormat, demo: bool) -> ExitCode {
-    let _log = init_logging(format);
+    let _log = match init_logging(format) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("error: cannot start the log's flusher thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let path = config::resolve_path(args.config);
     let Some(config) = load(&path) else {
         return ExitCode::FAILURE;
@@ -313,9 +319,16 @@ fn serve(args: ServeArgs, format: LogFormat, demo: bool) -> ExitCode {
     }
 }
 
-/// Logging to stdout through a thread of its own; lines still queued are
-/// written when the returned guard drops.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// The log's threads. Dropped in this order: the writer thread writes what
+/// is queued, then the flusher writes what is buffered.
+struct Logging {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+    _flusher: fngate::log_writer::Flusher<std::io::Stdout>,
+}
+
+/// Logging to stdout through a thread of its own; lines still queued or
+/// buffered are written when the returned value drops.
+fn init_logging(format: LogFormat) -> std::io::Result<Logging> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -324,14 +337,14 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     // empty. Written in place, every line was a write(2) under stdout's lock on
     // the request's thread. Not lossy: with 8,192 lines queued, a request waits
     // (the queue's slots are allocated up front: the default 128k cost 4 MiB of RSS).
+    // Its output is written when 64 KiB are buffered and at most 100 ms
+    // after a line arrived (log_writer.rs), not whenever the queue empties.
+    let (out, flusher) = fngate::log_writer::batched(std::io::stdout(), 64 << 10)?;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(8192)
         .lossy(false)
         .thread_name("fngate-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stdout(),
-        ));
+        .finish(out);
     match format {
         LogFormat::Json => {
             // The access log writes its lines itself, to the same writer.
@@ -353,5 +366,8 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             )
             .init(),
     }
-    guard
+    Ok(Logging {
+        _writer: guard,
+        _flusher: flusher,
+    })
 }
