@@ -79,12 +79,12 @@ pub(crate) fn exchange(ext: &Extensions) -> Option<&Arc<Exchange>> {
 
 /// The client connection (every request the server reads has one).
 pub(crate) fn conn(ext: &Extensions) -> Option<&ConnInfo> {
-    exchange(ext)?.conn.as_ref()
+    exchange(ext)?.conn()
 }
 
 /// The request's id, once the request-id layer has set it.
 pub(crate) fn request_id(ext: &Extensions) -> Option<&RequestId> {
-    exchange(ext)?.id.get()
+    exchange(ext)?.id()
 }
 
 impl Exchange {
@@ -98,6 +98,14 @@ impl Exchange {
     /// The request's exchange, made if the request came without one.
     pub(crate) fn of_mut(ext: &mut Extensions) -> &Arc<Exchange> {
         ext.get_or_insert_default::<Arc<Exchange>>()
+    }
+
+    pub(crate) fn conn(&self) -> Option<&ConnInfo> {
+        self.conn.as_ref()
+    }
+
+    pub(crate) fn id(&self) -> Option<&RequestId> {
+        self.id.get()
     }
 
     /// Sets the request's id; the first one set stays.

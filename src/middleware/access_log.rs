@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
-use crate::context::{self, Exchange};
+use crate::context::{ConnInfo, Exchange};
 use crate::error::ErrorDetail;
 use crate::log_json::Line;
 use crate::metrics::Metrics;
@@ -66,10 +66,7 @@ struct Entry {
     method: Method,
     path: Option<String>,
     status: u16,
-    request_id: Option<HeaderValue>,
     trace_id: Option<[u8; 32]>,
-    /// The connection's peer, and its address as text (formatted once per connection).
-    peer: Option<(IpAddr, HeaderValue)>,
     log: Arc<Exchange>,
     detail: Option<ErrorDetail>,
     layer: AccessLogLayer,
@@ -94,21 +91,17 @@ where
         // The path is only copied when a log line will be written.
         let path = tracing::enabled!(target: TARGET, tracing::Level::INFO)
             .then(|| req.uri().path().to_owned());
-        let request_id = context::request_id(req.extensions()).map(|r| r.0.clone());
         // The trace as the request arrived; a SERVER span, when traced, may start a new one.
         let trace_id = path.as_ref().and_then(|_| {
             let v = req.headers().get(&TRACEPARENT)?;
             let id: [u8; 32] = v.as_bytes().get(3..35)?.try_into().ok()?;
             Some(id)
         });
-        let peer = context::conn(req.extensions()).map(|c| (c.peer.ip(), c.peer_value.clone()));
         let start_entry = Pending {
             start,
             method,
             path,
-            request_id,
             trace_id,
-            peer,
             log,
             layer: self.layer.clone(),
         };
@@ -124,10 +117,7 @@ struct Pending {
     start: Instant,
     method: Method,
     path: Option<String>,
-    request_id: Option<HeaderValue>,
     trace_id: Option<[u8; 32]>,
-    /// The connection's peer, and its address as text (formatted once per connection).
-    peer: Option<(IpAddr, HeaderValue)>,
     log: Arc<Exchange>,
     layer: AccessLogLayer,
 }
@@ -159,9 +149,7 @@ where
             method: p.method,
             path: p.path,
             status: parts.status.as_u16(),
-            request_id: p.request_id,
             trace_id: p.trace_id,
-            peer: p.peer,
             log: p.log,
             detail: parts.extensions.get::<ErrorDetail>().cloned(),
             layer: p.layer,
@@ -239,13 +227,10 @@ impl Drop for Logged {
         let Some(path) = e.path else { return };
         // A server span may have started a trace of its own: the log names that one.
         let trace_id = span.as_ref().map(|s| s.trace_id()).or(e.trace_id);
-        let client_ip = Text::ip(fields.client_ip, e.peer);
+        // The connection and the request id are the exchange's own.
+        let client_ip = Text::ip(fields.client_ip, e.log.conn());
         Record {
-            request_id: e
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-"),
+            request_id: e.log.id().and_then(|id| id.0.to_str().ok()).unwrap_or("-"),
             trace_id: trace_id
                 .as_ref()
                 .and_then(|t| std::str::from_utf8(t).ok())
@@ -341,17 +326,17 @@ impl Record<'_> {
 
 /// The client's address as the log writes it: the peer's text when the client
 /// is the peer (no formatting per request), else formatted.
-enum Text {
-    Peer(HeaderValue),
+enum Text<'a> {
+    Peer(&'a HeaderValue),
     Formatted(String),
     Unknown,
 }
 
-impl Text {
-    fn ip(client: Option<IpAddr>, peer: Option<(IpAddr, HeaderValue)>) -> Self {
-        match (client, peer) {
-            (None, Some((_, text))) => Self::Peer(text),
-            (Some(ip), Some((peer, text))) if ip == peer => Self::Peer(text),
+impl<'a> Text<'a> {
+    fn ip(client: Option<IpAddr>, conn: Option<&'a ConnInfo>) -> Self {
+        match (client, conn) {
+            (None, Some(c)) => Self::Peer(&c.peer_value),
+            (Some(ip), Some(c)) if ip == c.peer.ip() => Self::Peer(&c.peer_value),
             (Some(ip), _) => Self::Formatted(ip.to_string()),
             (None, None) => Self::Unknown,
         }
