@@ -35,17 +35,10 @@ where
         // A `log` record's own target, as tracing-subscriber names it.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut line = String::with_capacity(512);
-        line.push_str("{\"timestamp\":\"");
-        line.push_str(crate::timestamp::micros().as_str());
-        line.push_str("\",\"level\":\"");
-        line.push_str(meta.level().as_str());
-        line.push('"');
-        event.record(&mut Fields(&mut line));
-        line.push_str(",\"target\":");
-        string(&mut line, meta.target());
-        line.push_str("}\n");
-        writer.write_str(&line)
+        // The same head and tail as the access log's direct lines.
+        let mut line = Line::new(*meta.level());
+        event.record(&mut Fields(&mut line.0));
+        writer.write_str(&line.finish(meta.target()))
     }
 }
 
