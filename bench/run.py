@@ -11,6 +11,7 @@ idle and under load. Everything it starts, it stops by pid.
     python3 bench/run.py                      # 3 rounds x 1/64/256 connections x 5 s
     python3 bench/run.py --duration 3 --rounds 1 --conns 64
     python3 bench/run.py --conns 64 --rounds 4 --also before=/tmp/old/target/release/fngate   # A/B in one run
+    python3 bench/run.py --workers 2          # nginx worker_processes 2, fngate workers = 2
 """
 
 import argparse
@@ -100,27 +101,27 @@ def rss_kib(root_pid):
     return total
 
 
-def start_nginx(workdir, name, body):
+def start_nginx(workdir, name, body, workers=1):
     os.makedirs(f"{workdir}/{name}/logs", exist_ok=True)
     conf = f"{workdir}/{name}/nginx.conf"
     with open(conf, "w") as f:
         f.write(
-            "worker_processes 1;\ndaemon off;\nerror_log stderr warn;\npid %s/%s/nginx.pid;\n"
+            "worker_processes %d;\ndaemon off;\nerror_log stderr warn;\npid %s/%s/nginx.pid;\n"
             "events { worker_connections 4096; }\nhttp {\n  access_log off;\n"
             "  client_body_temp_path %s/%s; proxy_temp_path %s/%s;\n"
             "  fastcgi_temp_path %s/%s; uwsgi_temp_path %s/%s; scgi_temp_path %s/%s;\n  keepalive_requests 1000000;\n%s\n}\n"
-            % ((workdir, name) * 6 + (body,))
+            % ((workers,) + (workdir, name) * 6 + (body,))
         )
     return subprocess.Popen([nginx_bin(), "-p", f"{workdir}/{name}", "-c", conf], stderr=subprocess.DEVNULL)
 
 
-def plain_route_config(path, port, admin, backend, server_extra=""):
+def plain_route_config(path, port, admin, backend, server_extra="", workers=1):
     """Writes the benchmarks' plain fngate config: one route, /{*rest}, to one endpoint."""
     with open(path, "w") as f:
-        f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = 1\nwatch = false\n%s'
+        f.write('[server]\nlisten = "127.0.0.1:%d"\nworkers = %d\nwatch = false\n%s'
                 '[admin]\nlisten = "127.0.0.1:%d"\n'
                 '[backends.fn]\nurls = ["http://127.0.0.1:%d"]\n'
-                '[[routes]]\nname = "fn"\npath = "/{*rest}"\nbackend = "fn"\n' % (port, server_extra, admin, backend))
+                '[[routes]]\nname = "fn"\npath = "/{*rest}"\nbackend = "fn"\n' % (port, workers, server_extra, admin, backend))
 
 
 def proxy_nginx_conf(workdir, backend, port, head="worker_processes 1;\n", connections=1024, http_extra=""):
@@ -217,6 +218,8 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use the existing target/release/fngate")
     ap.add_argument("--bare", action="store_true",
                     help="also load examples/bare_proxy.rs (hyper alone: the floor fngate's layers add to)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes of the nginx proxy and fngate's workers (default 1; the backend keeps 1)")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=BIN",
                     help="another fngate binary (an older build) loaded in the same rounds, with the same config")
     args = ap.parse_args()
@@ -238,10 +241,11 @@ def main():
         nginx = start_nginx(work, "proxy",
                             "  upstream fn { server 127.0.0.1:%d; keepalive 256; }\n"
                             "  server { listen 127.0.0.1:%d; location / { proxy_pass http://fn;"
-                            " proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" % (backend_port, nginx_port))
+                            " proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" % (backend_port, nginx_port),
+                            workers=args.workers)
         procs.append(nginx)
         config = os.path.join(work, "routes.toml")
-        plain_route_config(config, fngate_port, admin_port, backend_port)
+        plain_route_config(config, fngate_port, admin_port, backend_port, workers=args.workers)
         gw = subprocess.Popen([fngate, "--config", config], env=dict(os.environ, RUST_LOG="warn"),
                               stdout=subprocess.DEVNULL)
         procs.append(gw)
@@ -286,7 +290,7 @@ def main():
         return statistics.median(values) if values else None
 
     print(f"\nwrk -t1, {args.duration}s per run, medians of {args.rounds} interleaved rounds; "
-          f"1 worker each; {os.cpu_count()} cores shared by wrk, proxy and backend\n")
+          f"{args.workers} worker{'s' if args.workers > 1 else ''} each (the backend 1); {os.cpu_count()} cores shared by wrk, proxy and backend\n")
     print("| conns | target | req/s | p50 ms | p99 ms | CPU µs/req | RSS start / load MiB | req/s vs nginx | req/s vs direct |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in conns:

@@ -44,6 +44,7 @@ mod timestamp;
 mod tls;
 mod uploads;
 mod upstream;
+mod worker;
 
 pub use config::Config;
 pub use server::{serve, start, Gateway, ServeOptions, StartError};

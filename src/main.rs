@@ -281,16 +281,11 @@ fn serve(args: ServeArgs, format: LogFormat, demo: bool) -> ExitCode {
     let Some(config) = load(&path) else {
         return ExitCode::FAILURE;
     };
-    // One worker: a current-thread runtime skips work-stealing bookkeeping,
-    // which measured cheaper per request in bench/.
-    let mut runtime = if config.server.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if config.server.workers > 1 {
-        runtime.worker_threads(config.server.workers);
-    }
+    // Worker 0, and the admin API, jobs and schedules: one thread. Further
+    // workers get a thread and runtime each (worker.rs); a current-thread
+    // runtime skips work-stealing bookkeeping, which measured cheaper per
+    // request in bench/.
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
     let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

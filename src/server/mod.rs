@@ -52,6 +52,8 @@ pub enum StartError {
     /// The job store could not be opened (its path and why).
     #[error("{0}")]
     Store(String),
+    #[error("cannot start the worker threads (server.workers): {0}")]
+    Workers(std::io::Error),
     #[error("cannot watch {path} for changes (server.watch): {source}")]
     Watch { path: String, source: notify::Error },
 }
@@ -90,38 +92,32 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             env: config.admin.token_env.clone(),
         });
     }
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "server.listen",
-            addr: listen,
-            source,
-        })?;
-    let admin_listener =
-        TcpListener::bind(admin_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                key: "admin.listen",
-                addr: admin_listen,
-                source,
-            })?;
+    // Bound before anything starts, so a taken port fails the start cleanly.
+    let workers = crate::worker::resolve(config.server.workers);
+    let reuse_port = workers > 1;
+    let listener = bind("server.listen", listen, reuse_port)?;
+    let admin_listener = bind("admin.listen", admin_listen, false)?;
     let tls_listener = match &config.server.tls {
-        Some(tls) => {
-            Some(
-                TcpListener::bind(tls.listen)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        key: "server.tls.listen",
-                        addr: tls.listen,
-                        source,
-                    })?,
-            )
-        }
+        Some(tls) => Some(bind("server.tls.listen", tls.listen, reuse_port)?),
         None => None,
     };
     let addr = listener.local_addr().unwrap_or(listen);
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_listen);
     let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Each further worker accepts on a socket of its own at the same address;
+    // the kernel spreads new connections over them.
+    let mut extra = Vec::new();
+    for _ in 1..workers {
+        let tls = match tls_addr {
+            Some(a) => Some(bind("server.tls.listen", a, true)?),
+            None => None,
+        };
+        extra.push((bind("server.listen", addr, true)?, tls));
+    }
+    let listener = from_std("server.listen", listen, listener)?;
+    let admin_listener = from_std("admin.listen", admin_listen, admin_listener)?;
+    // Started before the state is built: upstream pools keep a slot per worker.
+    let workers = crate::worker::Workers::start(workers).map_err(StartError::Workers)?;
 
     let watch = config.server.watch.then(|| config.path.clone()).flatten();
     let metrics = Arc::new(Metrics::new());
@@ -194,26 +190,31 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
     };
     // One stack for every listener; each connection clones it.
     let service = crate::middleware::stack(state.clone(), jobs.clone());
-    let accept = tokio::spawn(accept_loop(
-        listener,
-        false,
-        service.clone(),
-        state.clone(),
-        stop_accepting.clone(),
-        drain.clone(),
-        tracker.clone(),
-    ));
-    let accept_tls = tls_listener.map(|l| {
-        tokio::spawn(accept_loop(
-            l,
-            true,
-            service,
+    let accept = |listener: TcpListener, tls: bool| {
+        accept_loop(
+            listener,
+            tls,
+            service.clone(),
             state.clone(),
             stop_accepting.clone(),
-            drain,
+            drain.clone(),
             tracker.clone(),
-        ))
-    });
+        )
+    };
+    let mut accepts = vec![tokio::spawn(accept(listener, false))];
+    if let Some(l) = tls_listener {
+        let l = from_std("server.tls.listen", tls_addr.unwrap_or(listen), l)?;
+        accepts.push(tokio::spawn(accept(l, true)));
+    }
+    for (handle, (plain, tls)) in workers.handles().iter().zip(extra) {
+        // Registered with the worker's own reactor, and run by its runtime.
+        let _worker = handle.enter();
+        accepts.push(handle.spawn(accept(from_std("server.listen", addr, plain)?, false)));
+        if let Some(l) = tls {
+            let l = from_std("server.tls.listen", tls_addr.unwrap_or(addr), l)?;
+            accepts.push(handle.spawn(accept(l, true)));
+        }
+    }
 
     let done = tokio::spawn({
         let state = state.clone();
@@ -227,8 +228,7 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             tracing::info!(drain_delay = ?server.drain_delay, "shutting down: /readyz now fails");
             tokio::time::sleep(server.drain_delay).await;
             stop_accepting.cancel();
-            let _ = accept.await;
-            if let Some(a) = accept_tls {
+            for a in accepts {
                 let _ = a.await;
             }
             draining_flag.store(true, Ordering::SeqCst);
@@ -247,6 +247,7 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
             }
             stop_admin.cancel();
             let _ = admin.await;
+            workers.stop().await;
             // Spans of the last requests go out before the process ends; a
             // collector that does not answer holds the exit for 2 s at most.
             if let Some(t) = state.load().telemetry.clone() {
@@ -269,6 +270,37 @@ pub async fn start(config: Config, opts: ServeOptions) -> Result<Gateway, StartE
         shutdown,
         done,
     })
+}
+
+/// A listening socket at `addr`, shared with other workers' when `reuse_port`.
+fn bind(
+    key: &'static str,
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<std::net::TcpListener, StartError> {
+    use socket2::{Domain, Socket, Type};
+    let listen = || {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // As tokio's bind: a restart need not wait out TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    listen().map_err(|source| StartError::Bind { key, addr, source })
+}
+
+/// `listener` registered with the current runtime.
+fn from_std(
+    key: &'static str,
+    addr: SocketAddr,
+    listener: std::net::TcpListener,
+) -> Result<TcpListener, StartError> {
+    TcpListener::from_std(listener).map_err(|source| StartError::Bind { key, addr, source })
 }
 
 /// Runs until SIGTERM or SIGINT, reloading on SIGHUP.

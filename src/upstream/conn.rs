@@ -32,9 +32,12 @@ struct Idle {
     since: Instant,
 }
 
-/// One backend's HTTP/1.1 connections, by endpoint index.
+/// One backend's HTTP/1.1 connections, by endpoint index and worker: a
+/// connection runs on the worker that opened it (worker.rs), so a request
+/// takes one of its own worker's and never wakes another thread.
 pub(crate) struct Http1Pool {
     idle: Vec<Mutex<Vec<Idle>>>,
+    workers: usize,
     connect_timeout: Duration,
     max_idle: usize,
     idle_timeout: Duration,
@@ -64,13 +67,14 @@ impl std::error::Error for SendError {
 /// A connection to hand back once its answer's body has been read to the end.
 pub(crate) struct Checkin {
     pool: Arc<Http1Pool>,
-    endpoint: usize,
+    /// The slot it came from: its endpoint's, on the worker that runs it.
+    slot: usize,
     tx: SendRequest<ProxyBody>,
 }
 
 impl Checkin {
     pub(crate) fn done(self) {
-        self.pool.put(self.endpoint, self.tx, Instant::now());
+        self.pool.put(self.slot, self.tx, Instant::now());
     }
 }
 
@@ -85,8 +89,12 @@ impl Http1Pool {
         max_idle: usize,
         idle_timeout: Duration,
     ) -> Arc<Self> {
+        let workers = crate::worker::count();
         let pool = Arc::new(Self {
-            idle: (0..endpoints).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..endpoints * workers)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            workers,
             connect_timeout,
             max_idle,
             idle_timeout,
@@ -122,28 +130,33 @@ impl Http1Pool {
         }
     }
 
-    /// Live idle connections held for `endpoint` now.
+    /// `endpoint`'s slot on the worker running this thread.
+    fn slot(&self, endpoint: usize) -> usize {
+        endpoint * self.workers + crate::worker::index() % self.workers
+    }
+
+    /// Live idle connections held for `endpoint` now, on this thread's worker.
     #[cfg(test)]
     fn idle(&self, endpoint: usize) -> usize {
-        self.idle[endpoint]
+        self.idle[self.slot(endpoint)]
             .lock()
             .map_or(0, |v| v.iter().filter(|c| !c.tx.is_closed()).count())
     }
 
-    fn put(&self, endpoint: usize, tx: SendRequest<ProxyBody>, now: Instant) {
+    fn put(&self, slot: usize, tx: SendRequest<ProxyBody>, now: Instant) {
         if tx.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle[endpoint].lock() {
+        if let Ok(mut idle) = self.idle[slot].lock() {
             if idle.len() < self.max_idle {
                 idle.push(Idle { tx, since: now });
             }
         }
     }
 
-    /// The most recently used live connection, if any (LIFO keeps few warm).
-    fn take(&self, endpoint: usize) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.idle[endpoint].lock().ok()?;
+    /// The most recently used live connection in `slot`, if any (LIFO keeps few warm).
+    fn take(&self, slot: usize) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle[slot].lock().ok()?;
         let now = Instant::now();
         while let Some(c) = idle.pop() {
             if now.duration_since(c.since) > self.idle_timeout {
@@ -206,8 +219,9 @@ impl Http1Pool {
     ) -> impl std::future::Future<Output = Result<(Response<Incoming>, Checkin), SendError>> + Send + 'a
     {
         async move {
+            let slot = self.slot(index);
             loop {
-                let (mut tx, fresh) = match self.take(index) {
+                let (mut tx, fresh) = match self.take(slot) {
                     Some(tx) => (tx, false),
                     None => (self.connect(endpoint).await?, true),
                 };
@@ -225,7 +239,7 @@ impl Http1Pool {
                     Ok(res) => {
                         let checkin = Checkin {
                             pool: self.clone(),
-                            endpoint: index,
+                            slot,
                             tx,
                         };
                         return Ok((res, checkin));

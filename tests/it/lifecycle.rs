@@ -103,8 +103,12 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// With two workers: the requests in flight on either finish, and neither
+/// worker's listener accepts once the drain begins (the kernel would hand a
+/// connection to any socket still open on the port).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readyz_drains_in_flight_requests_and_exits_0() {
+    const IN_FLIGHT: usize = 8;
     let release = std::sync::Arc::new(tokio::sync::Notify::new());
     let r = release.clone();
     let slow = Backend::with(move |_| {
@@ -119,16 +123,20 @@ async fn sigterm_fails_readyz_drains_in_flight_requests_and_exits_0() {
     let cfg = write(
         dir.path(),
         &format!(
-            "[server]\ndrain_delay = \"300ms\"\n[backends.b]\nurls = [\"{}\"]\n{ANY}",
+            "[server]\nworkers = 2\ndrain_delay = \"300ms\"\n[backends.b]\nurls = [\"{}\"]\n{ANY}",
             slow.url()
         ),
     );
     let mut p = Proc::start(&cfg, &[]);
     assert_eq!(get(format!("http://{}/readyz", p.admin)).await.status, 200);
-    let url = format!("http://{}/slow", p.addr);
-    let in_flight =
-        tokio::spawn(async move { send(Request::get(url).body(empty()).unwrap()).await });
-    slow.wait_for_heads(1).await;
+    // Each on a connection of its own: both workers hold some (all on one: 2^-7).
+    let in_flight: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let url = format!("http://{}/slow", p.addr);
+            tokio::spawn(async move { send(Request::get(url).body(empty()).unwrap()).await })
+        })
+        .collect();
+    slow.wait_for_heads(IN_FLIGHT).await;
 
     p.signal("-TERM");
     let admin = p.admin;
@@ -143,14 +151,16 @@ async fn sigterm_fails_readyz_drains_in_flight_requests_and_exits_0() {
     .await;
 
     release.notify_waiters();
-    let a = in_flight.await.unwrap();
-    assert_eq!(a.status, 200);
-    assert_eq!(a.text(), "done", "the in-flight request finished");
-    assert_eq!(
-        a.header("connection"),
-        Some("close"),
-        "HTTP/1.1 answers carry Connection: close while draining"
-    );
+    for a in in_flight {
+        let a = a.await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(a.text(), "done", "the in-flight request finished");
+        assert_eq!(
+            a.header("connection"),
+            Some("close"),
+            "HTTP/1.1 answers carry Connection: close while draining"
+        );
+    }
     assert_eq!(
         tokio::task::spawn_blocking(move || p.wait_exit())
             .await

@@ -515,3 +515,23 @@ async fn a_route_max_body_overrides_the_server_limit_and_zero_lifts_it() {
     post("/small", full(vec![b'a'; 2048])).await.problem(413);
     assert_eq!(post("/small", full(vec![b'a'; 1024])).await.status, 200);
 }
+
+/// `workers = 2`: each worker accepts on a socket of its own and keeps upstream
+/// connections of its own. Sequential requests, each on a new client
+/// connection the kernel hands to either worker, end on two upstream
+/// connections: one per worker, each reused. (One shared pool kept one; all 24
+/// on one worker has odds of 2^-23.)
+#[tokio::test]
+async fn each_worker_serves_and_keeps_its_own_upstream_connection() {
+    use std::sync::atomic::Ordering;
+    let (url, accepted) = counting_backend().await;
+    let gw = Gw::start(&format!("[server]\nworkers = 2\n{}", config(&url, ANY))).await;
+    for _ in 0..24 {
+        assert_eq!(gw.get("/a").await.status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one upstream connection per worker"
+    );
+}
