@@ -64,7 +64,8 @@ impl Workers {
             workers.handles.push(runtime.handle().clone());
             workers.done.push(rx);
             let stop = stop.clone();
-            let started = std::thread::Builder::new()
+            // On an error the threads already started end as `workers` drops.
+            std::thread::Builder::new()
                 .name(format!("fngate-worker-{i}"))
                 .spawn(move || {
                     INDEX.with(|c| c.set(i));
@@ -72,11 +73,7 @@ impl Workers {
                     // Whatever still runs here (idle upstream connections) ends now.
                     drop(runtime);
                     let _ = tx.send(());
-                });
-            if let Err(e) = started {
-                workers.stop.cancel();
-                return Err(e);
-            }
+                })?;
         }
         Ok(workers)
     }
