@@ -26,7 +26,9 @@ else
     export RUSTC_BOOTSTRAP=1
     fuzz=(cargo fuzz)
 fi
+started=$SECONDS
 "${fuzz[@]}" build -O
+echo "fuzz targets built in $((SECONDS - started)) s"
 
 run_one() {
     local t=$1
