@@ -26,15 +26,22 @@ else
     export RUSTC_BOOTSTRAP=1
     fuzz=(cargo fuzz)
 fi
+# Build and run take the same flags, or the run rebuilds. By default every crate
+# is one codegen unit with AddressSanitizer, for the fastest, most careful long
+# runs; CI's short runs set FUZZ_CODEGEN_UNITS and FUZZ_SANITIZER=none, which
+# builds in a fraction of the time (.ci/fuzz.sh says how much).
+build=(-O)
+[ -z "${FUZZ_CODEGEN_UNITS:-}" ] || build+=(--codegen-units "$FUZZ_CODEGEN_UNITS")
+[ -z "${FUZZ_SANITIZER:-}" ] || build+=(--sanitizer "$FUZZ_SANITIZER")
 started=$SECONDS
-"${fuzz[@]}" build -O
+"${fuzz[@]}" build "${build[@]}"
 echo "fuzz targets built in $((SECONDS - started)) s"
 
 run_one() {
     local t=$1
     mkdir -p "target/corpus/$t" "artifacts/$t"
     local log="target/fuzz-$t.log" started=$SECONDS execs ok=0
-    "${fuzz[@]}" run -O "$t" "target/corpus/$t" "corpus/$t" -- \
+    "${fuzz[@]}" run "${build[@]}" "$t" "target/corpus/$t" "corpus/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1 || ok=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

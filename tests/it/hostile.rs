@@ -205,13 +205,26 @@ async fn http2_rapid_reset_leaves_nothing_behind_and_others_are_served() {
         .await
         .expect("the connection ends")
         .expect("the connection task");
-    let goaway = ended.expect_err("a GOAWAY");
-    assert_eq!(
-        goaway.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "{goaway}"
-    );
-    assert!(goaway.is_go_away() && goaway.is_remote(), "{goaway}");
+    let ended = ended.expect_err("the gateway ends the connection");
+    // The gateway writes its GOAWAY and closes. A client still writing resets
+    // may hit the closed socket (broken pipe, reset) before it reads the GOAWAY.
+    if ended.is_io() {
+        let kind = ended.get_io().map(std::io::Error::kind);
+        assert!(
+            matches!(
+                kind,
+                Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+            ),
+            "{ended}"
+        );
+    } else {
+        assert_eq!(
+            ended.reason(),
+            Some(h2::Reason::ENHANCE_YOUR_CALM),
+            "{ended}"
+        );
+        assert!(ended.is_go_away() && ended.is_remote(), "{ended}");
+    }
     // The flood's connection is gone once the client is (and no other is left).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
