@@ -75,23 +75,12 @@ async fn explain_names_the_match_the_near_misses_and_contacts_no_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
-    // The shipped routes.toml, with its demo ports moved to free ones.
+    // The shipped routes.toml, with its demo ports moved to free ones. A port
+    // found free can be taken by another test before the demo binds it; then
+    // the demo is refused ("address already in use") and tries fresh ones.
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml")).unwrap();
-    let mut text = shipped.clone();
-    text = text.replace("127.0.0.1:8443", "127.0.0.1:0");
-    for port in ["9101", "9102", "9103", "9104", "9105", "9106"] {
-        let free = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        text = text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{free}"));
-    }
-    assert_ne!(text, shipped);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("routes.toml");
-    std::fs::write(&cfg, text).unwrap();
     // Key files are found relative to the config file.
     std::fs::create_dir(dir.path().join("certs")).unwrap();
     for file in ["demo-jwks.json", "localhost.pem", "localhost-key.pem"] {
@@ -101,16 +90,35 @@ async fn demo_starts_answers_and_stops_cleanly_on_free_ports() {
         )
         .unwrap();
     }
+    let cfg = dir.path().join("routes.toml");
     let cfg = cfg.display().to_string();
-    let mut p = Proc::spawn(&[
-        "demo",
-        "--config",
-        &cfg,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+    let mut tries = 0;
+    let mut p = loop {
+        let mut text = shipped.replace("127.0.0.1:8443", "127.0.0.1:0");
+        for port in ["9101", "9102", "9103", "9104", "9105", "9106"] {
+            let free = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            text = text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{free}"));
+        }
+        assert_ne!(text, shipped);
+        std::fs::write(&cfg, text).unwrap();
+        match Proc::try_spawn(&[
+            "demo",
+            "--config",
+            &cfg,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]) {
+            Ok(p) => break p,
+            Err(stderr) if stderr.contains("Address already in use") && tries < 4 => tries += 1,
+            Err(stderr) => panic!("the demo did not start:\n{stderr}"),
+        }
+    };
 
     let a = send(
         Request::get(format!("http://{}/users/42", p.addr))

@@ -468,10 +468,16 @@ impl Proc {
 
     /// Runs fngate with `args`; returns once it logs that it is listening.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::try_spawn(args).unwrap_or_else(|stderr| panic!("fngate did not start:\n{stderr}"))
+    }
+
+    /// [`Proc::spawn`], or what fngate wrote to stderr when it exited
+    /// instead of listening (its stderr is passed on to ours as it comes).
+    pub fn try_spawn(args: &[&str]) -> Result<Self, String> {
         let mut child = fngate()
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let (tx, lines) = mpsc::channel();
@@ -483,13 +489,28 @@ impl Proc {
                 }
             }
         });
+        let stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
         let mut p = Self {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
             lines,
         };
-        let line = p.line_with("fngate listening");
+        let Some(line) = p.try_line_with("fngate listening") else {
+            // Exited (stdout closed) or silent for too long.
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            return Err(errors.join().unwrap_or_default());
+        };
         let field = |name: &str| -> SocketAddr {
             let start = line
                 .find(name)
@@ -500,17 +521,24 @@ impl Proc {
         };
         p.addr = field("addr");
         p.admin = field("admin_addr");
-        p
+        Ok(p)
     }
 
     pub fn line_with(&self, needle: &str) -> String {
+        self.try_line_with(needle)
+            .unwrap_or_else(|| panic!("no line with `{needle}` from fngate"))
+    }
+
+    /// The next stdout line holding `needle`, or `None` once fngate's stdout
+    /// closed or 20 s passed.
+    fn try_line_with(&self, needle: &str) -> Option<String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
+                Ok(line) if line.contains(needle) => return Some(line),
                 Ok(_) => {}
-                Err(_) => panic!("no line with `{needle}` from fngate"),
+                Err(_) => return None,
             }
         }
     }
