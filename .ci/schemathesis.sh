@@ -38,4 +38,4 @@ done
 "$st" run "http://$admin/openapi.json" \
   --header "Authorization: Bearer schemathesis-token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-  --max-examples 25 --max-time 120 --seed 1 --workers 1
+  --max-examples 25 --max-time 60 --seed 1 --workers 1
