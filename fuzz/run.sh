@@ -28,12 +28,11 @@ else
 fi
 # Build and run take the same flags, or the run rebuilds. By default every crate
 # is one codegen unit with AddressSanitizer, for the fastest, most careful long
-# runs; CI's short runs set FUZZ_CODEGEN_UNITS, FUZZ_SANITIZER=none and
-# FUZZ_NO_TRACE_COMPARES=1, which build in a fraction of the time (.ci/fuzz.sh).
+# runs; CI's short runs set FUZZ_CODEGEN_UNITS and FUZZ_SANITIZER=none, which
+# build in about half the time (.ci/fuzz.sh).
 build=(-O)
 [ -z "${FUZZ_CODEGEN_UNITS:-}" ] || build+=(--codegen-units "$FUZZ_CODEGEN_UNITS")
 [ -z "${FUZZ_SANITIZER:-}" ] || build+=(--sanitizer "$FUZZ_SANITIZER")
-[ -z "${FUZZ_NO_TRACE_COMPARES:-}" ] || build+=(--no-trace-compares)
 started=$SECONDS
 "${fuzz[@]}" build "${build[@]}"
 echo "fuzz targets built in $((SECONDS - started)) s"
