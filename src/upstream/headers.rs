@@ -1,5 +1,6 @@
 //! Header rules between client and upstream (SPEC §3).
 
+use http::header::Entry;
 use http::header::{
     CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
@@ -77,17 +78,29 @@ fn strip(headers: &mut HeaderMap, present: u16) {
     }
     let mut named: Vec<HeaderName> = Vec::new();
     if present & BIT_CONNECTION != 0 {
-        for token in connection_tokens(headers) {
-            // `keep-alive` and `close` are the usual tokens: the first is on the
-            // list already, the second names no header.
-            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                if watched(&name) & HOP_BY_HOP == 0 && headers.contains_key(&name) {
-                    named.push(name);
+        // One lookup reads and removes every `Connection` line.
+        if let Entry::Occupied(lines) = headers.entry(CONNECTION) {
+            for line in lines.iter() {
+                // `keep-alive` and `close` are the usual values: the first is on
+                // the list already, the second names no header.
+                let v = line.as_bytes();
+                if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
+                    continue;
+                }
+                for token in tokens(line) {
+                    if token.eq_ignore_ascii_case("close")
+                        || token.eq_ignore_ascii_case("keep-alive")
+                    {
+                        continue;
+                    }
+                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                        if watched(&name) & HOP_BY_HOP == 0 {
+                            named.push(name);
+                        }
+                    }
                 }
             }
+            lines.remove_entry_mult();
         }
     }
     let trailers = present & BIT_TE != 0
@@ -98,7 +111,7 @@ fn strip(headers: &mut HeaderMap, present: u16) {
             })
         });
     for (i, name) in WATCHED.iter().enumerate() {
-        if present & (1 << i) != 0 {
+        if present & !BIT_CONNECTION & (1 << i) != 0 {
             headers.remove(name);
         }
     }
@@ -112,10 +125,13 @@ fn strip(headers: &mut HeaderMap, present: u16) {
 
 /// The tokens of every `Connection` line, trimmed, empty ones skipped.
 pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    headers.get_all(CONNECTION).iter().flat_map(tokens)
+}
+
+/// One line's comma-separated tokens, trimmed, empty ones skipped.
+fn tokens(line: &HeaderValue) -> impl Iterator<Item = &str> {
+    line.to_str()
+        .into_iter()
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -223,6 +239,19 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_usual_connection_values_are_dropped_and_the_lines_after_them_still_read() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(CONNECTION, HeaderValue::from_static("CLOSE"));
+        h.append(CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("content-length", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("content-length"));
     }
 
     #[test]
