@@ -130,6 +130,8 @@ pub(crate) async fn accept(
     let (peer, tls) = crate::proxy::peer_of(&req);
     let (mut parts, body) = req.into_parts();
     let path = crate::proxy::prepare_parts(&mut parts, ctx, to, peer, tls);
+    // Each delivery sets its own; the client's is not kept with the job.
+    parts.headers.remove(http::header::HOST);
     let target = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),

@@ -137,7 +137,8 @@ pub(crate) async fn forward(
 
 /// The request as it goes to the backend: the target path (returned, before
 /// the endpoint's base path) and the header rules (hop-by-hop, forwarded,
-/// the route's and the backend's). A job stores exactly this.
+/// the route's and the backend's). A job stores this, less the client's
+/// `Host`, which each attempt replaces.
 pub(crate) fn prepare_parts<'a>(
     parts: &mut http::request::Parts,
     ctx: &'a RouteContext,

@@ -2,8 +2,8 @@
 
 use http::header::Entry;
 use http::header::{
-    CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, EXPECT, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -164,7 +164,6 @@ pub(crate) fn upstream_request(
     if found & BIT_EXPECT != 0 {
         headers.remove(EXPECT);
     }
-    headers.remove(HOST);
 
     // Appended to what earlier hops sent; with none, the per-connection value is reused as is.
     if found & BIT_X_FORWARDED_FOR != 0 {
@@ -208,6 +207,7 @@ pub(crate) fn apply(headers: &mut HeaderMap, edits: &HeaderEdits) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HOST;
 
     #[test]
     fn connection_named_headers_and_hop_by_hop_are_removed() {
@@ -274,7 +274,8 @@ mod tests {
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         upstream_request(&mut h, peer.clone(), false, None, &edits, &[]);
-        assert!(!h.contains_key(HOST) && !h.contains_key(EXPECT));
+        assert!(!h.contains_key(EXPECT));
+        assert_eq!(h[HOST], "gw", "each attempt replaces it");
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.1.1.1");
         assert!(
             !h.contains_key(&X_FORWARDED_HOST),
