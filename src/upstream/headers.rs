@@ -80,19 +80,8 @@ fn strip(headers: &mut HeaderMap, present: u16) {
     if present & BIT_CONNECTION != 0 {
         // One lookup reads and removes every `Connection` line.
         if let Entry::Occupied(lines) = headers.entry(CONNECTION) {
-            for line in lines.iter() {
-                // `keep-alive` and `close` are the usual values: the first is on
-                // the list already, the second names no header.
-                let v = line.as_bytes();
-                if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
-                    continue;
-                }
-                for token in tokens(line) {
-                    if token.eq_ignore_ascii_case("close")
-                        || token.eq_ignore_ascii_case("keep-alive")
-                    {
-                        continue;
-                    }
+            for line in lines.iter().filter(|l| !names_no_header(l.as_bytes())) {
+                for token in tokens(line).filter(|t| !names_no_header(t.as_bytes())) {
                     if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                         if watched(&name) & HOP_BY_HOP == 0 {
                             named.push(name);
@@ -121,6 +110,13 @@ fn strip(headers: &mut HeaderMap, present: u16) {
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// `keep-alive` and `close`, the usual `Connection` values (a whole line is
+/// checked before it is split): the first is on the list already, the second
+/// names no header.
+fn names_no_header(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
 }
 
 /// The tokens of every `Connection` line, trimmed, empty ones skipped.
