@@ -291,10 +291,14 @@ async fn healthz() -> impl IntoResponse {
 
 #[utoipa::path(get, path = "/readyz", responses(
     (status = 200, description = "Config loaded, listeners bound (and, sharing a store, the cluster's newest config applied)", body = Object),
-    (status = 503, description = "Draining after SIGTERM, or not yet synced with the cluster", body = Object)))]
+    (status = 503, description = "Draining after SIGTERM, or not yet synced with the cluster (or connected to the Redis shared rate limits use)", body = Object)))]
 async fn readyz(AxumState(admin): AxumState<AdminState>) -> impl IntoResponse {
-    let version = admin.state.load().version;
-    if admin.cluster.as_ref().is_some_and(|c| !c.synced()) {
+    let snapshot = admin.state.load();
+    let version = snapshot.version;
+    let syncing = admin.cluster.as_ref().is_some_and(|c| !c.synced());
+    // Shared rate limits: not before their Redis connection is warm (or given up on).
+    let connecting = snapshot.shared_limits.as_ref().is_some_and(|s| !s.warm());
+    if syncing || connecting {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "status": "syncing", "config_version": version })),

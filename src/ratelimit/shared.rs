@@ -8,8 +8,12 @@
 //! `rate_limits_on_error` answers instead (the instance's own buckets, pass,
 //! or 503), at once for `BACKOFF` and then Redis is asked again, so the
 //! fallback gives way within a second of Redis' return.
+//!
+//! The connection is made and the script loaded when the policy set is built,
+//! not by the first check: a cold burst would each meet `NOSCRIPT` and load the
+//! script (three round trips), past `CHECK_TIMEOUT`, and fall back all at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +26,8 @@ use crate::config::OnError;
 const CHECK_TIMEOUT: Duration = Duration::from_millis(50);
 /// After a failure, how long checks go straight to the fallback.
 const BACKOFF: Duration = Duration::from_secs(1);
+/// How long the warm-up keeps trying before the first checks find Redis themselves.
+const WARM_UP: Duration = Duration::from_secs(2);
 
 /// ARGV: key, emission interval T (µs), tolerance tau = T × burst (µs).
 /// Answers {allowed (1|0), remaining, µs until allowed}.
@@ -63,6 +69,8 @@ pub struct Shared {
     /// Until when (µs since `epoch`) checks skip Redis.
     skip_until: AtomicU64,
     epoch: Instant,
+    /// The warm-up is over, loaded or not (`/readyz` waits for it).
+    warm: AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -75,14 +83,42 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Within a runtime: the warm-up is spawned on it.
     pub fn new(store: &crate::config::Store) -> Result<Arc<Self>, String> {
-        Ok(Arc::new(Self {
+        let shared = Arc::new(Self {
             conn: crate::redis_client::connect(store, CHECK_TIMEOUT)?,
             on_error: store.rate_limits_on_error,
             skip_until: AtomicU64::new(0),
             epoch: Instant::now(),
             store: store.clone(),
-        }))
+            warm: AtomicBool::new(false),
+        });
+        tokio::spawn(shared.clone().warm_up());
+        Ok(shared)
+    }
+
+    /// Connects and loads the script, retrying for `WARM_UP`.
+    async fn warm_up(self: Arc<Self>) {
+        let deadline = tokio::time::Instant::now() + WARM_UP;
+        let mut conn = self.conn.clone();
+        loop {
+            match GCRA.prepare_invoke().load_async(&mut conn).await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(
+                        "rate limits: Redis not ready at start ({e}); each check tries it"
+                    );
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        self.warm.store(true, Ordering::Release);
+    }
+
+    /// Whether the warm-up is over.
+    pub fn warm(&self) -> bool {
+        self.warm.load(Ordering::Acquire)
     }
 
     /// Whether this names the same Redis (URL and CA) with the same fallback.

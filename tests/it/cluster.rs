@@ -91,6 +91,10 @@ async fn a_shared_limit_admits_exactly_its_quota_across_instances() {
     for (p, _) in &gws {
         ready(p).await;
     }
+    // Ready means the script is loaded: a cold burst would otherwise have each
+    // request load it, miss the check's 50 ms and fall back to local buckets.
+    let loads = script_loads(&redis);
+    assert!(loads >= 3, "each instance loaded its script: {loads}");
     // 120 requests at once, spread over the three: exactly 30 pass.
     let mut tasks = Vec::new();
     for i in 0..120 {
@@ -116,6 +120,20 @@ async fn a_shared_limit_admits_exactly_its_quota_across_instances() {
     // Each admitted request saw its own place in the one shared bucket.
     assert_eq!(remaining.len(), 30, "{remaining:?}");
     assert_eq!(fun.count(), 30);
+    assert_eq!(
+        script_loads(&redis),
+        loads,
+        "no check loaded the script again"
+    );
+}
+
+/// How many `SCRIPT LOAD`s Redis has served.
+fn script_loads(redis: &Redis) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_script|load:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
 }
 
 #[tokio::test]
