@@ -335,7 +335,9 @@ async fn attempt(
         }
     };
 
-    if started_wall > job.created.saturating_add(policy.max_age_ms as Millis) {
+    // Due past max_age (released late, or its lease lapsed): dead. A retry
+    // scheduled within max_age runs even if this instance is late to it.
+    if job.due > job.created.saturating_add(policy.max_age_ms as Millis) {
         let next = Next::Dead {
             result: None,
             timed_out: false,

@@ -890,6 +890,48 @@ fn proc_post(p: &Proc, body: &'static str, key: Option<&str>) -> impl Future<Out
 
 use std::future::Future;
 
+// Multi-threaded: the backend answers while the test blocks reading fngate's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_due_within_max_age_runs_when_the_instance_is_late_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = scripted(&[500], &[]).await;
+    let config = write_config(
+        &dir,
+        &fun.url(),
+        "[routes.delivery]\nattempts = 5\nmax_age = \"3s\"\nbackoff = [\"1500ms\", \"1500ms\"]",
+    );
+    let p = Proc::start(&config, &[]);
+    let posted = Instant::now();
+    let a = proc_post(&p, "x", None).await;
+    let id = a.header("x-fngate-job-id").unwrap().to_owned();
+    // The first attempt is recorded, its retry due 1.5 s on (within max_age
+    // with room for a loaded machine): the instance is stopped until past
+    // max_age (busy, or paused), then goes on.
+    p.line_with("outcome=\"retried\"");
+    p.signal("-STOP");
+    tokio::time::sleep_until((posted + Duration::from_millis(3500)).into()).await;
+    p.signal("-CONT");
+    let line = p.line_with("outcome=\"dead\"");
+    assert!(
+        line.contains("attempt=2") && line.contains("status=500"),
+        "{line}"
+    );
+    assert_eq!(fun.count(), 2, "the retry due within max_age ran");
+    let done = send(
+        Request::get(format!("http://{}/jobs/{id}", p.addr))
+            .header("prefer", "wait=10")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        done.status,
+        500,
+        "dead with the function's answer: {}",
+        done.text()
+    );
+}
+
 fn job_ids(b: &Backend) -> Vec<String> {
     b.seen()
         .iter()

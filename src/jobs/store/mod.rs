@@ -252,6 +252,9 @@ pub(crate) struct Claimed {
     pub(crate) request: StoredRequest,
     pub(crate) traceparent: Option<String>,
     pub(crate) policy: Policy,
+    /// When it was due: `max_age` is held to this, not to when a busy
+    /// instance got round to it.
+    pub(crate) due: Millis,
 }
 
 #[derive(Debug, Clone)]

@@ -68,7 +68,7 @@ return {'new'}
 
 /// ARGV: backend, owner, now, lease_until, limit, other_free, candidates,
 /// then route, free pairs. Answers {claimed jobs (each an array of CLAIMED
-/// fields after the id), next due or false}.
+/// fields after the id, then its due time), next due or false}.
 static CLAIM: LazyLock<Script> = script!(
     r#"
 local b, owner = ARGV[1], ARGV[2]
@@ -103,6 +103,7 @@ for _, c in ipairs(order) do
         'headers', 'body', 'host', 'tp', 'kind', 'p_attempts', 'p_bmin', 'p_bmax', 'p_age',
         'p_timeout', 'p_ttl', 'p_maxres')
       table.insert(row, 1, id)
+      row[#row + 1] = c[2]
       out[#out + 1] = row
     end
   end
@@ -785,6 +786,7 @@ impl Store for Redis {
                         result_ttl_ms: u(16),
                         max_result: u(17),
                     },
+                    due: n(18),
                 });
             }
             Ok(Claims { jobs, next_due })

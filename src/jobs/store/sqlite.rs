@@ -500,7 +500,7 @@ impl Store for Sqlite {
                 .prepare_cached(concat!(
                     "SELECT id, route, created, attempts, method, target, headers, body, host, traceparent, kind, ",
                     policy_columns!(),
-                    " \
+                    ", due \
                      FROM jobs WHERE backend = ?1 AND due IS NOT NULL AND due <= ?2 \
                      AND (partition IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.partition = jobs.partition \
                           AND o.expires IS NULL AND o.rowid < jobs.rowid)) \
@@ -526,6 +526,7 @@ impl Store for Sqlite {
                         traceparent: r.get(9)?,
                         kind: Kind::parse(&r.get::<_, String>(10)?),
                         policy: policy_at(r, 11)?,
+                        due: r.get(18)?,
                     })
                 })
                 .map_err(sql)?;
