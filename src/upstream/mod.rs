@@ -4,6 +4,7 @@
 //! aggregate calls and job deliveries all send through here.
 
 mod body;
+mod budget;
 mod conn;
 pub(crate) mod headers;
 mod health;
@@ -235,7 +236,9 @@ impl Upstream {
                 backend: name(),
                 reason: Unavailable::MaxInFlight,
             })?;
-            pool.deposit();
+            // One clock reading for the deposit and the first endpoint choice.
+            let now = pool.now_ms();
+            pool.deposit(now);
             let idempotent = is_idempotent(&method);
             // Endpoints already tried, on the stack (retries are at most 10).
             let mut tried = [0usize; 11];
@@ -252,7 +255,8 @@ impl Upstream {
                     last = UpstreamError::Timeout { backend: name() };
                     break;
                 }
-                let Some(i) = pool.pick(&tried[..attempt]) else {
+                let now = if attempt == 0 { now } else { pool.now_ms() };
+                let Some(i) = pool.pick(&tried[..attempt], now) else {
                     if attempt == 0 {
                         return Err(UpstreamError::Unavailable {
                             backend: name(),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tower::retry::budget::{Budget, TpsBudget};
+use super::budget::RetryBudget;
 
 use crate::clock::Clock;
 use crate::config::{Backend, Balance};
@@ -48,7 +48,7 @@ pub(crate) struct Pool {
     endpoints: Vec<EndpointState>,
     next: AtomicUsize,
     in_flight: Arc<AtomicU32>,
-    budget: TpsBudget,
+    budget: RetryBudget,
     metrics: Arc<Metrics>,
     clock: Clock,
 }
@@ -85,11 +85,7 @@ impl Pool {
                 }
             })
             .collect();
-        let budget = TpsBudget::new(
-            Duration::from_secs(10),
-            backend.retry_min_per_second,
-            backend.retry_budget_percent as f32 / 100.0,
-        );
+        let budget = RetryBudget::new(backend.retry_min_per_second, backend.retry_budget_percent);
         Self {
             endpoints,
             next: AtomicUsize::new(0),
@@ -102,7 +98,7 @@ impl Pool {
     }
 
     /// Milliseconds on the pool's clock, never 0 (0 means "not ejected").
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now().as_millis() as u64 + 1
     }
 
@@ -136,18 +132,18 @@ impl Pool {
     }
 
     /// Every request adds to the retry budget; every retry takes from it.
-    pub(crate) fn deposit(&self) {
-        self.budget.deposit();
+    pub(crate) fn deposit(&self, now_ms: u64) {
+        self.budget.deposit((now_ms / 1000) as u32);
     }
 
     pub(crate) fn withdraw(&self) -> bool {
-        self.budget.withdraw()
+        self.budget.withdraw((self.now_ms() / 1000) as u32)
     }
 
     /// The endpoint for the next attempt, avoiding those already `tried` while
-    /// another is available. `None`: nothing is available (503 at once).
-    pub(crate) fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let now = self.now_ms();
+    /// another is available, at `now` (`now_ms`). `None`: nothing is
+    /// available (503 at once).
+    pub(crate) fn pick(&self, tried: &[usize], now: u64) -> Option<usize> {
         let n = self.endpoints.len();
         let fresh = |i: &usize| !tried.contains(i);
         match self.backend.balance {
@@ -324,9 +320,11 @@ mod tests {
     #[test]
     fn round_robin_skips_endpoints_already_tried() {
         let p = pool("", &Clock::default());
-        let picks: Vec<usize> = (0..6).map(|_| p.pick(&[]).expect("pick")).collect();
+        let picks: Vec<usize> = (0..6)
+            .map(|_| p.pick(&[], p.now_ms()).expect("pick"))
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        let again = p.pick(&[0, 1]).expect("pick");
+        let again = p.pick(&[0, 1], p.now_ms()).expect("pick");
         assert_eq!(again, 2, "a retry goes to an endpoint not tried yet");
     }
 
@@ -343,12 +341,12 @@ mod tests {
         assert!(p.status()[0].healthy, "a success resets the count");
         p.report(0, Outcome::Failure);
         assert!(!p.status()[0].healthy, "two in a row eject");
-        assert!((0..30).all(|_| p.pick(&[]) != Some(0)));
+        assert!((0..30).all(|_| p.pick(&[], p.now_ms()) != Some(0)));
         clock.advance(Duration::from_secs(29));
         assert!(!p.status()[0].healthy);
         clock.advance(Duration::from_secs(2));
         assert!(p.status()[0].healthy, "back after eject_for");
-        assert!((0..3).any(|_| p.pick(&[]) == Some(0)));
+        assert!((0..3).any(|_| p.pick(&[], p.now_ms()) == Some(0)));
     }
 
     #[test]
