@@ -79,6 +79,7 @@ impl Event {
     /// `datacontenttype`, the body as the data.
     pub(crate) fn from_binary(headers: &HeaderMap, body: Bytes) -> Result<Self, EventError> {
         let mut attrs = Vec::new();
+        let mut ce_content_type = None;
         for (name, value) in headers {
             let Some(attr) = name.as_str().strip_prefix("ce-") else {
                 continue;
@@ -96,20 +97,39 @@ impl Event {
                 name: attr.to_owned(),
                 why: "not UTF-8 once percent-decoded",
             })?;
-            if attrs.iter().any(|(k, _)| k == attr) {
+            let content_type = attr == "datacontenttype";
+            if attrs.iter().any(|(k, _)| k == attr) || (content_type && ce_content_type.is_some()) {
                 return Err(EventError::Invalid {
                     name: attr.to_owned(),
                     why: "given twice",
                 });
             }
+            if content_type {
+                // Binary mode carries it as Content-Type; a sender's
+                // `ce-datacontenttype` is taken for it, after the loop, so the
+                // attributes come in the order `to_binary` writes them.
+                ce_content_type = Some(value);
+                continue;
+            }
             attrs.push((attr.to_owned(), value));
         }
-        if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
-            let ct = ct.to_str().map_err(|_| EventError::Invalid {
+        let content_type = match headers.get(http::header::CONTENT_TYPE) {
+            Some(ct) => Some(ct.to_str().map_err(|_| EventError::Invalid {
                 name: "datacontenttype".into(),
                 why: "not ASCII",
-            })?;
-            attrs.push(("datacontenttype".into(), ct.to_owned()));
+            })?),
+            None => None,
+        };
+        match (content_type, ce_content_type) {
+            (Some(ct), Some(ce)) if ct != ce => {
+                return Err(EventError::Invalid {
+                    name: "datacontenttype".into(),
+                    why: "given twice (Content-Type and ce-datacontenttype differ)",
+                });
+            }
+            (Some(ct), _) => attrs.push(("datacontenttype".into(), ct.to_owned())),
+            (None, Some(ce)) => attrs.push(("datacontenttype".into(), ce)),
+            (None, None) => {}
         }
         let data = if body.is_empty() {
             Data::None
@@ -423,6 +443,31 @@ mod tests {
         ("ce-source", "/mycontext"),
         ("ce-type", "com.example.someevent"),
     ];
+
+    #[test]
+    fn a_ce_datacontenttype_header_is_the_content_type_and_round_trips() {
+        // Found by the cloudevent fuzz target: it came back after `type`, as
+        // `to_binary` writes it as Content-Type, and the events differed.
+        let mut pairs = MINIMAL.to_vec();
+        pairs.insert(3, ("ce-datacontenttype", "text/plain"));
+        let e = binary(&pairs, "").unwrap();
+        let (written, body) = e.to_binary();
+        let mut h = HeaderMap::new();
+        for (name, value) in written {
+            h.append(name, value);
+        }
+        assert_eq!(Event::from_binary(&h, body).unwrap(), e);
+        pairs.push(("content-type", "text/plain"));
+        assert_eq!(
+            binary(&pairs, "").unwrap().attr("datacontenttype"),
+            Some("text/plain")
+        );
+        pairs.last_mut().unwrap().1 = "application/json";
+        assert!(matches!(
+            binary(&pairs, "").unwrap_err(),
+            EventError::Invalid { ref name, .. } if name == "datacontenttype"
+        ));
+    }
 
     #[test]
     fn binary_mode_reads_headers_and_names_what_is_missing() {
