@@ -299,9 +299,10 @@ async fn readyz(AxumState(admin): AxumState<AdminState>) -> impl IntoResponse {
     // Shared rate limits: not before their Redis connection is warm (or given up on).
     let connecting = snapshot.shared_limits.as_ref().is_some_and(|s| !s.warm());
     if syncing || connecting {
+        let status = if syncing { "syncing" } else { "connecting" };
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "syncing", "config_version": version })),
+            Json(serde_json::json!({ "status": status, "config_version": version })),
         );
     }
     if admin.ready.load(Ordering::SeqCst) {
