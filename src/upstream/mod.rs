@@ -236,8 +236,8 @@ impl Upstream {
                 backend: name(),
                 reason: Unavailable::MaxInFlight,
             })?;
-            // One clock reading for the deposit and the first endpoint choice.
-            let now = pool.now_ms();
+            // The request's arrival is the deposit's and the first endpoint choice's time.
+            let now = pool.ms_at(started.into_std());
             pool.deposit(now);
             let idempotent = is_idempotent(&method);
             // Endpoints already tried, on the stack (retries are at most 10).
@@ -250,12 +250,15 @@ impl Upstream {
                 } else {
                     Instant::now()
                 };
-                let remaining = deadline.saturating_duration_since(sent);
-                if remaining.is_zero() {
+                if sent >= deadline {
                     last = UpstreamError::Timeout { backend: name() };
                     break;
                 }
-                let now = if attempt == 0 { now } else { pool.now_ms() };
+                let now = if attempt == 0 {
+                    now
+                } else {
+                    pool.ms_at(sent.into_std())
+                };
                 let Some(i) = pool.pick(&tried[..attempt], now) else {
                     if attempt == 0 {
                         return Err(UpstreamError::Unavailable {
@@ -323,29 +326,31 @@ impl Upstream {
                         log.update(|f| f.upstream = Some(url));
                     }
 
-                    tokio::time::timeout(
-                        attempt_timeout.unwrap_or(backend.timeout).min(remaining),
-                        async move {
-                            match own {
-                                Some(http1) => http1
-                                    .send(i, endpoint, up)
-                                    .await
-                                    .map(|(res, checkin)| (res, Some(checkin))),
-                                None => self
-                                    .client
-                                    .request(up)
-                                    .await
-                                    .map(|res| (res, None))
-                                    .map_err(|e| SendError {
-                                        connect: e.is_connect(),
-                                        source: Box::new(e),
-                                    }),
-                            }
-                        },
-                    )
+                    // A deadline, not a duration: no clock reading to start the timer.
+                    let until = sent
+                        .checked_add(attempt_timeout.unwrap_or(backend.timeout))
+                        .map_or(deadline, |t| t.min(deadline));
+                    tokio::time::timeout_at(until, async move {
+                        match own {
+                            Some(http1) => http1
+                                .send(i, endpoint, up)
+                                .await
+                                .map(|(res, checkin)| (res, Some(checkin))),
+                            None => self
+                                .client
+                                .request(up)
+                                .await
+                                .map(|res| (res, None))
+                                .map_err(|e| SendError {
+                                    connect: e.is_connect(),
+                                    source: Box::new(e),
+                                }),
+                        }
+                    })
                 };
                 let result = send.await;
-                let elapsed = sent.elapsed();
+                let done = Instant::now();
+                let elapsed = done.saturating_duration_since(sent);
                 let mut replayable = slot.is_none();
                 let (outcome, answer) = match result {
                     Ok(Ok((res, checkin))) => {
@@ -473,7 +478,7 @@ impl Upstream {
                     idempotent,
                     replayable,
                     retries_left,
-                    remaining: deadline.saturating_duration_since(Instant::now()),
+                    remaining: deadline.saturating_duration_since(done),
                 };
                 match retry::decide(outcome, circumstances, || pool.withdraw()) {
                     Decision::Retry { after } => {

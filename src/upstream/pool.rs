@@ -102,6 +102,11 @@ impl Pool {
         self.clock.now().as_millis() as u64 + 1
     }
 
+    /// [`Self::now_ms`] at `t`, without reading the clock.
+    pub(crate) fn ms_at(&self, t: std::time::Instant) -> u64 {
+        self.clock.at(t).as_millis() as u64 + 1
+    }
+
     /// Admits a request under `max_in_flight`, or refuses it at once.
     pub(crate) fn admit(&self) -> Option<InFlight> {
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
