@@ -372,12 +372,14 @@ impl Upstream {
                                 endpoint: endpoint.url.clone(),
                             });
                         }
-                        let retry_after = res
-                            .headers()
-                            .get(http::header::RETRY_AFTER)
+                        let status = res.status().as_u16();
+                        // Only an overloaded answer's Retry-After counts (a lookup saved on the rest).
+                        let retry_after = matches!(status, 429 | 503)
+                            .then(|| res.headers().get(http::header::RETRY_AFTER))
+                            .flatten()
                             .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
                         let outcome = Attempt::Answered {
-                            status: res.status().as_u16(),
+                            status,
                             // A Retry-After that is a date still means "overloaded".
                             retry_after: retry_after.map(|s| s.unwrap_or(u64::MAX)),
                         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attempt {
     /// The backend answered with this status; `retry_after` is its
-    /// `Retry-After` in seconds, when it sent a number.
+    /// `Retry-After` in seconds (`u64::MAX` for a date), read on 429 and 503 only.
     Answered {
         status: u16,
         retry_after: Option<u64>,
