@@ -14,17 +14,15 @@ pub struct Clock {
 impl Clock {
     /// Time since the process's first reading, plus this clock's offset.
     pub fn now(&self) -> Duration {
-        epoch().elapsed() + self.offset()
+        self.at(Instant::now())
     }
 
     /// The reading this clock gave, or would have given, at `t`: a request
     /// that read the clock when it arrived need not read it again.
     pub fn at(&self, t: Instant) -> Duration {
-        t.saturating_duration_since(epoch()) + self.offset()
-    }
-
-    fn offset(&self) -> Duration {
-        Duration::from_nanos(self.offset.load(Ordering::Relaxed))
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        t.saturating_duration_since(*EPOCH.get_or_init(Instant::now))
+            + Duration::from_nanos(self.offset.load(Ordering::Relaxed))
     }
 
     /// Moves this clock (and everything built on it) forward.
@@ -32,11 +30,6 @@ impl Clock {
         self.offset
             .fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
     }
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 #[cfg(test)]

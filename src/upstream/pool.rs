@@ -99,7 +99,7 @@ impl Pool {
 
     /// Milliseconds on the pool's clock, never 0 (0 means "not ejected").
     pub(crate) fn now_ms(&self) -> u64 {
-        self.clock.now().as_millis() as u64 + 1
+        self.ms_at(std::time::Instant::now())
     }
 
     /// [`Self::now_ms`] at `t`, without reading the clock.
