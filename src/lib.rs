@@ -26,6 +26,7 @@ mod context;
 mod dispatch;
 mod error;
 mod events;
+mod gate;
 mod hex;
 mod idle;
 mod jobs;

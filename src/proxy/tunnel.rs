@@ -9,6 +9,7 @@ use std::time::Duration;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::gate::Gated;
 use crate::idle::{Activity, Tracked};
 use crate::telemetry::{KeyValue, Span};
 
@@ -55,11 +56,12 @@ pub(crate) async fn run(
                 "error"
             }
         },
-        why = activity.expired(idle, None) => {
+        // Gated: polled when their timers fire, not on every frame.
+        why = Gated::new(activity.expired(idle, None)) => {
             tracing::debug!("tunnel closed: {why}");
             "idle"
         }
-        () = tokio::time::sleep(max) => {
+        () = Gated::new(tokio::time::sleep(max)) => {
             tracing::debug!("tunnel closed: max lifetime");
             "max_lifetime"
         }

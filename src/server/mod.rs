@@ -24,6 +24,7 @@ use tower::{Service, ServiceExt};
 use crate::body::{Body, BoxError};
 use crate::config::Config;
 use crate::context::{ConnInfo, Exchange};
+use crate::gate::Gated;
 use crate::idle::{self, Activity};
 use crate::metrics::Metrics;
 use crate::state::State;
@@ -592,6 +593,11 @@ async fn drive<C: Graceful>(
     head: Option<Duration>,
 ) {
     tokio::pin!(conn);
+    // The rare branches are gated: polled only when their own waker fired,
+    // not on each of the connection's reads and answers.
+    let cancelled = Gated::new(draining.cancelled());
+    let expired = Gated::new(activity.expired(idle, head));
+    tokio::pin!(cancelled, expired);
     let mut graceful = false;
     loop {
         tokio::select! {
@@ -602,11 +608,11 @@ async fn drive<C: Graceful>(
                 return;
             }
             // HTTP/2 gets GOAWAY; HTTP/1 closes after the answer in flight.
-            _ = draining.cancelled(), if !graceful => {
+            _ = cancelled.as_mut(), if !graceful => {
                 conn.as_mut().graceful();
                 graceful = true;
             }
-            why = activity.expired(idle, head) => {
+            why = expired.as_mut() => {
                 tracing::debug!("closing connection: {why}");
                 return;
             }
