@@ -386,6 +386,14 @@ mod tests {
         assert_eq!(host_only("API.Example.com:8080"), "api.example.com");
         assert_eq!(host_only("[::1]:80"), "[::1]");
         assert_eq!(host_only("example.com."), "example.com");
+        assert_eq!(host_only("Example.COM.:443"), "example.com");
+        assert_eq!(host_only("[::1]"), "[::1]");
+        assert_eq!(host_only("[FE80::1"), "[fe80::1");
+        assert_eq!(host_only("a:b:c"), "a:b");
+        assert_eq!(host_only("host:"), "host");
+        assert_eq!(host_only(""), "");
+        assert_eq!(host_only("."), "");
+        assert_eq!(host_only("ÄB.example:80"), "Äb.example");
     }
 
     /// The router against a plain reference matcher, over generated route
