@@ -48,6 +48,9 @@ pub(crate) enum Error {
     /// A request reached the dispatcher without a route: a bug in the stack.
     #[error("the request reached the dispatcher unrouted")]
     Unrouted,
+    /// A stored request's own task panicked: a bug.
+    #[error("the request's task failed")]
+    TaskFailed,
 }
 
 struct Problem {
@@ -260,7 +263,7 @@ fn problem_of(err: &Error) -> Problem {
                 Problem::new(StatusCode::BAD_REQUEST, format!("unsafe path: {p}"))
             }
         },
-        Error::Unrouted => Problem::new(
+        Error::Unrouted | Error::TaskFailed => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the gateway could not handle this request",
         ),

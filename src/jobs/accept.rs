@@ -187,22 +187,13 @@ pub(crate) async fn accept(
         now: now_ms(),
     };
     let store = jobs.store()?;
-    // Once handed to the store a job is committed whether or not its client
-    // waits for the 202, so it is counted and announced on a task of its own.
-    let committed = {
-        let (jobs, route) = (jobs.clone(), route.name.clone());
-        tokio::spawn(async move {
-            let r = jobs.timed("accept", store.accept(job)).await;
-            if let Ok(Accepted::New(job)) = &r {
-                jobs.state.metrics.job(&route, "accepted");
-                jobs.due(&job.backend, job.created);
-            }
-            r
-        })
-    };
-    let committed = committed
-        .await
-        .map_err(|e| JobError::Store(super::StoreError::Failed(e.to_string())))?;
+    // The route layer runs a job's request on a task of its own, so a client
+    // gone before the 202 does not stop it being stored, counted and announced.
+    let committed = jobs.timed("accept", store.accept(job)).await;
+    if let Ok(Accepted::New(job)) = &committed {
+        jobs.state.metrics.job(&route.name, "accepted");
+        jobs.due(&job.backend, job.created);
+    }
     let job = match committed? {
         Accepted::New(job) => job,
         Accepted::Existing(job) => {

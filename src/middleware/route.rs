@@ -23,7 +23,7 @@ use crate::error;
 use crate::jobs::{JobError, JobRequest, Jobs};
 use crate::normalize::normalize_path;
 use crate::router::{host_only, Lookup, RouteError};
-use crate::state::{RouteContext, Snapshot, State};
+use crate::state::{ActiveAction, RouteContext, Snapshot, State};
 use crate::telemetry::{KeyValue, Kind, Telemetry, TRACEPARENT};
 
 #[derive(Debug, Clone)]
@@ -124,7 +124,22 @@ where
                         f.series = Some(series);
                     });
                 }
+                let durable = durable(&ctx, req.headers());
                 req.extensions_mut().insert(ctx);
+                if durable {
+                    // Received whole, a job, an event or an upload is taken even if
+                    // its client hangs up at once: hyper then drops this future
+                    // (often before its first poll), not the task. A body cut
+                    // short still fails there, and nothing is stored.
+                    let id = context::request_id(req.extensions()).map(|r| r.0.clone());
+                    let call = tokio::spawn(self.inner.call(req));
+                    return Either::Right(Either::Right(Box::pin(async move {
+                        call.await.unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "a stored request's task failed");
+                            Ok(error::respond(error::Error::TaskFailed, id.as_ref()))
+                        })
+                    })));
+                }
                 Either::Left(self.inner.call(req))
             }
             Err(e) => {
@@ -138,6 +153,17 @@ where
                 Either::Right(Either::Left(std::future::ready(Ok(error::respond(e, id)))))
             }
         }
+    }
+}
+
+/// Whether the request, once routed, is stored rather than forwarded: a job
+/// (SPEC §7), an event (§8) or an upload.
+fn durable(ctx: &RouteContext, headers: &HeaderMap) -> bool {
+    let active = ctx.active();
+    match &active.action {
+        ActiveAction::Forward { .. } => crate::jobs::wants_async(active.config.invoke, headers),
+        ActiveAction::Publish(_) | ActiveAction::Upload(_) => true,
+        ActiveAction::Aggregate(_) => false,
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::body::{Body, BoxError};
 use crate::config::Config;
@@ -636,7 +636,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = ServeFuture<tower::util::Oneshot<S, Request<Body>>>;
+    type Future = ServeFuture<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.request_started();
@@ -648,8 +648,12 @@ where
         // The one context every layer shares (context.rs).
         req.extensions_mut()
             .insert(Arc::new(Exchange::new(self.conn.clone())));
+        // Called here, not on the first poll (`oneshot`): hyper may drop this
+        // future unpolled when the client hangs up right after its request,
+        // and the route layer must have seen a stored request by then (it
+        // runs it on a task of its own). Every layer is always ready.
         ServeFuture {
-            inner: self.inner.clone().oneshot(req),
+            inner: self.inner.clone().call(req),
             in_flight: Some(in_flight),
             draining: self.draining.clone(),
             version,

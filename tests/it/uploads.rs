@@ -172,6 +172,25 @@ async fn the_same_bytes_again_publish_no_second_event() {
 }
 
 #[tokio::test]
+async fn a_whole_upload_whose_client_hung_up_at_once_is_kept_and_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fun = Backend::echo("fn").await;
+    let gw = Gw::start(&upload_config(&dir, &fun.url(), "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"PUT /uploads/whole HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    drop(s);
+    fun.wait_for(1).await;
+    let files = files_in(&dir.path().join("files"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), b"hello");
+}
+
+#[tokio::test]
 async fn an_aborted_upload_leaves_no_file_and_no_event() {
     let dir = tempfile::tempdir().unwrap();
     let fun = Backend::echo("fn").await;
