@@ -11,6 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -19,6 +20,9 @@ use tokio::net::TcpStream;
 use crate::idle::{Activity, Tracked};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a closed connection still reads what its client sends (`linger`).
+const LINGER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
@@ -87,6 +91,41 @@ impl AsyncRead for ConnIo {
         }
         polled
     }
+}
+
+/// Closed with request bytes still unread (an answer before the body ended:
+/// 413 mid-upload, an early error), the kernel would answer them with a
+/// reset that destroys the answer before the client reads it. So the socket
+/// lives on for a while, its write side shut, reading and discarding until
+/// the client closes: nginx's lingering close. A socket with nothing unread
+/// (the usual close) costs one `read` that says so.
+impl Drop for ConnIo {
+    fn drop(&mut self) {
+        let stream = &self.inner.inner;
+        if !matches!(stream.try_read(&mut [0u8; 64]), Ok(n) if n > 0) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // A second descriptor: this one closes now, the socket when `linger` ends.
+        let Ok(fd) = std::os::fd::AsFd::as_fd(stream).try_clone_to_owned() else {
+            return;
+        };
+        handle.spawn(linger(std::net::TcpStream::from(fd)));
+    }
+}
+
+async fn linger(stream: std::net::TcpStream) {
+    let Ok(mut stream) = TcpStream::from_std(stream) else {
+        return;
+    };
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+    let mut buf = vec![0u8; 16 << 10];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Writes go through the same activity tracking as a tunnel's.

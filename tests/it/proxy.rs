@@ -516,6 +516,82 @@ async fn a_route_max_body_overrides_the_server_limit_and_zero_lifts_it() {
     assert_eq!(post("/small", full(vec![b'a'; 1024])).await.status, 200);
 }
 
+/// A client that sends its whole body before it reads (curl, most SDKs) still
+/// reads the early 413: the gateway reads and discards the rest instead of
+/// closing on unread bytes, which would reset the connection and lose it.
+#[tokio::test]
+async fn an_early_413_reaches_a_client_still_sending_its_body() {
+    let b = Backend::echo("b").await;
+    let gw = Gw::start(&format!(
+        "[backends.b]\nurls = [\"{}\"]\n\
+         [[routes]]\nname = \"small\"\npath = \"/small\"\nbackend = \"b\"\nmax_body = \"1KiB\"\n",
+        b.url()
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let size = 8 << 20;
+    let head = format!("POST /small HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
+        .await
+        .unwrap();
+    // Far more than the socket buffers hold: written only if the gateway reads on.
+    let chunk = vec![b'a'; 64 << 10];
+    for _ in 0..size / chunk.len() {
+        tokio::io::AsyncWriteExt::write_all(&mut s, &chunk)
+            .await
+            .expect("the gateway reads the rest of the body");
+    }
+    let answer = read_to_close(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(b.count(), 0);
+}
+
+/// The lingering read is bounded: a client that never stops sending is cut
+/// off (at 5 s), after it got its 413.
+#[tokio::test]
+async fn a_client_that_never_stops_sending_is_cut_off_after_its_413() {
+    let b = Backend::echo("b").await;
+    let gw = Gw::start(&format!(
+        "[backends.b]\nurls = [\"{}\"]\n\
+         [[routes]]\nname = \"small\"\npath = \"/small\"\nbackend = \"b\"\nmax_body = \"1KiB\"\n",
+        b.url()
+    ))
+    .await;
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rx, mut tx) = s.into_split();
+    let started = std::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        let head = "POST /small HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000000\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut tx, head.as_bytes()).await?;
+        let chunk = vec![b'a'; 64 << 10];
+        loop {
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &chunk).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut rx, &mut answer),
+    )
+    .await
+    .expect("the gateway closes its side");
+    assert!(read.is_ok(), "{read:?}");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let cut = tokio::time::timeout(Duration::from_secs(20), writer)
+        .await
+        .expect("the gateway stops reading")
+        .unwrap();
+    assert!(cut.is_err());
+    let after = started.elapsed();
+    assert!(after >= Duration::from_secs(4), "cut off after {after:?}");
+}
+
 /// `workers = 2`: each worker accepts on a socket of its own and keeps upstream
 /// connections of its own. Sequential requests, each on a new client
 /// connection the kernel hands to either worker, end on two upstream
