@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use http::{Extensions, HeaderValue};
 
@@ -47,8 +48,11 @@ pub(crate) struct RequestId(pub HeaderValue, pub bool);
 /// its own allocation, and a fourth grows the map): the connection, set by the
 /// server; the request id, set by the request-id layer; and the facts the
 /// access log needs that inner layers learn.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Exchange {
+    /// When the request's head was read: the access log's duration and the
+    /// proxy's deadline both start here (one clock reading).
+    started: Instant,
     conn: Option<ConnInfo>,
     id: OnceLock<RequestId>,
     bytes_in: AtomicU64,
@@ -87,12 +91,29 @@ pub(crate) fn request_id(ext: &Extensions) -> Option<&RequestId> {
     exchange(ext)?.id()
 }
 
+impl Default for Exchange {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            conn: None,
+            id: OnceLock::new(),
+            bytes_in: AtomicU64::new(0),
+            fields: Mutex::default(),
+            span: OnceLock::new(),
+        }
+    }
+}
+
 impl Exchange {
     pub(crate) fn new(conn: ConnInfo) -> Self {
         Self {
             conn: Some(conn),
             ..Self::default()
         }
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
     }
 
     /// The request's exchange, made if the request came without one.

@@ -85,8 +85,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let start = Instant::now();
         let log = Exchange::of_mut(req.extensions_mut()).clone();
+        let start = log.started();
         let method = req.method().clone();
         // The path is only copied when a log line will be written.
         let path = tracing::enabled!(target: TARGET, tracing::Level::INFO)

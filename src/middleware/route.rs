@@ -2,7 +2,6 @@
 //! normalised and matched. Unroutable requests are answered here and never
 //! reach a backend.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -337,8 +336,13 @@ fn route(snapshot: Arc<Snapshot>, req: &Request<Body>) -> Result<RouteContext, R
         return Ok(context(snapshot, req, route, Vec::new(), path, host));
     }
     let path = normalize_path(req.uri().path())?.into_owned();
+    // Lower-cased and without its port only for a table that routes by host.
+    let hostname = host
+        .as_ref()
+        .filter(|_| snapshot.table.by_host())
+        .map(|h| host_only(h.1));
     let lookup = Lookup {
-        host: host.as_ref().map(|h| &*h.1),
+        host: hostname.as_deref(),
         // A WebSocket over HTTP/2 (extended CONNECT) goes where its HTTP/1.1 GET would.
         method: if crate::proxy::is_h2_websocket(req) {
             &Method::GET
@@ -365,7 +369,7 @@ fn context(
     route: usize,
     params: Vec<std::ops::Range<usize>>,
     path: String,
-    host: Option<(HeaderValue, Cow<'_, str>)>,
+    host: Option<(HeaderValue, &str)>,
 ) -> RouteContext {
     let peer = context::conn(req.extensions()).map_or(IpAddr::from([0, 0, 0, 0]), |c| c.peer.ip());
     let client_ip = client_ip(peer, req.headers(), &snapshot.config.server.trusted_proxies);
@@ -390,10 +394,10 @@ fn preflight_method(req: &Request<Body>) -> Option<Method> {
     )
 }
 
-/// The host the request addresses: the URI authority (HTTP/2 `:authority`,
-/// absolute-form) or else `Host`. A `Host` that differs from the authority is
+/// The host the request addresses, as sent: the URI authority (HTTP/2
+/// `:authority`, absolute-form) or else `Host`. A `Host` that differs from the authority is
 /// refused, so routing and the backend cannot disagree about the target.
-fn request_host(req: &Request<Body>) -> Result<Option<(HeaderValue, Cow<'_, str>)>, RouteError> {
+fn request_host(req: &Request<Body>) -> Result<Option<(HeaderValue, &str)>, RouteError> {
     let header = req.headers().get(HOST);
     let (value, raw) = match (req.uri().authority(), header) {
         (Some(auth), Some(h)) => {
@@ -413,7 +417,7 @@ fn request_host(req: &Request<Body>) -> Result<Option<(HeaderValue, Cow<'_, str>
         (None, None) if req.version() == Version::HTTP_11 => return Err(RouteError::MissingHost),
         (None, None) => return Ok(None),
     };
-    Ok(Some((value, host_only(raw))))
+    Ok(Some((value, raw)))
 }
 
 /// The peer, unless it is a trusted proxy: then the right-most address in

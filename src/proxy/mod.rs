@@ -28,7 +28,9 @@ pub(crate) async fn forward(
     let (peer, tls) = peer_of(&req);
     let route = &ctx.active().config;
     let server = &ctx.snapshot.config.server;
-    let started = Instant::now();
+    let started = log
+        .as_ref()
+        .map_or_else(Instant::now, |l| Instant::from_std(l.started()));
     let deadline = started + route.timeout.unwrap_or(server.request_timeout);
 
     // An HTTP/1.1 Upgrade (WebSocket): the client's side of the tunnel, for after the 101.

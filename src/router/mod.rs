@@ -168,6 +168,11 @@ impl RouteTable {
         table
     }
 
+    /// Whether any route names a host: else a lookup needs none.
+    pub fn by_host(&self) -> bool {
+        !self.exact.is_empty() || !self.wildcard.is_empty()
+    }
+
     /// Routes a request. A preflight goes by the method it asks about to a
     /// route with CORS, which answers it even when its methods lack OPTIONS;
     /// any other request by its own method.

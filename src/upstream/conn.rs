@@ -154,10 +154,10 @@ impl Http1Pool {
         }
     }
 
-    /// The most recently used live connection in `slot`, if any (LIFO keeps few warm).
-    fn take(&self, slot: usize) -> Option<SendRequest<ProxyBody>> {
+    /// The most recently used live connection in `slot`, if any (LIFO keeps
+    /// few warm); `now` is the attempt's start, so no clock is read here.
+    fn take(&self, slot: usize, now: Instant) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle[slot].lock().ok()?;
-        let now = Instant::now();
         while let Some(c) = idle.pop() {
             if now.duration_since(c.since) > self.idle_timeout {
                 // Everything below it is older still.
@@ -216,12 +216,13 @@ impl Http1Pool {
         index: usize,
         endpoint: &'a Endpoint,
         mut req: Request<ProxyBody>,
+        now: Instant,
     ) -> impl std::future::Future<Output = Result<(Response<Incoming>, Checkin), SendError>> + Send + 'a
     {
         async move {
             let slot = self.slot(index);
             loop {
-                let (mut tx, fresh) = match self.take(slot) {
+                let (mut tx, fresh) = match self.take(slot, now) {
                     Some(tx) => (tx, false),
                     None => (self.connect(endpoint).await?, true),
                 };
@@ -337,7 +338,7 @@ mod tests {
 
     /// Sends one GET and reads its answer to the end, as the proxy does.
     async fn call(pool: &Arc<Http1Pool>, e: &Endpoint) -> Result<Bytes, SendError> {
-        let (res, checkin) = pool.send(0, e, get()).await?;
+        let (res, checkin) = pool.send(0, e, get(), Instant::now()).await?;
         assert_eq!(res.status(), 200);
         let body = res.into_body().collect().await.expect("body").to_bytes();
         checkin.done();
@@ -414,7 +415,10 @@ mod tests {
         assert_eq!(pool.idle(0), 2, "two kept, two closed");
         // Unused past the idle timeout: not handed out again.
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(pool.take(0).is_none(), "expired connections are dropped");
+        assert!(
+            pool.take(0, Instant::now()).is_none(),
+            "expired connections are dropped"
+        );
         assert_eq!(pool.idle(0), 0);
     }
 
@@ -423,7 +427,10 @@ mod tests {
         let ((addr, _), ended) = server_closing(true, 1).await;
         let e = endpoint(addr);
         let pool = Http1Pool::with_limits(1, Duration::from_secs(1), 8, Duration::from_millis(100));
-        let (res, checkin) = pool.send(0, &e, get()).await.expect("answer");
+        let (res, checkin) = pool
+            .send(0, &e, get(), Instant::now())
+            .await
+            .expect("answer");
         let _ = res.into_body().collect().await.expect("body");
         checkin.done();
         assert_eq!(pool.idle(0), 1);
@@ -444,7 +451,7 @@ mod tests {
         drop(listener);
         let pool = Http1Pool::new(1, Duration::from_secs(1));
         let err = pool
-            .send(0, &endpoint(addr), get())
+            .send(0, &endpoint(addr), get(), Instant::now())
             .await
             .err()
             .expect("refused");

@@ -333,7 +333,7 @@ impl Upstream {
                     tokio::time::timeout_at(until, async move {
                         match own {
                             Some(http1) => http1
-                                .send(i, endpoint, up)
+                                .send(i, endpoint, up, sent)
                                 .await
                                 .map(|(res, checkin)| (res, Some(checkin))),
                             None => self
