@@ -13,6 +13,12 @@ share, which is the same for every proxy making the same system calls.
     python3 bench/instructions.py --requests 2000
     python3 bench/instructions.py --also before=/tmp/old/target/release/fngate   # A/B in one run
     python3 bench/instructions.py --keep /tmp/cg  # then: callgrind_annotate --inclusive=yes /tmp/cg/fngate.cg
+    python3 bench/instructions.py --full-stack    # also the full stack (bench/fullstack.py's route)
+
+With --full-stack, each fngate build is counted a second time on the full-stack
+route of bench/fullstack.py: a cached ES256 JWT, an `ip` rate limit, metrics,
+and the JSON access-log line of every request written to a file (RUST_LOG=info).
+Its ratio to the same build's plain route is what the full stack costs.
 """
 
 import argparse
@@ -29,26 +35,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
 
-def h2load(port, n, conns):
-    out = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", str(conns), "-t", "1",
-                          f"http://127.0.0.1:{port}/bench"], capture_output=True, text=True, check=True).stdout
+def h2load(port, n, conns, path="/bench", headers=()):
+    extra = [a for h in headers for a in ("-H", h)]
+    out = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", str(conns), "-t", "1"] + extra +
+                         [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
     ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
     if ok != n:
         sys.exit(f"port {port}: {ok} of {n} requests answered 2xx\n{out}")
 
 
-def counted(name, argv, port, work, n, conns, settle=0.0):
+def counted(name, argv, port, work, n, conns, settle=0.0, path="/bench", headers=(), log=None):
     """Runs argv under callgrind; returns instructions per request. `settle` seconds pass
-    before the count is taken, for work a request leaves behind (a span's export)."""
+    before the count is taken, for work a request leaves behind (a span's export). With
+    `log` (a file), the process logs at info and its stdout goes there."""
     out = os.path.join(work, f"{name}.cg")
+    stdout = open(log, "w") if log else subprocess.DEVNULL
     p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + argv,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env=dict(os.environ, RUST_LOG="warn"))
+                         stdout=stdout, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, RUST_LOG="info" if log else "warn"))
     try:
         run.wait_port(port, timeout=60)
-        h2load(port, 500, conns)  # warm: connections pooled, caches filled
+        h2load(port, 500, conns, path, headers)  # warm: connections pooled, caches filled
         subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
-        h2load(port, n, conns)
+        h2load(port, n, conns, path, headers)
         time.sleep(settle)
         subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, capture_output=True)
     finally:
@@ -69,6 +78,8 @@ def main():
                     help="copy each proxy's callgrind dump to DIR/NAME.cg (for callgrind_annotate --inclusive=yes)")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=BIN",
                     help="another fngate binary (an older build) counted in the same run, with the same config")
+    ap.add_argument("--full-stack", action="store_true",
+                    help="count each fngate build on the full-stack route too (JWT, rate limit, access log to a file)")
     args = ap.parse_args()
     run.ensure_tools({"valgrind": "valgrind", "callgrind_control": "valgrind", "h2load": "nghttp2-client"})
     if not args.no_build:
@@ -101,13 +112,30 @@ def main():
                 dst.write(src.read())
             also.append((name, [binary, "--config", other], port))
         targets += also
+        full = []
+        if args.full_stack:
+            import fullstack  # noqa: E402
+            token = subprocess.run([targets[2][1][0], "token", "--sub", "bench"], capture_output=True,
+                                   text=True, check=True).stdout.strip()
+            for name, argv, _ in [targets[2]] + also:
+                fport, fadmin = run.free_port(), run.free_port()
+                fconf = os.path.join(work, f"{name}-full.toml")
+                with open(fconf, "w") as f:
+                    f.write(fullstack.config(fport, fadmin, backend))
+                full.append((f"{name} full stack", [argv[0], "--log-format", "json", "--config", fconf], fport))
         results = {}
-        for name, argv, p in targets:
-            results[name] = counted(name, argv, p, work, args.requests, args.conns)
+        for name, argv, p in targets + full:
+            file = name.replace(" ", "-")
+            if name.endswith(" full stack"):
+                results[name] = counted(file, argv, p, work, args.requests, args.conns, path="/full",
+                                        headers=[f"authorization: Bearer {token}"],
+                                        log=os.path.join(work, f"{file}.log"))
+            else:
+                results[name] = counted(file, argv, p, work, args.requests, args.conns)
             if args.keep:
                 os.makedirs(args.keep, exist_ok=True)
-                dumps = sorted(glob.glob(os.path.join(work, f"{name}.cg.*")), key=os.path.getmtime)
-                shutil.copy(dumps[-1], os.path.join(args.keep, f"{name}.cg"))
+                dumps = sorted(glob.glob(os.path.join(work, f"{file}.cg.*")), key=os.path.getmtime)
+                shutil.copy(dumps[-1], os.path.join(args.keep, f"{file}.cg"))
             print(f"{name:<7} {results[name]:>9,.0f} instructions/request", file=sys.stderr, flush=True)
     finally:
         run.stop(procs)
@@ -121,6 +149,15 @@ def main():
     for name in ["nginx", "hyper", "fngate"] + [a[0] for a in also]:
         v = results[name]
         print(f"| {name} | {v:,.0f} | {v / results['nginx']:.2f}× | {v / results['hyper']:.2f}× |")
+    if full:
+        print("\nThe full stack (a cached ES256 JWT, an `ip` rate limit, metrics, the JSON access log "
+              "to a file) against the same build's plain route:\n")
+        print("| build | plain | full stack | full / plain |")
+        print("|---|---:|---:|---:|")
+        for name, _, _ in full:
+            build = name[: -len(" full stack")]
+            v, plain = results[name], results[build]
+            print(f"| {build} | {plain:,.0f} | {v:,.0f} | {v / plain:.2f}× |")
 
 
 if __name__ == "__main__":
