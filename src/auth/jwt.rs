@@ -1,5 +1,11 @@
 //! JWT verification for one policy: key lookup, signature, claims, and a
 //! bounded cache of tokens already verified.
+//!
+//! The cache is keyed by the token itself, compared whole on a hit: exact
+//! (no digest to trust) and cheap (a fast hash and one comparison; a SHA-256
+//! of the token was 10,000 instructions a request without SHA-NI). Each
+//! token weighs a unit per KiB, so `cache_size` bounds memory as well as
+//! count: 10,000 units hold at most 10,000 short tokens or 10 MiB of long ones.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +26,17 @@ pub(super) struct JwtVerifier {
     /// One per accepted algorithm: jsonwebtoken refuses a `Validation`
     /// whose algorithms span key families, and the policy may mix them.
     validations: Vec<(Algorithm, Validation)>,
-    cache: Option<quick_cache::sync::Cache<[u8; 32], Cached>>,
+    cache: Option<quick_cache::sync::Cache<Box<str>, Cached, PerKib>>,
+}
+
+/// A cached token's weight: one unit per started KiB of its text.
+#[derive(Debug, Clone, Copy)]
+struct PerKib;
+
+impl quick_cache::Weighter<Box<str>, Cached> for PerKib {
+    fn weight(&self, token: &Box<str>, _: &Cached) -> u64 {
+        (token.len() as u64).div_ceil(1024).max(1)
+    }
 }
 
 enum Keys {
@@ -54,8 +70,13 @@ impl JwtVerifier {
             .iter()
             .map(|&alg| (alg, validation(config, alg)))
             .collect();
-        let cache =
-            (config.cache_size > 0).then(|| quick_cache::sync::Cache::new(config.cache_size));
+        let cache = (config.cache_size > 0).then(|| {
+            quick_cache::sync::Cache::with_weighter(
+                config.cache_size,
+                config.cache_size as u64,
+                PerKib,
+            )
+        });
         Self {
             policy,
             config: config.clone(),
@@ -73,18 +94,12 @@ impl JwtVerifier {
 
     /// `fetched`: keys were already fetched for this token; an unknown kid is final.
     pub(super) fn verify(&self, token: &str, fetched: bool) -> Verify {
-        let digest = self.cache.as_ref().map(|cache| {
-            let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-            let mut key = [0u8; 32];
-            key.copy_from_slice(d.as_ref());
-            (cache, key)
-        });
-        if let Some((cache, key)) = &digest {
-            if let Some(hit) = cache.get(key) {
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(token) {
                 if hit.until > Instant::now() {
                     return Verify::Done(Ok(hit.verified));
                 }
-                cache.remove(key);
+                cache.remove(token);
             }
         }
         let header = match jsonwebtoken::decode_header(token) {
@@ -130,9 +145,9 @@ impl JwtVerifier {
             None => until,
         };
         let verified = Arc::new(Verified::from_claims(claims));
-        if let Some((cache, key)) = digest {
+        if let Some(cache) = &self.cache {
             cache.insert(
-                key,
+                token.into(),
                 Cached {
                     verified: verified.clone(),
                     until,
@@ -244,6 +259,31 @@ mod tests {
         assert!(Arc::ptr_eq(&verified(&v, &t), &verified(&v, &t)));
         let off = verifier(0);
         assert!(!Arc::ptr_eq(&verified(&off, &t), &verified(&off, &t)));
+    }
+
+    fn token_with(exp: u64, padding: usize) -> String {
+        let claims = serde_json::json!({ "sub": "a", "exp": exp, "pad": "p".repeat(padding) });
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn the_cache_compares_whole_tokens_and_weighs_them_by_length() {
+        let v = verifier(4);
+        let exp = unix_now() + 600;
+        let t = token(exp);
+        let first = verified(&v, &t);
+        // Another token (same claims but one more byte of padding) is its own entry.
+        let other = token_with(exp, 1);
+        assert!(!Arc::ptr_eq(&first, &verified(&v, &other)));
+        assert!(Arc::ptr_eq(&first, &verified(&v, &t)));
+        // A token of over 4 KiB outweighs the whole cache: verified every time.
+        let long = token_with(exp, 4 << 10);
+        assert!(long.len() > 4 << 10);
+        assert!(!Arc::ptr_eq(&verified(&v, &long), &verified(&v, &long)));
+        // One of 2 KiB to 3 KiB fits (3 units of 4).
+        let mid = token_with(exp, 2 << 10);
+        assert!(Arc::ptr_eq(&verified(&v, &mid), &verified(&v, &mid)));
     }
 
     #[test]
