@@ -362,15 +362,12 @@ async fn an_event_whose_publisher_hung_up_at_once_is_still_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let fun = Backend::echo("fn").await;
     let gw = one_subscriber(&dir, &fun, "").await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let mut head = String::from("POST /events/orders HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n");
     for (k, v) in BINARY {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n{}");
-    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
-        .await
-        .unwrap();
+    let s = sent(gw.addr, head.as_bytes()).await;
     // Whole, then gone: hyper drops the request's future, often unpolled.
     drop(s);
     fun.wait_for(1).await;

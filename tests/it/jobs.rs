@@ -547,13 +547,11 @@ async fn a_job_whose_client_hung_up_before_the_202_is_still_counted_and_delivere
     let dir = tempfile::tempdir().unwrap();
     let fun = Backend::echo("fn").await;
     let gw = Gw::start(&async_config(&dir, &fun.url(), "")).await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut s,
+    let s = sent(
+        gw.addr,
         b"POST /work HTTP/1.1\r\nhost: x\r\ncontent-length: 7\r\n\r\npicture",
     )
-    .await
-    .unwrap();
+    .await;
     // Gone before the store committed: the job is kept all the same (the
     // client retries with an Idempotency-Key if it cares), so it counts.
     drop(s);

@@ -516,24 +516,25 @@ async fn a_route_max_body_overrides_the_server_limit_and_zero_lifts_it() {
     assert_eq!(post("/small", full(vec![b'a'; 1024])).await.status, 200);
 }
 
+/// One route, `/small`, that takes bodies of up to 1 KiB.
+fn small_route(b: &Backend) -> String {
+    format!(
+        "[backends.b]\nurls = [\"{}\"]\n\
+         [[routes]]\nname = \"small\"\npath = \"/small\"\nbackend = \"b\"\nmax_body = \"1KiB\"\n",
+        b.url()
+    )
+}
+
 /// A client that sends its whole body before it reads (curl, most SDKs) still
 /// reads the early 413: the gateway reads and discards the rest instead of
 /// closing on unread bytes, which would reset the connection and lose it.
 #[tokio::test]
 async fn an_early_413_reaches_a_client_still_sending_its_body() {
     let b = Backend::echo("b").await;
-    let gw = Gw::start(&format!(
-        "[backends.b]\nurls = [\"{}\"]\n\
-         [[routes]]\nname = \"small\"\npath = \"/small\"\nbackend = \"b\"\nmax_body = \"1KiB\"\n",
-        b.url()
-    ))
-    .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let gw = Gw::start(&small_route(&b)).await;
     let size = 8 << 20;
     let head = format!("POST /small HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes())
-        .await
-        .unwrap();
+    let mut s = sent(gw.addr, head.as_bytes()).await;
     // Far more than the socket buffers hold: written only if the gateway reads on.
     let chunk = vec![b'a'; 64 << 10];
     for _ in 0..size / chunk.len() {
@@ -551,12 +552,7 @@ async fn an_early_413_reaches_a_client_still_sending_its_body() {
 #[tokio::test]
 async fn a_client_that_never_stops_sending_is_cut_off_after_its_413() {
     let b = Backend::echo("b").await;
-    let gw = Gw::start(&format!(
-        "[backends.b]\nurls = [\"{}\"]\n\
-         [[routes]]\nname = \"small\"\npath = \"/small\"\nbackend = \"b\"\nmax_body = \"1KiB\"\n",
-        b.url()
-    ))
-    .await;
+    let gw = Gw::start(&small_route(&b)).await;
     let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     let (mut rx, mut tx) = s.into_split();
     let started = std::time::Instant::now();

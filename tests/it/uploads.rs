@@ -176,13 +176,11 @@ async fn a_whole_upload_whose_client_hung_up_at_once_is_kept_and_announced() {
     let dir = tempfile::tempdir().unwrap();
     let fun = Backend::echo("fn").await;
     let gw = Gw::start(&upload_config(&dir, &fun.url(), "")).await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut s,
+    let s = sent(
+        gw.addr,
         b"PUT /uploads/whole HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello",
     )
-    .await
-    .unwrap();
+    .await;
     drop(s);
     fun.wait_for(1).await;
     let files = files_in(&dir.path().join("files"));
@@ -195,13 +193,11 @@ async fn an_aborted_upload_leaves_no_file_and_no_event() {
     let dir = tempfile::tempdir().unwrap();
     let fun = Backend::echo("fn").await;
     let gw = Gw::start(&upload_config(&dir, &fun.url(), "")).await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut s,
+    let s = sent(
+        gw.addr,
         b"PUT /uploads/cut HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nonly a little",
     )
-    .await
-    .unwrap();
+    .await;
     // Wait until the gateway has started the file, then hang up.
     let files = dir.path().join("files");
     began(&files).await;

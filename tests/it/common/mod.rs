@@ -382,9 +382,15 @@ pub async fn send(req: Request<BoxBody>) -> Answer {
 
 /// Writes raw bytes and reads until the peer closes (failing after 10 s).
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = sent(addr, bytes).await;
+    read_to_close(&mut s).await
+}
+
+/// A connection to `addr` on which `bytes` have been written.
+pub async fn sent(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
-    read_to_close(&mut s).await
+    s
 }
 
 /// Reads until the peer closes; a peer that keeps the connection open for 10 s fails the test
