@@ -16,6 +16,8 @@ pub struct Store {
     pub ca: Option<std::sync::Arc<[u8]>>,
     pub durability: Durability,
     pub rate_limits_on_error: OnError,
+    /// The most a rate-limit check waits for Redis before `rate_limits_on_error` decides.
+    pub rate_limit_timeout: Duration,
     /// `[store]` was written out: the store is opened at start even without async routes.
     pub explicit: bool,
 }
@@ -121,6 +123,7 @@ pub(super) fn store_default(base: &Path) -> Store {
         ca: None,
         durability: Durability::Primary,
         rate_limits_on_error: OnError::Local,
+        rate_limit_timeout: Duration::from_millis(50),
         explicit: false,
     }
 }
@@ -178,6 +181,17 @@ pub(super) fn store(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Store {
             ),
         }
     }
+    if let Some(t) = obj.duration(ctx, "rate_limit_timeout") {
+        if t.is_zero() || t > Duration::from_secs(10) {
+            ctx.error(
+                obj.key_span("rate_limit_timeout"),
+                obj.key_path("rate_limit_timeout"),
+                "must be more than 0 and at most 10s (every limited request waits up to it)",
+            );
+        } else {
+            s.rate_limit_timeout = t;
+        }
+    }
     if let Some(f) = obj.string(ctx, "ca") {
         s.ca = super::auth::ca_file(ctx, &obj, "ca", &f, base);
         if !s.url.as_deref().is_some_and(|u| u.starts_with("rediss://")) {
@@ -189,7 +203,7 @@ pub(super) fn store(ctx: &mut Ctx<'_>, mut obj: Obj<'_>, base: &Path) -> Store {
         }
     }
     if s.url.is_none() {
-        for key in ["durability", "rate_limits_on_error"] {
+        for key in ["durability", "rate_limits_on_error", "rate_limit_timeout"] {
             if obj.has(key) {
                 ctx.error(
                     obj.key_span(key),

@@ -4,14 +4,14 @@
 //! quota is exact across instances under any concurrency and no instance's
 //! clock matters.
 //!
-//! A check waits at most `CHECK_TIMEOUT`. When Redis fails, the policy's
+//! A check waits at most `store.rate_limit_timeout` (50 ms). When Redis fails, the policy's
 //! `rate_limits_on_error` answers instead (the instance's own buckets, pass,
 //! or 503), at once for `BACKOFF` and then Redis is asked again, so the
 //! fallback gives way within a second of Redis' return.
 //!
 //! The connection is made and the script loaded when the policy set is built,
 //! not by the first check: a cold burst would each meet `NOSCRIPT` and load the
-//! script (three round trips), past `CHECK_TIMEOUT`, and fall back all at once.
+//! script (three round trips), past the timeout, and fall back all at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -22,8 +22,6 @@ use redis::Script;
 
 use crate::config::OnError;
 
-/// The most a request waits for Redis before the fallback decides.
-const CHECK_TIMEOUT: Duration = Duration::from_millis(50);
 /// After a failure, how long checks go straight to the fallback.
 const BACKOFF: Duration = Duration::from_secs(1);
 /// How long the warm-up keeps trying before the first checks find Redis themselves.
@@ -86,7 +84,7 @@ impl Shared {
     /// Within a runtime: the warm-up is spawned on it.
     pub fn new(store: &crate::config::Store) -> Result<Arc<Self>, String> {
         let shared = Arc::new(Self {
-            conn: crate::redis_client::connect(store, CHECK_TIMEOUT)?,
+            conn: crate::redis_client::connect(store, store.rate_limit_timeout)?,
             on_error: store.rate_limits_on_error,
             skip_until: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -142,7 +140,7 @@ impl Shared {
         call.arg(key).arg(t).arg(t.saturating_mul(u64::from(burst)));
         let mut conn = self.conn.clone();
         let answer = tokio::time::timeout(
-            CHECK_TIMEOUT,
+            self.store.rate_limit_timeout,
             call.invoke_async::<(i64, i64, i64)>(&mut conn),
         )
         .await;
@@ -160,7 +158,10 @@ impl Shared {
                 if was == 0 || self.now_us() > was + BACKOFF.as_micros() as u64 {
                     let why = match failed {
                         Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {} ms", CHECK_TIMEOUT.as_millis()),
+                        _ => format!(
+                            "no answer within {} ms",
+                            self.store.rate_limit_timeout.as_millis()
+                        ),
                     };
                     tracing::warn!(on_error = ?self.on_error,
                         "rate limits: Redis failed ({why}); the fallback decides until it answers");

@@ -289,6 +289,21 @@ fn store_settings_are_checked() {
     );
     let embedded = errors(&format!("{BACKEND}[store]\ndurability = \"replica\"\n"));
     has(&embedded, 4, "store.durability", "Redis store only");
+    let timeouts = errors(&format!(
+        "{BACKEND}[store]\nurl = \"redis://127.0.0.1:6379/0\"\nrate_limit_timeout = \"0s\"\n"
+    ));
+    has(
+        &timeouts,
+        5,
+        "store.rate_limit_timeout",
+        "more than 0 and at most 10s",
+    );
+    let words = errors(&format!(
+        "{BACKEND}[store]\nurl = \"redis://127.0.0.1:6379/0\"\nrate_limit_timeout = \"soon\"\n"
+    ));
+    has(&words, 5, "store.rate_limit_timeout", "not a duration");
+    let local = errors(&format!("{BACKEND}[store]\nrate_limit_timeout = \"1s\"\n"));
+    has(&local, 4, "store.rate_limit_timeout", "Redis store only");
     let plain_ca = errors(&format!(
         "{BACKEND}[store]\nurl = \"redis://127.0.0.1:6379/0\"\nca = \"Cargo.toml\"\n"
     ));
@@ -299,7 +314,7 @@ fn store_settings_are_checked() {
     ));
     has(&bad_db, 4, "store.url", "not a Redis URL");
     let ok = Config::parse(
-        &format!("{BACKEND}[store]\nurl = \"rediss://:secret@redis.example:6380/2\"\ndurability = \"replica\"\nrate_limits_on_error = \"closed\"\n"),
+        &format!("{BACKEND}[store]\nurl = \"rediss://:secret@redis.example:6380/2\"\ndurability = \"replica\"\nrate_limits_on_error = \"closed\"\nrate_limit_timeout = \"120ms\"\n"),
         "routes.toml",
         &|_| None,
     )
@@ -308,6 +323,10 @@ fn store_settings_are_checked() {
     assert_eq!(
         ok.store.rate_limits_on_error,
         fngate::config::OnError::Closed
+    );
+    assert_eq!(
+        ok.store.rate_limit_timeout,
+        std::time::Duration::from_millis(120)
     );
     // Logs and errors never show the password.
     assert_eq!(ok.store.location(), "rediss://:***@redis.example:6380/2");

@@ -107,6 +107,7 @@ fn stores(dir: &tempfile::TempDir) -> (Vec<Arc<dyn Store>>, TestRedis) {
         ca: None,
         durability: crate::config::Durability::Primary,
         rate_limits_on_error: crate::config::OnError::Local,
+        rate_limit_timeout: std::time::Duration::from_millis(50),
         explicit: true,
     })
     .expect("opens");
