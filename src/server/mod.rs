@@ -417,7 +417,7 @@ async fn connection<S>(
     });
     let _ = stream.set_nodelay(true);
     // Connection-level settings come from the config current at accept time.
-    let server = state.load().config.server.clone();
+    let limits = Limits::new(&state.load().config.server);
     let activity = Arc::new(Activity::new());
     let mut io = ConnIo::new(stream, activity.clone());
     let svc = HyperService {
@@ -427,7 +427,7 @@ async fn connection<S>(
         draining: draining.flag.clone(),
     };
     if !tls {
-        let protocol = match tokio::time::timeout(server.header_read_timeout, io.sniff()).await {
+        let protocol = match tokio::time::timeout(limits.header_read, io.sniff()).await {
             Ok(Ok(p)) => p,
             _ => return,
         };
@@ -435,7 +435,7 @@ async fn connection<S>(
             TokioIo::new(io),
             protocol,
             svc,
-            &server,
+            limits,
             &draining,
             &activity,
         )
@@ -451,7 +451,7 @@ async fn connection<S>(
     // connection's state, and every connection's task is as large as its
     // largest path (10 KiB per idle connection, not 3).
     Box::pin(serve_tls(
-        io, config, peer, svc, &server, &draining, &activity,
+        io, config, peer, svc, limits, &draining, &activity,
     ))
     .await;
 }
@@ -461,14 +461,14 @@ async fn serve_tls<S>(
     config: Arc<rustls::ServerConfig>,
     peer: SocketAddr,
     svc: HyperService<S>,
-    server: &crate::config::Server,
+    limits: Limits,
     draining: &Drain,
     activity: &Arc<Activity>,
 ) where
     S: Stack,
 {
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(io);
-    let stream = match tokio::time::timeout(server.header_read_timeout, handshake).await {
+    let stream = match tokio::time::timeout(limits.header_read, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -484,11 +484,30 @@ async fn serve_tls<S>(
         TokioIo::new(stream),
         protocol,
         svc,
-        server,
+        limits,
         draining,
         activity,
     )
     .await;
+}
+
+/// The settings a connection keeps from the config current at its accept:
+/// copied, so an idle connection holds no clone of `[server]`'s strings and lists.
+#[derive(Clone, Copy)]
+struct Limits {
+    header_read: Duration,
+    idle: Duration,
+    max_header_size: usize,
+}
+
+impl Limits {
+    fn new(server: &crate::config::Server) -> Self {
+        Self {
+            header_read: server.header_read_timeout,
+            idle: server.idle_timeout,
+            max_header_size: server.max_header_size,
+        }
+    }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on a connection, plain or TLS.
@@ -496,7 +515,7 @@ async fn serve_io<I, S>(
     io: TokioIo<I>,
     protocol: Protocol,
     svc: HyperService<S>,
-    server: &crate::config::Server,
+    limits: Limits,
     draining: &Drain,
     activity: &Arc<Activity>,
 ) where
@@ -505,40 +524,31 @@ async fn serve_io<I, S>(
 {
     match protocol {
         Protocol::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
+            // Pinned here and driven by reference: a connection moved into
+            // `drive` would be stored twice in this task (once per future).
+            let conn = std::pin::pin!(hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(None)
-                .max_header_size(server.max_header_size)
-                .max_buf_size((server.max_header_size + 8192).max(400 << 10))
+                .max_header_size(limits.max_header_size)
+                .max_buf_size((limits.max_header_size + 8192).max(400 << 10))
                 .keep_alive(true)
                 .serve_connection(io, svc)
                 // WebSocket: after a 101 the socket goes to the proxy's tunnel.
-                .with_upgrades();
-            drive(
-                conn,
-                &draining.token,
-                activity,
-                server.idle_timeout,
-                Some(server.header_read_timeout),
-            )
-            .await;
+                .with_upgrades());
+            let head = Some(limits.header_read);
+            drive(conn, &draining.token, activity, limits.idle, head).await;
         }
         Protocol::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(server.max_header_size.min(u32::MAX as usize) as u32)
-                // RFC 8441: WebSockets over HTTP/2.
-                .enable_connect_protocol()
-                .serve_connection(io, svc);
             // Boxed for the same reason as TLS: HTTP/2's state would size every HTTP/1 task.
-            Box::pin(drive(
-                conn,
-                &draining.token,
-                activity,
-                server.idle_timeout,
-                None,
-            ))
-            .await;
+            let mut conn = Box::pin(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_header_list_size(limits.max_header_size.min(u32::MAX as usize) as u32)
+                    // RFC 8441: WebSockets over HTTP/2.
+                    .enable_connect_protocol()
+                    .serve_connection(io, svc),
+            );
+            drive(conn.as_mut(), &draining.token, activity, limits.idle, None).await;
         }
     }
 }
@@ -586,13 +596,12 @@ where
 }
 
 async fn drive<C: Graceful>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     draining: &CancellationToken,
     activity: &Activity,
     idle: Duration,
     head: Option<Duration>,
 ) {
-    tokio::pin!(conn);
     // The rare branches are gated: polled only when their own waker fired,
     // not on each of the connection's reads and answers.
     let cancelled = Gated::new(draining.cancelled());
