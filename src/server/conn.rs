@@ -80,6 +80,22 @@ impl AsyncRead for ConnIo {
             if self.prefix.is_empty() {
                 // Replayed: the buffer is not kept for the connection's life.
                 self.prefix = BytesMut::new();
+                // The rest of the head has usually arrived with the sniffed
+                // bytes: read it in the same call. Handed only the prefix,
+                // hyper parses a partial head and reserves again, which
+                // doubles its 8 KiB read buffer to 16 KiB (copying the 8)
+                // on every connection. An error here is left to the next
+                // read, which finds the socket closed.
+                let before = buf.filled().len();
+                if buf.remaining() > 0
+                    && matches!(
+                        Pin::new(&mut self.inner.inner).poll_read(cx, buf),
+                        Poll::Ready(Ok(()))
+                    )
+                    && buf.filled().len() > before
+                {
+                    self.inner.activity.read();
+                }
             }
             return Poll::Ready(Ok(()));
         }
@@ -156,5 +172,34 @@ impl AsyncWrite for ConnIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn the_first_read_after_the_sniff_returns_the_whole_head() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let head = b"GET /a/path/longer/than/the/preface HTTP/1.1\r\nhost: test\r\n\r\n";
+        client.write_all(head).await.expect("write");
+        let (server, _) = listener.accept().await.expect("accept");
+        // Every byte has arrived before the sniff reads.
+        let mut peeked = [0u8; 128];
+        while server.peek(&mut peeked).await.expect("peek") < head.len() {}
+        let mut io = ConnIo::new(server, Arc::new(Activity::new()));
+        assert_eq!(io.sniff().await.expect("sniff"), Protocol::Http1);
+        // As hyper reads: one call into an 8 KiB buffer. Only the sniffed
+        // bytes here would make hyper grow its buffer to 16 KiB.
+        let mut buf = vec![0u8; 8192];
+        let n = io.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], &head[..]);
     }
 }
