@@ -73,7 +73,9 @@ pub(crate) struct ProxyBody {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
-    Stream(Streaming),
+    // Boxed: a request is moved through hyper's dispatch channel, whose
+    // blocks hold 32 requests each, and most have no stream.
+    Stream(Box<Streaming>),
 }
 
 struct Streaming {
@@ -100,14 +102,14 @@ impl ProxyBody {
     pub(crate) fn stream(body: Body, limit: u64, log: Option<Arc<Exchange>>) -> (Self, Slot) {
         let hint = body.size_hint();
         let slot = Arc::new(Mutex::new(Some(body)));
-        let kind = Kind::Stream(Streaming {
+        let kind = Kind::Stream(Box::new(Streaming {
             slot: slot.clone(),
             body: None,
             hint,
             seen: 0,
             limit,
             log,
-        });
+        }));
         (Self { kind }, slot)
     }
 }
