@@ -13,7 +13,7 @@ mod deliver;
 mod store;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -83,8 +83,34 @@ pub(crate) struct Jobs {
     /// Attempts in flight here, to abort on cancel.
     running: Mutex<HashMap<String, CancellationToken>>,
     draining: AtomicBool,
+    /// The kinds of write whose last try failed, one bit each (`write_bit`).
+    failing: AtomicU32,
     /// Cancelled when the drain is over: attempts still running stop.
     stop: CancellationToken,
+}
+
+/// One bit per kind of store write, for `Jobs::failing`.
+fn write_bit(op: &str) -> u32 {
+    let i = [
+        "accept",
+        "cancel",
+        "claim",
+        "files_key",
+        "finish",
+        "pause",
+        "publish",
+        "purge",
+        "redrive",
+        "renew",
+        "resume",
+        "secret",
+        "sweep",
+        "tick",
+    ]
+    .iter()
+    .position(|w| *w == op)
+    .unwrap_or(31);
+    1 << i
 }
 
 impl std::fmt::Debug for Jobs {
@@ -109,6 +135,7 @@ impl Jobs {
             waiters: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            failing: AtomicU32::new(0),
             stop: CancellationToken::new(),
         })
     }
@@ -151,10 +178,12 @@ impl Jobs {
         self.store.get().map(|(l, _)| l.as_str())
     }
 
-    /// Times a store operation. Writes keep `fngate_store_up` true to their
-    /// outcome; on the embedded store reads do not, since a store that still
-    /// reads may take no job (a full disk). On Redis every answer counts, so
-    /// the deliverer's backlog read each second keeps the gauge current.
+    /// Times a store operation and keeps `fngate_store_up` current. On Redis
+    /// every answer counts, so the deliverer's backlog read each second keeps
+    /// the gauge current. On the embedded store only writes count, and the
+    /// store is up when no kind of write failed its last try: a full disk
+    /// refuses an accept while a cancel or an attempt's update that needs no
+    /// new page still passes, and that pass must not read as "up".
     async fn timed<T>(
         &self,
         op: &'static str,
@@ -163,10 +192,16 @@ impl Jobs {
         let started = Instant::now();
         let r = f.await;
         self.state.metrics.store_op(op, started.elapsed());
-        if self.shared.load(Ordering::Relaxed)
-            || !matches!(op, "get" | "list" | "backlog" | "paused" | "schedules")
-        {
+        if self.shared.load(Ordering::Relaxed) {
             self.state.metrics.store_up.set(i64::from(r.is_ok()));
+        } else if !matches!(op, "get" | "list" | "backlog" | "paused" | "schedules") {
+            let bit = write_bit(op);
+            let failing = if r.is_ok() {
+                self.failing.fetch_and(!bit, Ordering::Relaxed) & !bit
+            } else {
+                self.failing.fetch_or(bit, Ordering::Relaxed) | bit
+            };
+            self.state.metrics.store_up.set(i64::from(failing == 0));
         }
         r
     }

@@ -1099,10 +1099,14 @@ async fn a_full_disk_answers_503_never_a_202_that_was_not_stored() {
     let chunk: &'static str = Box::leak("p".repeat(32 << 10).into_boxed_str());
     let mut promised = 0;
     let mut refused = None;
+    let mut location = None;
     for _ in 0..64 {
         let a = post(&gw, "/work", chunk, &[]).await;
         match a.status.as_u16() {
-            202 => promised += 1,
+            202 => {
+                promised += 1;
+                location = a.header("location").map(str::to_owned);
+            }
             503 => {
                 refused = Some(a);
                 break;
@@ -1129,6 +1133,21 @@ async fn a_full_disk_answers_503_never_a_202_that_was_not_stored() {
     // The store still reads (that list) but takes no job: it is not up.
     let m = gw.metrics().await;
     assert!(m.contains("fngate_store_up 0"), "{m}");
+    // A write that needs no new page (a cancel) may pass on the full disk, as
+    // the deliverer's updates do: the store is still down until an accept passes.
+    let location = location.expect("a promised job");
+    let cancelled = send(Request::delete(gw.url(&location)).body(empty()).unwrap()).await;
+    assert!(
+        matches!(cancelled.status.as_u16(), 204 | 503),
+        "{}",
+        cancelled.text()
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains("fngate_store_up 0"),
+        "cancel answered {}: {m}",
+        cancelled.status
+    );
 }
 
 // Multi-threaded: the function must answer while this thread blocks waiting for the exit.
