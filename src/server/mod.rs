@@ -511,22 +511,26 @@ impl Limits {
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on a connection, plain or TLS.
-async fn serve_io<I, S>(
+///
+/// Not an `async fn`: its arguments would stay in the task's state next to
+/// the hyper connection that took them (about 300 bytes an idle connection
+/// holds twice). The connection is built here and the future holds only it,
+/// driven in place.
+fn serve_io<'a, I, S>(
     io: TokioIo<I>,
     protocol: Protocol,
     svc: HyperService<S>,
     limits: Limits,
-    draining: &Drain,
-    activity: &Arc<Activity>,
-) where
+    draining: &'a Drain,
+    activity: &'a Activity,
+) -> impl Future<Output = ()> + Send + 'a
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Stack,
 {
-    match protocol {
-        Protocol::Http1 => {
-            // Pinned here and driven by reference: a connection moved into
-            // `drive` would be stored twice in this task (once per future).
-            let conn = std::pin::pin!(hyper::server::conn::http1::Builder::new()
+    let mut conn = match protocol {
+        Protocol::Http1 => either::Either::Left(
+            hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(None)
                 .max_header_size(limits.max_header_size)
@@ -534,21 +538,28 @@ async fn serve_io<I, S>(
                 .keep_alive(true)
                 .serve_connection(io, svc)
                 // WebSocket: after a 101 the socket goes to the proxy's tunnel.
-                .with_upgrades());
-            let head = Some(limits.header_read);
-            drive(conn, &draining.token, activity, limits.idle, head).await;
-        }
-        Protocol::Http2 => {
-            // Boxed for the same reason as TLS: HTTP/2's state would size every HTTP/1 task.
-            let mut conn = Box::pin(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(limits.max_header_size.min(u32::MAX as usize) as u32)
-                    // RFC 8441: WebSockets over HTTP/2.
-                    .enable_connect_protocol()
-                    .serve_connection(io, svc),
-            );
-            drive(conn.as_mut(), &draining.token, activity, limits.idle, None).await;
+                .with_upgrades(),
+        ),
+        // Boxed for the same reason as TLS: HTTP/2's state would size every HTTP/1 task.
+        Protocol::Http2 => either::Either::Right(Box::pin(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(limits.max_header_size.min(u32::MAX as usize) as u32)
+                // RFC 8441: WebSockets over HTTP/2.
+                .enable_connect_protocol()
+                .serve_connection(io, svc),
+        )),
+    };
+    async move {
+        let token = &draining.token;
+        match &mut conn {
+            either::Either::Left(h1) => {
+                let head = Some(limits.header_read);
+                drive(Pin::new(h1), token, activity, limits.idle, head).await;
+            }
+            either::Either::Right(h2) => {
+                drive(h2.as_mut(), token, activity, limits.idle, None).await;
+            }
         }
     }
 }
