@@ -164,6 +164,11 @@ where
         let Some(policy) = &active.limit_policy else {
             return Either::Left(self.inner.call(req));
         };
+        // No policy of its own: the first phase checked them all and writes the
+        // answer's fields, which would overwrite this phase's.
+        if self.phase == Phase::AfterAuth && active.limits_after.is_empty() {
+            return Either::Left(self.inner.call(req));
+        }
         // Reading a job is no new work for the function: polling spends no tokens.
         // (Asked only on limited routes, so unlimited ones pay no lookup.)
         if req.extensions().get::<crate::jobs::JobRequest>().is_some() {
