@@ -19,6 +19,12 @@ With --full-stack, each fngate build is counted a second time on the full-stack
 route of bench/fullstack.py: a cached ES256 JWT, an `ip` rate limit, metrics,
 and the JSON access-log line of every request written to a file (RUST_LOG=info).
 Its ratio to the same build's plain route is what the full stack costs.
+
+With --h2c, clients speak HTTP/2 with prior knowledge (h2load -m 10: ten
+streams in flight per connection) to nginx and fngate; the bare hyper proxy
+serves HTTP/1.1 only and is left out. Upstreams stay HTTP/1.1.
+
+    python3 bench/instructions.py --h2c --keep /tmp/cg-h2
 """
 
 import argparse
@@ -35,9 +41,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
 
 
+# h2load's protocol arguments: HTTP/1.1 keep-alive, or h2c with ten streams per connection.
+PROTOCOL = ["--h1"]
+
+
 def h2load(port, n, conns, path="/bench", headers=()):
     extra = [a for h in headers for a in ("-H", h)]
-    out = subprocess.run(["h2load", "--h1", "-n", str(n), "-c", str(conns), "-t", "1"] + extra +
+    out = subprocess.run(["h2load"] + PROTOCOL + ["-n", str(n), "-c", str(conns), "-t", "1"] + extra +
                          [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
     ok = int(re.search(r"status codes: (\d+) 2xx", out).group(1))
     if ok != n:
@@ -80,7 +90,11 @@ def main():
                     help="another fngate binary (an older build) counted in the same run, with the same config")
     ap.add_argument("--full-stack", action="store_true",
                     help="count each fngate build on the full-stack route too (JWT, rate limit, access log to a file)")
+    ap.add_argument("--h2c", action="store_true",
+                    help="clients speak h2c (prior knowledge, -m 10) to nginx and fngate; no bare hyper row")
     args = ap.parse_args()
+    if args.h2c:
+        PROTOCOL[:] = ["-m", "10"]
     run.ensure_tools({"valgrind": "valgrind", "callgrind_control": "valgrind", "h2load": "nghttp2-client"})
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "fngate", "--example", "bare_proxy"],
@@ -97,6 +111,11 @@ def main():
         run.plain_route_config(config, port, admin, backend)
         # One process (no master) so callgrind sees the worker's work.
         nginx_conf = run.proxy_nginx_conf(work, backend, nginx_port, head="master_process off;\n")
+        if args.h2c:
+            with open(nginx_conf) as f:
+                text = f.read()
+            with open(nginx_conf, "w") as f:
+                f.write(text.replace(f"listen 127.0.0.1:{nginx_port};", f"listen 127.0.0.1:{nginx_port} http2;"))
         targets = [
             ("nginx", [run.nginx_bin(), "-p", f"{work}/proxy", "-c", nginx_conf], nginx_port),
             ("hyper", [os.path.join(run.ROOT, "target/release/examples/bare_proxy"),
@@ -111,13 +130,15 @@ def main():
             with open(config) as src, open(other, "w") as dst:
                 dst.write(src.read())
             also.append((name, [binary, "--config", other], port))
+        if args.h2c:
+            del targets[1]
         targets += also
         full = []
         if args.full_stack:
             import fullstack  # noqa: E402
-            token = subprocess.run([targets[2][1][0], "token", "--sub", "bench"], capture_output=True,
+            token = subprocess.run([targets[-1 - len(also)][1][0], "token", "--sub", "bench"], capture_output=True,
                                    text=True, check=True).stdout.strip()
-            for name, argv, _ in [targets[2]] + also:
+            for name, argv, _ in [targets[-1 - len(also)]] + also:
                 fport, fadmin = run.free_port(), run.free_port()
                 fconf = os.path.join(work, f"{name}-full.toml")
                 with open(fconf, "w") as f:
@@ -142,13 +163,15 @@ def main():
         time.sleep(0.2)
         shutil.rmtree(work, ignore_errors=True)
 
+    how = "h2c, 10 streams each (h2load -m 10)" if args.h2c else "h2load --h1"
     print(f"\ncallgrind, user-space instructions per request; {args.requests} keep-alive requests over "
-          f"{args.conns} connections (h2load --h1) after 500 to warm up\n")
-    print("| proxy | instructions/request | vs nginx | vs hyper alone |")
-    print("|---|---:|---:|---:|")
-    for name in ["nginx", "hyper", "fngate"] + [a[0] for a in also]:
+          f"{args.conns} connections ({how}) after 500 to warm up\n")
+    hyper = results.get("hyper")
+    print("| proxy | instructions/request | vs nginx |" + (" vs hyper alone |" if hyper else ""))
+    print("|---|---:|---:|" + ("---:|" if hyper else ""))
+    for name in [t[0] for t in targets]:
         v = results[name]
-        print(f"| {name} | {v:,.0f} | {v / results['nginx']:.2f}× | {v / results['hyper']:.2f}× |")
+        print(f"| {name} | {v:,.0f} | {v / results['nginx']:.2f}× |" + (f" {v / hyper:.2f}× |" if hyper else ""))
     if full:
         print("\nThe full stack (a cached ES256 JWT, an `ip` rate limit, metrics, the JSON access log "
               "to a file) against the same build's plain route:\n")
