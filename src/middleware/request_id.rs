@@ -87,7 +87,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx))?;
-        if let Some(id) = this.id.take() {
+        if let Some(mut id) = this.id.take() {
+            // Unique per request: HPACK would add each to the connection's
+            // table, evicting the answer headers that do repeat (server,
+            // content-type), and search it first. Sent as never indexed.
+            id.set_sensitive(true);
             res.headers_mut().insert(X_REQUEST_ID.clone(), id);
         }
         Poll::Ready(Ok(res))

@@ -365,6 +365,75 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(json["headers"]["host"], b.addr.to_string());
 }
 
+#[tokio::test]
+async fn an_h2_answer_sends_its_request_id_never_indexed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::echo("b").await;
+    let gw = Gw::start(&config(&b.url(), ANY)).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+                                                         // :method GET, :scheme http (static table), :path /h2 (a literal, not indexed).
+    let block = [&[0x82, 0x86, 0x04, 3][..], b"/h2"].concat();
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]); // HEADERS, END_STREAM|END_HEADERS
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.unwrap();
+    let block = loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; len];
+        s.read_exact(&mut payload).await.unwrap();
+        if head[3] == 1 {
+            break payload;
+        }
+    };
+    // RFC 7541 §6: walk the representations, counting the never-indexed ones.
+    fn int(buf: &[u8], i: &mut usize, bits: u32) -> usize {
+        let mask = (1usize << bits) - 1;
+        let mut v = usize::from(buf[*i]) & mask;
+        *i += 1;
+        if v == mask {
+            let mut shift = 0;
+            loop {
+                let b = buf[*i];
+                *i += 1;
+                v += usize::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        v
+    }
+    let skip_string = |i: &mut usize| {
+        let len = int(&block, i, 7);
+        *i += len;
+    };
+    let (mut i, mut fields, mut never) = (0, 0, 0);
+    while i < block.len() {
+        let first = block[i];
+        if first & 0x80 != 0 {
+            int(&block, &mut i, 7);
+        } else if first & 0x20 != 0 && first & 0x40 == 0 {
+            int(&block, &mut i, 5); // a table size update, no field
+            continue;
+        } else {
+            let bits = if first & 0x40 != 0 { 6 } else { 4 };
+            if int(&block, &mut i, bits) == 0 {
+                skip_string(&mut i);
+            }
+            skip_string(&mut i);
+            never += usize::from(first & 0xf0 == 0x10);
+        }
+        fields += 1;
+    }
+    assert!(fields >= 4, "{fields} fields in {block:?}");
+    // x-request-id, new on every answer, stays out of the connection's table.
+    assert_eq!(never, 1, "{block:?}");
+}
+
 // --- small stream helpers, so the tests need no extra crates ---
 
 type Chunk = Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
