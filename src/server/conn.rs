@@ -114,11 +114,15 @@ impl AsyncRead for ConnIo {
 /// reset that destroys the answer before the client reads it. So the socket
 /// lives on for a while, its write side shut, reading and discarding until
 /// the client closes: nginx's lingering close. A socket with nothing unread
-/// (the usual close) costs one `read` that says so.
+/// (the usual close) costs one `recv` that says so.
 impl Drop for ConnIo {
     fn drop(&mut self) {
         let stream = &self.inner.inner;
-        if !matches!(stream.try_read(&mut [0u8; 64]), Ok(n) if n > 0) {
+        // Asked of the socket itself: tokio's `try_read` answers "would block"
+        // without a syscall while its readiness is cleared, which it is after
+        // the read that last drained the socket, however much arrived since.
+        let mut byte = [std::mem::MaybeUninit::uninit()];
+        if !matches!(socket2::SockRef::from(stream).peek(&mut byte), Ok(n) if n > 0) {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -201,5 +205,38 @@ mod tests {
         let mut buf = vec![0u8; 8192];
         let n = io.read(&mut buf).await.expect("read");
         assert_eq!(&buf[..n], &head[..]);
+    }
+
+    #[tokio::test]
+    async fn bytes_that_arrive_after_the_last_read_still_get_a_lingering_close() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let mut io = ConnIo::new(server, Arc::new(Activity::new()));
+        client.write_all(b"a").await.expect("write");
+        let mut buf = [0u8; 16];
+        assert_eq!(io.read(&mut buf).await.expect("read"), 1);
+        // The socket is drained: this read finds nothing, and tokio clears
+        // its readiness until the reactor hears of new bytes.
+        let drained = std::future::poll_fn(|cx| {
+            let mut rb = ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut io).poll_read(cx, &mut rb).is_pending())
+        })
+        .await;
+        assert!(drained);
+        // Written without yielding, so the reactor has not run: the bytes are
+        // in the socket and tokio does not know.
+        client.write_all(b"more").await.expect("write");
+        drop(io);
+        // A close with bytes unread would reset the connection; lingering,
+        // the gateway shuts its side and the client reads the end.
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+            .await
+            .expect("the gateway closes its side");
+        assert_eq!(n.expect("no reset"), 0);
     }
 }
