@@ -184,17 +184,23 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    #[tokio::test]
-    async fn the_first_read_after_the_sniff_returns_the_whole_head() {
+    /// A loopback client and the server side of its connection.
+    async fn connected() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
             .await
             .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn the_first_read_after_the_sniff_returns_the_whole_head() {
+        let (mut client, server) = connected().await;
         let head = b"GET /a/path/longer/than/the/preface HTTP/1.1\r\nhost: test\r\n\r\n";
         client.write_all(head).await.expect("write");
-        let (server, _) = listener.accept().await.expect("accept");
         // Every byte has arrived before the sniff reads.
         let mut peeked = [0u8; 128];
         while server.peek(&mut peeked).await.expect("peek") < head.len() {}
@@ -209,13 +215,7 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_that_arrive_after_the_last_read_still_get_a_lingering_close() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (mut client, server) = connected().await;
         let mut io = ConnIo::new(server, Arc::new(Activity::new()));
         client.write_all(b"a").await.expect("write");
         let mut buf = [0u8; 16];
